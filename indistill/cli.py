@@ -1,0 +1,90 @@
+"""``indistill``: run the InDistill pipeline on one benchmark, or show a default config."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .config import METHOD_NAMES, dump_config, load_config
+from .schema import ConfigError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+
+
+def _methods(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m not in METHOD_NAMES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown method {bad[0] if bad else text!r}; choose from: {', '.join(METHOD_NAMES)}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="indistill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="teacher -> auxiliary -> prune -> students, then the results table")
+    run.add_argument("--benchmark", help="digits, cifar10, cifar100, fashionmnist, cub200 or imagenet (default: the config's, else digits)")
+    run.add_argument("--config", type=Path, help="YAML merged over the benchmark's default config (e.g. an exported best config)")
+    run.add_argument("--out", type=Path, default=Path("runs"), help="output directory (default: runs/)")
+    run.add_argument("--seed", type=int, help="random seed (overrides the config)")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="training device (default: auto)")
+    run.add_argument("--data-root", help="where datasets live (default: $INDISTILL_DATA or ~/.cache/indistill/data)")
+    run.add_argument("--download", action="store_true", help="download the dataset when torchvision can (cifar10, cifar100, fashionmnist)")
+    run.add_argument("--methods", type=_methods, help=f"comma-separated student methods out of {','.join(METHOD_NAMES)}")
+
+    show = sub.add_parser("config", help="print a benchmark's complete default config as YAML")
+    show.add_argument("--benchmark", default="digits")
+    show.add_argument("--config", type=Path, help="a YAML to merge over the default")
+    return parser
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    out: dict = {}
+    if getattr(args, "seed", None) is not None:
+        out["seed"] = args.seed
+    if getattr(args, "device", None):
+        out["device"] = args.device
+    if getattr(args, "methods", None):
+        out["methods"] = args.methods
+    data = {}
+    if getattr(args, "data_root", None):
+        data["root"] = args.data_root
+    if getattr(args, "download", False):
+        data["download"] = True
+    if data:
+        out["data"] = data
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, benchmark=args.benchmark, overrides=overrides_from_args(args))
+        if args.command == "config":
+            sys.stdout.write(dump_config(cfg))
+            return 0
+        from .data import DatasetNotFoundError
+        from .pipeline import run_pipeline
+
+        try:
+            table = run_pipeline(cfg, args.out)
+        except DatasetNotFoundError as exc:
+            print(f"indistill: error: {exc}", file=sys.stderr)
+            return 2
+        print()
+        from .table import to_markdown
+
+        print(to_markdown(table))
+        return 0
+    except USER_ERRORS as exc:
+        print(f"indistill: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("indistill: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""Batched, on-device input ops for the training hot path: normalisation and crop + flip."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _per_channel(values: Sequence[float] | float | Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    t = torch.as_tensor(values, dtype=dtype, device=device)
+    return t.reshape(1, -1, 1, 1)
+
+
+def normalize(
+    images_uint8: Tensor,
+    mean: Sequence[float] | float | Tensor,
+    std: Sequence[float] | float | Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``(x / 255 - mean) / std`` per channel, as ``dtype`` on the input's device."""
+    work = torch.float64 if dtype == torch.float64 else torch.float32  # half types: compute in float32
+    mean_t = _per_channel(mean, images_uint8.device, work)
+    std_t = _per_channel(std, images_uint8.device, work)
+    # fold /255 into the affine map: one multiply-add pass
+    scale = 1.0 / (255.0 * std_t)
+    shift = -mean_t / std_t
+    x = torch.addcmul(shift, images_uint8.to(work), scale)
+    return x if dtype == work else x.to(dtype)
+
+
+def augment_batch(x: Tensor, padding: int, flip: bool, generator: torch.Generator | None = None) -> Tensor:
+    """Random ``H x W`` crop of each zero-padded image and random horizontal flip (p = 0.5).
+
+    ``x`` is ``[B, C, H, W]`` (any dtype, any device; ``generator`` on the same device).
+    Each image draws its own offsets and flip. Returns a new tensor, or ``x`` itself when
+    ``padding == 0`` and ``flip`` is False.
+    """
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    if padding == 0 and not flip:
+        return x
+    b, c, h, w = x.shape
+    device = x.device
+    p = padding
+    hp, wp = h + 2 * p, w + 2 * p
+    rows = torch.arange(h, device=device).expand(b, h)
+    cols = torch.arange(w, device=device).expand(b, w)
+    if p > 0:
+        offsets = torch.randint(0, 2 * p + 1, (2, b, 1), device=device, generator=generator)
+        rows = rows + offsets[0]
+        cols = cols + offsets[1]
+        x = F.pad(x, (p, p, p, p))
+    if flip:
+        mirrored = torch.rand(b, 1, device=device, generator=generator) < 0.5
+        cols = torch.where(mirrored, cols.flip(1), cols)
+    # one gather over the flattened padded plane serves crop and flip together
+    index = (rows.unsqueeze(2) * wp + cols.unsqueeze(1)).reshape(b, 1, h * w).expand(b, c, h * w)
+    return x.reshape(b, c, hp * wp).gather(2, index).reshape(b, c, h, w)

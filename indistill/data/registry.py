@@ -1,0 +1,62 @@
+"""The benchmark registry and ``load_benchmark``: official splits plus a fixed stratified val carve."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from ..registry import Registry
+from . import cifar, cub200, digits, fashionmnist, imagenet
+from .base import VAL_SEED, BenchmarkData, BenchmarkSpec, LoadRequest
+from .splits import carve_val
+
+BENCHMARKS: Registry[BenchmarkSpec] = Registry("benchmark")
+for _spec in (digits.SPEC, cifar.CIFAR10, cifar.CIFAR100, fashionmnist.SPEC, cub200.SPEC, imagenet.SPEC):
+    BENCHMARKS.register(_spec.name, _spec)
+
+#: Benchmarks whose options change the spec (a class subset changes ``num_classes``).
+_SPEC_FOR_OPTIONS: dict[str, Callable[[BenchmarkSpec, dict], BenchmarkSpec]] = {
+    "imagenet": imagenet.spec_for_options,
+}
+
+
+def default_data_root() -> Path:
+    """``$INDISTILL_DATA`` if set, else ``~/.cache/indistill/data``."""
+    env = os.environ.get("INDISTILL_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "indistill" / "data"
+
+
+def get_spec(name: str, options: dict | None = None) -> BenchmarkSpec:
+    """The registered spec of ``name`` (adjusted for ``options``, e.g. an ImageNet class subset)."""
+    spec = BENCHMARKS.get(name)
+    adjust = _SPEC_FOR_OPTIONS.get(name)
+    return adjust(spec, options or {}) if adjust else spec
+
+
+def load_benchmark(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    download: bool = False,
+    cache_dir: str | Path | None = None,
+    options: dict | None = None,
+) -> BenchmarkData:
+    """Load benchmark ``name``: train (minus val), val and test splits as uint8 tensors on the CPU.
+
+    ``root`` defaults to ``default_data_root()``, ``cache_dir`` to ``<root>/cache``. Raises
+    ``DatasetNotFoundError`` when the data is missing and ``UnknownNameError`` for an unknown name.
+    """
+    options = dict(options or {})
+    spec = get_spec(name, options)
+    root_path = Path(root).expanduser() if root is not None else default_data_root()
+    cache_path = Path(cache_dir).expanduser() if cache_dir is not None else root_path / "cache"
+    raw = spec.loader(LoadRequest(root=root_path, download=download, cache_dir=cache_path, options=options))
+    for split_name, split in (("train", raw.train), ("test", raw.test)):
+        if tuple(split.images.shape[1:]) != spec.input_shape:
+            raise ValueError(f"{name} {split_name}: images {tuple(split.images.shape[1:])}, expected {spec.input_shape}")
+        if len(split) and int(split.labels.max()) >= spec.num_classes:
+            raise ValueError(f"{name} {split_name}: label {int(split.labels.max())} >= num_classes {spec.num_classes}")
+    train, val = carve_val(raw.train, spec.val_fraction, seed=VAL_SEED)
+    return BenchmarkData(spec=spec, train=train, val=val, test=raw.test)

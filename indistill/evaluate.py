@@ -1,0 +1,49 @@
+"""Retrieval evaluation of a network's embedding (DESIGN.md section 4) on the training device."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .models.base import EMBEDDING, TapReader, unwrap
+from .retrieval import evaluate_all
+from .train.batches import DeviceSplit
+from .train.runtime import autocast, frozen
+
+METRICS = ("cosine", "euclidean")
+
+
+def embed(model: nn.Module, split: DeviceSplit, *, batch_size: int = 1024, precision: str = "auto") -> Tensor:
+    """The embedding of every image in ``split``, float32 ``[N, D]`` on the split's device."""
+    net = unwrap(model)
+    device = split.labels.device
+    out = []
+    with frozen(net), TapReader(net, (EMBEDDING,)) as reader, autocast(device, precision):
+        for x in split.eval_batches(batch_size):
+            out.append(reader(x)[1][EMBEDDING].float().flatten(1))
+    return torch.cat(out)
+
+
+def evaluate_network(
+    model: nn.Module,
+    queries: DeviceSplit,
+    database: DeviceSplit,
+    *,
+    ks: Sequence[int] = (10, 50, 100),
+    batch_size: int = 1024,
+    precision: str = "auto",
+) -> dict[str, dict[str, float]]:
+    """``{metric: {key: value}}`` for cosine and euclidean retrieval of queries against database."""
+    q = embed(model, queries, batch_size=batch_size, precision=precision)
+    db = embed(model, database, batch_size=batch_size, precision=precision)
+    return evaluate_all(q, queries.labels, db, database.labels, metrics=METRICS, ks=tuple(ks))
+
+
+def flatten_metrics(results: dict[str, dict[str, float]], prefix: str) -> dict[str, float]:
+    """``{"val/cosine/map": ..., ...}`` from nested results."""
+    return {f"{prefix}/{metric}/{key}": value for metric, values in results.items() for key, value in values.items()}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in unwrap(model).parameters())

@@ -1,0 +1,205 @@
+"""``indistill-study``: a Ray Tune + Optuna study of InDistill, its table, TensorBoard and export."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from indistill.schema import ConfigError
+
+ALL = ("digits", "cifar10", "cifar100", "fashionmnist", "cub200", "imagenet")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="indistill-study", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="run (or --resume) a study; with no arguments: the embedded digits study")
+    run.add_argument("--benchmarks", default="digits", help=f"comma-separated, or 'all' ({','.join(ALL)}); default: digits")
+    run.add_argument("--search-space", type=Path, help="search-space YAML (default: search_spaces/<benchmark>.yaml, else default.yaml)")
+    run.add_argument("--trials", type=int, help="override the search space's number of trials")
+    run.add_argument("--epochs", type=int, help="override the student epochs per trial")
+    run.add_argument("--storage", default="studies", help="where studies live: a path (NFS for multi-node) or s3://bucket/prefix")
+    run.add_argument("--name", default="default", help="the study's name (its directory under --storage)")
+    run.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP) per trial")
+    run.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractional for one-worker trials; default 0.25 on GPU clusters, else 0)")
+    run.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
+    run.add_argument("--artifact-workers", type=int, default=1, help="Ray Train workers for the teacher/auxiliary/baselines run")
+    run.add_argument("--address", help="Ray cluster to join ('auto' or host:port; default: $RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--data-root", help="dataset root (default: $INDISTILL_DATA or ~/.cache/indistill/data)")
+    run.add_argument("--download", action="store_true", help="download cifar10/cifar100/fashionmnist with torchvision before starting")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted study with the same --storage and --name")
+
+    table = sub.add_parser("table", help="print a study's results table")
+    table.add_argument("study_dir")
+    export = sub.add_parser("export", help="write the best configs, student checkpoints and tables")
+    export.add_argument("study_dir")
+    export.add_argument("--out", type=Path, required=True)
+    tb = sub.add_parser("tensorboard", help="print (or --start) the tensorboard command for a study")
+    tb.add_argument("study_dir")
+    tb.add_argument("--start", action="store_true", help="start tensorboard instead of printing the command")
+    tb.add_argument("--port", type=int, default=6006)
+    return parser
+
+
+def _benchmarks(text: str) -> list[str]:
+    names = list(ALL) if text == "all" else [b.strip() for b in text.split(",") if b.strip()]
+    from indistill.data import BENCHMARKS
+
+    for name in names:
+        if name not in BENCHMARKS:
+            raise ConfigError(f"--benchmarks: unknown benchmark {name!r}; choose from: {', '.join(BENCHMARKS.names())}, all")
+    if not names:
+        raise ConfigError("--benchmarks: give at least one benchmark")
+    return names
+
+
+def make_plan(args: argparse.Namespace, cluster: dict | None = None):
+    """Validate everything the user typed and build the StudyPlan (no Ray needed)."""
+    from .resources import TrialResources, default_gpus_per_trial
+    from .runner import BenchmarkPlan, StudyPlan
+    from .search_space import base_config, default_space_path, load_space
+    from .storage import Storage
+
+    plans = []
+    for bench in _benchmarks(args.benchmarks):
+        path = args.search_space or default_space_path(bench)
+        space = load_space(path, bench)
+        if args.trials is not None or args.epochs is not None:
+            import dataclasses
+
+            budget = space.budget
+            if args.trials is not None:
+                if args.trials < 1:
+                    raise ConfigError(f"--trials: must be >= 1, got {args.trials}")
+                budget = dataclasses.replace(budget, trials=args.trials)
+            if args.epochs is not None:
+                if args.epochs < 1:
+                    raise ConfigError(f"--epochs: must be >= 1, got {args.epochs}")
+                budget = dataclasses.replace(budget, epochs=args.epochs)
+            space = dataclasses.replace(space, budget=budget)
+            from .search_space import validate_space
+
+            validate_space(space, bench)
+        extra = {"data": {"download": True}} if args.download else {}
+        plans.append(BenchmarkPlan(bench, space, str(path), base_config(space, bench, extra)))
+    gpus = args.gpus_per_trial
+    if gpus is None:
+        gpus = default_gpus_per_trial(cluster or {}, args.workers_per_trial)
+    try:
+        resources = TrialResources(workers=args.workers_per_trial, gpus=gpus, cpus=args.cpus_per_trial)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if args.artifact_workers < 1:
+        raise ConfigError("--artifact-workers: must be >= 1")
+    storage = Storage.create(args.storage).sub(args.name)
+    return StudyPlan(args.name, storage, tuple(plans), resources, args.artifact_workers, args.data_root, args.resume)
+
+
+def _check_data(plan) -> None:
+    """Fail fast (before Ray) when a dataset is missing; downloads happen here with --download."""
+    from indistill.data import load_benchmark
+
+    for bp in plan.benchmarks:
+        load_benchmark(bp.benchmark, plan.data_root or bp.base.data.root, download=bp.base.data.download, options=bp.base.data.options)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import ray
+
+    plan = make_plan(args)
+    from .runner import check_new_or_resume, run_study
+
+    check_new_or_resume(plan)
+    _check_data(plan)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=True,
+             configure_logging=True, logging_level="WARNING")
+    try:
+        cluster = ray.cluster_resources()
+        if args.gpus_per_trial is None and cluster.get("GPU", 0) >= 1:
+            plan = make_plan(args, cluster)
+        table = run_study(plan)
+    finally:
+        ray.shutdown()
+    _print_summary(plan.storage.uri, table)
+    return 0
+
+
+def _print_summary(study: str, table) -> None:
+    from indistill.table import to_markdown
+
+    print()
+    print(to_markdown(table) if len(table) else "(no rows yet)")
+    print()
+    print(f"study directory : {study}")
+    print(f"results table   : {study}/results.md (and .csv, .tex)")
+    print(f"tensorboard     : indistill-study tensorboard {study}")
+    print(f"export configs  : indistill-study export {study} --out best/")
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from .storage import Storage
+
+    storage = Storage.create(args.study_dir)
+    if not storage.exists("results.md"):
+        raise ConfigError(f"{args.study_dir}: no results table (is it a study directory, and has a benchmark finished?)")
+    print(storage.read_text("results.md"))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_study
+    from .storage import Storage
+
+    storage = Storage.create(args.study_dir)
+    if not storage.exists("study.json"):
+        raise ConfigError(f"{args.study_dir}: not a study directory (no study.json)")
+    for path in export_study(storage, args.out):
+        print(path)
+    return 0
+
+
+def tensorboard_command(study_dir: str, port: int) -> list[str]:
+    return [shutil.which("tensorboard") or "tensorboard", "--logdir", study_dir, "--port", str(port), "--bind_all"]
+
+
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    from .storage import Storage
+
+    storage = Storage.create(args.study_dir)
+    if not storage.exists("study.json"):
+        raise ConfigError(f"{args.study_dir}: not a study directory (no study.json)")
+    cmd = tensorboard_command(storage.uri, args.port)
+    print(" ".join(cmd))
+    print("  per-trial curves: <benchmark>/tensorboard/trials/<trial>; Tune's scalars and HParams: ray/<benchmark>-search/")
+    if args.start:
+        return subprocess.call(cmd)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "table": cmd_table, "export": cmd_export, "tensorboard": cmd_tensorboard}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["run"]  # the embedded default: a digits study on a local Ray
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"indistill-study: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:  # includes DatasetNotFoundError
+        print(f"indistill-study: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

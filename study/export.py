@@ -1,0 +1,48 @@
+"""Export the best configs: a complete YAML per benchmark that ``indistill run --config`` accepts."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from indistill.config import build_config, config_to_dict
+
+from .results import TABLE_FILES
+from .storage import Storage
+
+
+def export_study(storage: Storage, out: Path) -> list[Path]:
+    """Per benchmark: ``<bench>/best_config.yaml``, ``<bench>/student.pt``; plus the study tables."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    benchmarks = storage.read_json("study.json")["benchmarks"]
+    for bench in benchmarks:
+        rel = f"{bench}/search/best_config.yaml"
+        if not storage.exists(rel):
+            print(f"[export] {bench}: no best config yet (search not finished)")
+            continue
+        data = yaml.safe_load(storage.read_text(rel))
+        # what the tuned row is: the InDistill student on the test protocol, evaluated once at the end
+        data["methods"] = ["indistill"]
+        data["student"]["eval_every"] = 0
+        cfg = build_config(data, benchmark=bench)  # validates before writing
+        target = out / bench
+        target.mkdir(parents=True, exist_ok=True)
+        header = f"# Best InDistill config of study {storage.uri} ({bench}).\n# Reproduce: indistill run --config {target / 'best_config.yaml'}\n"
+        (target / "best_config.yaml").write_text(header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        written.append(target / "best_config.yaml")
+        if storage.exists(f"{bench}/final/run/final.pt"):
+            storage.download(f"{bench}/final/run", target / "run")
+            shutil.move(target / "run" / "final.pt", target / "student.pt")
+            shutil.rmtree(target / "run")
+            written.append(target / "student.pt")
+        if storage.exists(f"{bench}/final/result.json"):
+            (target / "result.json").write_text(storage.read_text(f"{bench}/final/result.json"))
+            written.append(target / "result.json")
+    for name in TABLE_FILES:
+        if storage.exists(name):
+            (out / name).write_text(storage.read_text(name))
+            written.append(out / name)
+    return written

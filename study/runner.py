@@ -1,0 +1,209 @@
+"""A study: for each benchmark, artifacts -> Tune search -> final retrain -> results table."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import ray
+import ray.train
+from ray import tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from indistill.config import RunConfig, config_to_dict
+from indistill.schema import ConfigError
+
+from .resources import TrialResources
+from .results import build_table, summarize_trials, write_study_table
+from .search_space import SearchSpace, apply_params, base_config, define_by_run
+from .storage import Storage
+from .workers import OBJECTIVE, final_retrain, prepare_artifacts, run_trial
+
+STATE = "study.json"
+
+
+@dataclass(frozen=True)
+class BenchmarkPlan:
+    """One benchmark of a study: its search space and the config every stage starts from."""
+
+    benchmark: str
+    space: SearchSpace
+    space_path: str
+    base: RunConfig
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Everything validated before Ray starts."""
+
+    name: str
+    storage: Storage  # the study directory
+    benchmarks: tuple[BenchmarkPlan, ...]
+    trial_resources: TrialResources
+    artifact_workers: int = 1
+    data_root: str | None = None
+    resume: bool = False
+    faults: dict = field(default_factory=dict)  # trial index -> "nan" | "error" (tests only)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Constants a trial needs, passed through the object store."""
+
+    plan: BenchmarkPlan
+    storage: str
+    ray_storage: str
+    resources: TrialResources
+    data_root: str | None
+    faults: dict
+
+
+def _ray_storage(storage: Storage) -> str:
+    return storage.join("ray")
+
+
+def _scaling(resources: TrialResources) -> ray.train.ScalingConfig:
+    return ray.train.ScalingConfig(
+        num_workers=resources.workers, use_gpu=resources.use_gpu, resources_per_worker=resources.per_worker()
+    )
+
+
+def tune_trial(params: dict, spec: TrialSpec) -> None:
+    """The Tune function trainable: one Ray Train run of the student stage for ``params``."""
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    cfg = apply_params(spec.plan.base, params, spec.plan.space)
+    index = int(trial_id.rsplit("_", 1)[-1]) if "_" in trial_id else -1
+    trainer = TorchTrainer(
+        run_trial,
+        train_loop_config={
+            "cfg": config_to_dict(cfg), "storage": spec.storage, "trial_id": trial_id,
+            "data_root": spec.data_root, "fail_with": spec.faults.get(index),
+        },
+        scaling_config=_scaling(spec.resources),
+        run_config=ray.train.RunConfig(
+            # named after the trial (no timestamp): a retried trial resumes its own checkpoints
+            name=f"{spec.plan.benchmark}-trial-{trial_id}",
+            storage_path=spec.ray_storage,
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    )
+    trainer.fit()
+
+
+def _train_run(fn: Callable[[dict], None], name: str, config: dict, plan: StudyPlan, workers: int) -> None:
+    res = dataclasses.replace(plan.trial_resources, workers=workers,
+                              gpus=(float(workers) if plan.trial_resources.use_gpu else 0.0),
+                              cpus=plan.trial_resources.cpus / plan.trial_resources.workers * workers)
+    TorchTrainer(
+        fn, train_loop_config=config, scaling_config=_scaling(res),
+        run_config=ray.train.RunConfig(name=name, storage_path=_ray_storage(plan.storage),
+                                       failure_config=ray.train.FailureConfig(max_failures=1)),
+    ).fit()
+
+
+def _artifact_config(bp: BenchmarkPlan) -> RunConfig:
+    # baselines and the final retrain are evaluated on test once, after training: no per-epoch eval
+    return dataclasses.replace(bp.base, student=dataclasses.replace(bp.base.student, eval_every=0))
+
+
+def run_artifacts(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None]) -> None:
+    if plan.storage.exists(f"{bp.benchmark}/artifacts/baselines.json"):
+        log(f"[study] {bp.benchmark}: artifacts already prepared")
+        return
+    log(f"[study] {bp.benchmark}: preparing artifacts (teacher, auxiliary, baselines) with {plan.artifact_workers} worker(s)")
+    _train_run(prepare_artifacts, f"{bp.benchmark}-artifacts",
+               {"cfg": config_to_dict(_artifact_config(bp)), "storage": plan.storage.uri, "data_root": plan.data_root},
+               plan, plan.artifact_workers)
+
+
+def run_search(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None], cluster: dict) -> tune.ResultGrid:
+    budget = bp.space.budget
+    exp_name = f"{bp.benchmark}-search"
+    exp_path = plan.storage.join("ray", exp_name)
+    spec = TrialSpec(bp, plan.storage.uri, _ray_storage(plan.storage), plan.trial_resources, plan.data_root, plan.faults)
+    # the trial function only launches a Ray Train run (whose workers hold the resources)
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, spec=spec), {"CPU": 0})
+    if plan.resume and tune.Tuner.can_restore(exp_path):
+        log(f"[study] {bp.benchmark}: resuming the search from {exp_path}")
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        concurrent = plan.trial_resources.max_concurrent(cluster)
+        log(f"[study] {bp.benchmark}: searching {budget.trials} trials, {concurrent} at a time "
+            f"({plan.trial_resources.per_worker()} per worker x {plan.trial_resources.workers})")
+        import optuna
+
+        searcher = OptunaSearch(space=define_by_run(bp.space), sampler=optuna.samplers.TPESampler(seed=budget.seed))
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=bp.base.student.epochs,
+                                  grace_period=min(budget.grace_period, bp.base.student.epochs),
+                                  reduction_factor=budget.reduction_factor)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max", search_alg=searcher, scheduler=scheduler,
+                                        num_samples=budget.trials, max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name=exp_name, storage_path=_ray_storage(plan.storage),
+                                      failure_config=tune.FailureConfig(max_failures=budget.max_failures)),
+        )
+    return tuner.fit()
+
+
+def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, log: Callable[[str], None]) -> None:
+    if plan.storage.exists(f"{bp.benchmark}/final/result.json"):
+        log(f"[study] {bp.benchmark}: final retrain already done")
+        return
+    log(f"[study] {bp.benchmark}: retraining the best config on the full train split, evaluating on test")
+    cfg = dataclasses.replace(best, student=dataclasses.replace(best.student, eval_every=0))
+    _train_run(final_retrain, f"{bp.benchmark}-final",
+               {"cfg": config_to_dict(cfg), "storage": plan.storage.uri, "data_root": plan.data_root},
+               plan, plan.trial_resources.workers)
+
+
+def check_new_or_resume(plan: StudyPlan) -> None:
+    exists = plan.storage.exists(STATE)
+    if exists and not plan.resume:
+        raise ConfigError(f"--name: study {plan.storage.uri} already exists; add --resume to continue it or pick another --name")
+    if plan.resume and not exists:
+        raise ConfigError(f"--resume: no study at {plan.storage.uri} to resume")
+
+
+def run_study(plan: StudyPlan, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run (or resume) every benchmark of the plan; returns the results table. Ray must be initialised."""
+    t0 = time.perf_counter()
+    state = plan.storage.read_json(STATE) if plan.storage.exists(STATE) else {
+        "name": plan.name, "benchmarks": [b.benchmark for b in plan.benchmarks], "created": time.time(),
+        "space_files": {b.benchmark: b.space_path for b in plan.benchmarks},
+    }
+    plan.storage.write_json(STATE, state)
+    cluster = ray.cluster_resources()
+    for bp in plan.benchmarks:
+        plan.storage.write_text(f"{bp.benchmark}/base_config.yaml", _yaml(config_to_dict(bp.base)))
+        run_artifacts(plan, bp, log)
+        if not plan.storage.exists(f"{bp.benchmark}/search/trials.json"):
+            grid = run_search(plan, bp, log, cluster)
+            trials = summarize_trials(grid, bp)
+            plan.storage.write_json(f"{bp.benchmark}/search/trials.json", trials)
+        trials = plan.storage.read_json(f"{bp.benchmark}/search/trials.json")
+        if trials["best"] is None:
+            log(f"[study] {bp.benchmark}: no trial finished; skipping the final retrain")
+            continue
+        best_cfg = apply_params(bp.base, trials["best"]["params"], bp.space)
+        plan.storage.write_text(f"{bp.benchmark}/search/best_config.yaml", _yaml(config_to_dict(best_cfg)))
+        run_final(plan, bp, best_cfg, log)
+    table = build_table(plan.storage, [b.benchmark for b in plan.benchmarks])
+    write_study_table(plan.storage, table)
+    log(f"[study] done in {time.perf_counter() - t0:.0f}s")
+    return table
+
+
+def _yaml(obj) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False)

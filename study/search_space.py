@@ -1,0 +1,188 @@
+"""Search spaces: plain YAML -> validated dataclasses -> an Optuna define-by-run function.
+
+Parameter names use ``/`` so Tune nests them (``curriculum/loss_0`` -> ``config["curriculum"]["loss_0"]``).
+The weight of a layer is conditional on the loss sampled for it: MSE, PKT and cosine losses live on
+different scales, so each loss has its own log-uniform range.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from indistill.config import RunConfig, build_config, deep_merge, read_yaml
+from indistill.schema import ConfigError, from_dict
+
+PACKAGED = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def _require(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{field_name}: {message}")
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        _require(self.low >= 0, "low", f"must be >= 0, got {self.low}")
+        _require(self.low <= self.high, "high", f"empty range: low {self.low} > high {self.high}")
+
+
+@dataclass(frozen=True)
+class LogRange:
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        _require(self.low > 0, "low", f"must be > 0 for a log-uniform range, got {self.low}")
+        _require(self.low <= self.high, "high", f"empty range: low {self.low} > high {self.high}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much search: trials, student epochs per trial, ASHA's grace period and reduction factor."""
+
+    trials: int = 8
+    epochs: int | None = None  # student epochs per trial; None = the benchmark config's
+    grace_period: int = 5
+    reduction_factor: int = 3
+    seed: int = 0  # TPE sampler seed
+    max_failures: int = 1  # Tune retries of a failed trial
+
+    def __post_init__(self) -> None:
+        _require(self.trials >= 1, "trials", f"must be >= 1, got {self.trials}")
+        _require(self.epochs is None or self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.grace_period >= 1, "grace_period", f"must be >= 1, got {self.grace_period}")
+        _require(self.reduction_factor >= 2, "reduction_factor", f"must be >= 2, got {self.reduction_factor}")
+        _require(self.max_failures >= 0, "max_failures", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class CurriculumSpace:
+    epochs: tuple[IntRange, ...] = ()  # one range per curriculum layer
+    losses: tuple[str, ...] = ("mse",)  # choices for every layer's loss
+    weights: dict = field(default_factory=dict)  # loss name -> {low, high}: log-uniform, conditional on the loss
+    overlap: tuple[bool, ...] = (False,)
+
+    def __post_init__(self) -> None:
+        _require(len(self.epochs) > 0, "epochs", "needs one {low, high} range per curriculum layer")
+        _require(len(self.losses) > 0, "losses", "needs at least one loss")
+        _require(len(self.overlap) > 0, "overlap", "needs at least one value")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    benchmark: str | None = None
+    budget: Budget = field(default_factory=Budget)
+    curriculum: CurriculumSpace = field(default_factory=CurriculumSpace)
+    criteria: tuple[str, ...] = ("l1",)
+    fixed: dict = field(default_factory=dict)  # config overrides for every trial (and the final retrain)
+
+    def __post_init__(self) -> None:
+        _require(len(self.criteria) > 0, "criteria", "needs at least one pruning criterion")
+
+
+def _weight_ranges(space: SearchSpace) -> dict[str, LogRange]:
+    out = {}
+    for loss in space.curriculum.losses:
+        raw = space.curriculum.weights.get(loss, {"low": 1.0, "high": 1.0})
+        out[loss] = from_dict(LogRange, raw, f"curriculum.weights.{loss}")
+    return out
+
+
+def validate_space(space: SearchSpace, benchmark: str) -> None:
+    """Check names against the registries and the shape against the benchmark's student."""
+    from indistill.losses import LOSSES
+    from indistill.pruning import CRITERIA
+
+    feature_losses = [n for n in LOSSES.names() if n != "kd"]
+    for i, name in enumerate(space.curriculum.losses):
+        if name not in feature_losses:
+            raise ConfigError(f"curriculum.losses[{i}]: unknown loss {name!r}; choose from: {', '.join(feature_losses)}")
+    for name in space.curriculum.weights:
+        if name not in space.curriculum.losses:
+            raise ConfigError(f"curriculum.weights: {name!r} is not one of curriculum.losses ({', '.join(space.curriculum.losses)})")
+    _weight_ranges(space)
+    for i, name in enumerate(space.criteria):
+        if name not in CRITERIA:
+            raise ConfigError(f"criteria[{i}]: unknown criterion {name!r}; choose from: {', '.join(CRITERIA.names())}")
+    if space.benchmark is not None and space.benchmark != benchmark:
+        raise ConfigError(f"benchmark: this search space is for {space.benchmark!r}, not {benchmark!r}")
+    base = base_config(space, benchmark)
+    n = len(base.student.curriculum.epochs)
+    if len(space.curriculum.epochs) != n:
+        raise ConfigError(f"curriculum.epochs: the {benchmark} student has {n} curriculum layers, the space gives {len(space.curriculum.epochs)} ranges")
+    longest = sum(r.high for r in space.curriculum.epochs)
+    if longest > base.student.epochs:
+        raise ConfigError(f"curriculum.epochs: the longest curriculum ({longest} epochs) exceeds the trial's {base.student.epochs} student epochs")
+
+
+def load_space(path: str | Path, benchmark: str) -> SearchSpace:
+    """Read and validate a search-space YAML for ``benchmark``; errors name the field."""
+    space = from_dict(SearchSpace, read_yaml(path))
+    validate_space(space, benchmark)
+    return space
+
+
+def default_space_path(benchmark: str) -> Path:
+    """``search_spaces/<benchmark>.yaml`` if present, else ``search_spaces/default.yaml``."""
+    own = PACKAGED / f"{benchmark}.yaml"
+    return own if own.is_file() else PACKAGED / "default.yaml"
+
+
+def base_config(space: SearchSpace, benchmark: str, extra: Mapping | None = None) -> RunConfig:
+    """The benchmark's default config with the space's fixed overrides and budget applied."""
+    overrides = deep_merge(space.fixed, extra or {})
+    if space.budget.epochs is not None:
+        overrides = deep_merge(overrides, {"student": {"epochs": space.budget.epochs}})
+    overrides = deep_merge(overrides, {"student": {"eval_every": 1}})
+    return build_config(overrides, benchmark=benchmark)
+
+
+def define_by_run(space: SearchSpace):
+    """An Optuna define-by-run function sampling ``space`` (conditional weight ranges)."""
+    weights = _weight_ranges(space)
+    cur = space.curriculum
+
+    def sample(trial) -> None:
+        for i, r in enumerate(cur.epochs):
+            trial.suggest_int(f"curriculum/epochs_{i}", r.low, r.high)
+        for i in range(len(cur.epochs)):
+            loss = trial.suggest_categorical(f"curriculum/loss_{i}", list(cur.losses))
+            w = weights[loss]
+            if w.low == w.high:
+                continue  # fixed weight: not a search dimension
+            trial.suggest_float(f"curriculum/weight_{i}_{loss}", w.low, w.high, log=True)
+        trial.suggest_categorical("curriculum/overlap", list(cur.overlap))
+        trial.suggest_categorical("prune/criterion", list(space.criteria))
+
+    return sample
+
+
+def apply_params(base: RunConfig, params: Mapping[str, Any], space: SearchSpace) -> RunConfig:
+    """The trial's RunConfig: ``base`` with the sampled (nested) parameters applied."""
+    cur = params.get("curriculum", {})
+    n = len(space.curriculum.epochs)
+    weights = _weight_ranges(space)
+    losses = [cur.get(f"loss_{i}", base.student.curriculum.losses[i]) for i in range(n)]
+    ws = []
+    for i, loss in enumerate(losses):
+        default = weights[loss].low if loss in weights else base.student.curriculum.weights[i]
+        ws.append(float(cur.get(f"weight_{i}_{loss}", default)))
+    overrides = {
+        "student": {
+            "curriculum": {
+                "epochs": [int(cur.get(f"epochs_{i}", base.student.curriculum.epochs[i])) for i in range(n)],
+                "losses": losses,
+                "weights": ws,
+                "overlap": bool(cur.get("overlap", base.student.curriculum.overlap)),
+            }
+        },
+        "prune": {"criterion": params.get("prune", {}).get("criterion", base.prune.criterion)},
+    }
+    from indistill.config import config_to_dict
+
+    return build_config(deep_merge(config_to_dict(base), overrides), benchmark=base.benchmark)

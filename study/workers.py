@@ -1,0 +1,197 @@
+"""Code that runs on Ray Train workers: artifacts, one search trial, the final retrain.
+
+Each function is a ``train_loop_per_worker``: it receives a plain dict, trains with the
+Ray-free ``indistill`` stages (DDP when the run has several workers) and reports through
+``ray.train.report``. Only rank 0 writes to the study storage.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import ray.train
+import torch
+
+from indistill.config import RunConfig, build_config
+from indistill.data import load_benchmark
+from indistill.evaluate import count_parameters, embed
+from indistill.pipeline import make_context
+from indistill.table import ROW_LABELS, result_row
+from indistill.train.loop import LAST
+from indistill.train.runtime import rank, resolve_device
+from indistill.train.stages import (
+    Context,
+    auxiliary_key,
+    auxiliary_stage,
+    evaluate_stage,
+    prune_stage,
+    student_stage,
+    teacher_key,
+    teacher_stage,
+)
+
+from .storage import Storage
+from .tblog import TensorBoardLogger
+
+OBJECTIVE = "val_map"
+BASELINES = ("ce", "pkt", "mkt", "indistill")
+
+
+def _device_name(cfg: RunConfig) -> str:
+    return "cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu"
+
+
+@contextlib.contextmanager
+def artifacts_root(storage: Storage, benchmark: str, *, writable: bool) -> Iterator[Path]:
+    """The benchmark's stage cache as a local directory (a scratch mirror for remote storage)."""
+    rel = f"{benchmark}/artifacts/stages"
+    if storage.is_local:
+        path = storage.local_path() / rel
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="indistill-artifacts-"))
+    try:
+        if storage.exists(rel):
+            storage.download(rel, scratch)
+        yield scratch
+        if writable and rank() == 0:
+            storage.upload(scratch, rel)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _context(cfg: RunConfig, root: Path, data_root: str | None) -> Context:
+    cfg = cfg.replace(device=_device_name(cfg))
+    return make_context(cfg, root, log=print if rank() == 0 else (lambda _m: None), data_root=data_root)
+
+
+def prepare_artifacts(config: dict) -> None:
+    """Teacher, auxiliary and every baseline student (paper defaults) with their test results."""
+    cfg = build_config(config["cfg"])
+    storage = Storage(config["storage"])
+    with artifacts_root(storage, cfg.benchmark, writable=True) as root:
+        ctx = _context(cfg, root, config.get("data_root"))
+        teacher = teacher_stage(ctx)
+        rows = [result_row("teacher", count_parameters(teacher), evaluate_stage(ctx, teacher, ctx.stage_dir("teacher", teacher_key(cfg))))]
+        ray.train.report({"stage": 1, "epoch": 1})
+        aux = auxiliary_stage(ctx, teacher)
+        rows.append(result_row("auxiliary", count_parameters(aux), evaluate_stage(ctx, aux, ctx.stage_dir("auxiliary", auxiliary_key(cfg)))))
+        ray.train.report({"stage": 2, "epoch": 2})
+        pruned = prune_stage(ctx, aux)
+        for i, method in enumerate(BASELINES):
+            run = student_stage(ctx, method, aux, pruned, protocol="test")
+            label = "InDistill (paper defaults)" if method == "indistill" else ROW_LABELS[method]
+            rows.append(result_row(label, count_parameters(run.model), evaluate_stage(ctx, run.model, run.work_dir)))
+            ray.train.report({"stage": 3 + i, "epoch": 3 + i})
+    if rank() == 0:
+        storage.write_json(f"{cfg.benchmark}/artifacts/baselines.json", {"rows": rows})
+
+
+def _frozen_networks(ctx: Context):
+    """Teacher and auxiliary from the artifacts; a trial never trains them."""
+    for stage, key in (("teacher", teacher_key(ctx.cfg)), ("auxiliary", auxiliary_key(ctx.cfg))):
+        if not (ctx.stage_dir(stage, key) / "final.pt").exists():
+            raise FileNotFoundError(f"artifact {stage}-{key} is missing: prepare the artifacts first")
+    teacher = teacher_stage(ctx)
+    return teacher, auxiliary_stage(ctx, teacher)
+
+
+def _epoch_reporter(tb: TensorBoardLogger | None):
+    """Reports every epoch to Ray Train (metrics + the epoch checkpoint) and TensorBoard."""
+
+    def hook(epoch: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
+        out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        out["epoch"] = epoch + 1  # ASHA's time attribute: epochs completed
+        if "val/cosine/map" in metrics:
+            out[OBJECTIVE] = metrics["val/cosine/map"]
+        if tb is not None:
+            tb.log(epoch + 1, {k: v for k, v in out.items() if k not in ("epoch", "samples")})
+        if checkpoint is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copy2(checkpoint, Path(tmp) / LAST)
+                ray.train.report(out, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
+        else:
+            ray.train.report(out)
+
+    return hook
+
+
+def _restored_checkpoint(scratch: Path) -> Path | None:
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    local = ckpt.to_directory(str(scratch / "restored"))
+    return Path(local) / LAST
+
+
+def run_trial(config: dict) -> None:
+    """One search trial: the student stage on train minus val, val mAP reported every epoch."""
+    cfg = build_config(config["cfg"])
+    storage = Storage(config["storage"])
+    scratch = Path(tempfile.mkdtemp(prefix="indistill-trial-"))
+    tb = TensorBoardLogger(storage, f"{cfg.benchmark}/tensorboard/trials/{config['trial_id']}") if rank() == 0 else None
+    try:
+        if config.get("fail_with"):  # fault injection for tests: "nan" or "error"
+            cfg = _inject_fault(cfg, config["fail_with"])
+        with artifacts_root(storage, cfg.benchmark, writable=False) as root:
+            ctx = _context(cfg, root, config.get("data_root"))
+            _, aux = _frozen_networks(ctx)
+            pruned = prune_stage(ctx, aux)
+            student_stage(ctx, "indistill", aux, pruned, protocol="val", hooks=[_epoch_reporter(tb)],
+                          work_dir=scratch / "student", resume_from=_restored_checkpoint(scratch))
+    finally:
+        if tb is not None:
+            tb.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _inject_fault(cfg: RunConfig, kind: str) -> RunConfig:
+    if kind == "nan":
+        import dataclasses
+
+        cur = dataclasses.replace(cfg.student.curriculum, weights=tuple(float("nan") for _ in cfg.student.curriculum.weights))
+        return cfg.replace(student=dataclasses.replace(cfg.student, curriculum=cur))
+    raise RuntimeError(f"injected failure ({kind})")
+
+
+def final_retrain(config: dict) -> None:
+    """The best config retrained on the full train split, evaluated on test; checkpoint and PR curves saved."""
+    cfg = build_config(config["cfg"])
+    storage = Storage(config["storage"])
+    rel = f"{cfg.benchmark}/final"
+    scratch = Path(tempfile.mkdtemp(prefix="indistill-final-"))
+    tb = TensorBoardLogger(storage, f"{cfg.benchmark}/tensorboard/final") if rank() == 0 else None
+    try:
+        with artifacts_root(storage, cfg.benchmark, writable=False) as root:
+            ctx = _context(cfg, root, config.get("data_root"))
+            _, aux = _frozen_networks(ctx)
+            pruned = prune_stage(ctx, aux)
+            run = student_stage(ctx, "indistill", aux, pruned, protocol="test", hooks=[_epoch_reporter(tb)],
+                                work_dir=scratch / "student", resume_from=_restored_checkpoint(scratch))
+            results = evaluate_stage(ctx, run.model, run.work_dir)
+            if rank() == 0:
+                _pr_curves(tb, ctx, run.model)
+                row = result_row("InDistill (tuned)", count_parameters(run.model), results)
+                shutil.copy2(run.work_dir / "final.pt", scratch / "student.pt")
+                storage.upload(scratch / "student", f"{rel}/run")
+                storage.write_json(f"{rel}/result.json", {"row": row, "results": results})
+    finally:
+        if tb is not None:
+            tb.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _pr_curves(tb: TensorBoardLogger | None, ctx: Context, model) -> None:
+    """Precision-recall curves of the final student: cosine similarity of test queries vs train items."""
+    if tb is None:
+        return
+    queries, database = ctx.eval_splits("test")
+    q = torch.nn.functional.normalize(embed(model, queries), dim=1)[:200]
+    db = torch.nn.functional.normalize(embed(model, database), dim=1)
+    scores = (q @ db.T).flatten().cpu()
+    labels = (queries.labels[:200, None] == database.labels[None, :]).flatten().cpu()
+    tb.pr_curve("final/pr_cosine", labels, (scores + 1) / 2)

@@ -1,0 +1,265 @@
+"""Retrieval evaluation: hand-built cases, the legacy quirk, agreement with the float64 reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from indistill.retrieval import LEGACY_LEVELS, evaluate, evaluate_all, reference_evaluate
+
+METRICS = ("cosine", "euclidean")
+
+
+def _check_all(got: dict[str, float], expected: dict[str, float], tol: float = 1e-12) -> None:
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=tol), key
+
+
+def _line_case(rel_pattern: list[int], n_queries: int = 1) -> tuple[torch.Tensor, ...]:
+    """Query at x = -1 (label 1), database item i at x = i + 1: both metrics rank by index
+    (euclidean by increasing distance, cosine because every cosine is -1: all tied, stable order)."""
+    n = len(rel_pattern)
+    query = torch.full((n_queries, 1), -1.0)
+    query_labels = torch.ones(n_queries, dtype=torch.long)
+    database = torch.arange(1, n + 1, dtype=torch.float32)[:, None]
+    database_labels = torch.tensor(rel_pattern, dtype=torch.long)
+    return query, query_labels, database, database_labels
+
+
+def test_hand_built_six_items():
+    # Ranking (both metrics) = database order; relevant at ranks 1, 3, 6, so P = 3.
+    # precision at ranks 1..6: 1, 1/2, 2/3, 2/4, 2/5, 3/6
+    # ap_full = (1 + 2/3 + 3/6) / 3 = 13/18
+    # 11-point: hits=1 satisfies 10*1 >= 3j for j <= 3, hits=2 for j <= 6, hits=3 for all j.
+    #   j=0..3: max over all ranks = 1; j=4..6: max over ranks 3..6 = 2/3; j=7..10: rank 6 = 1/2
+    #   map = (4*1 + 3*(2/3) + 4*(1/2)) / 11 = 8/11
+    # p@1 = 1, p@2 = 1/2, p@4 = 2/4, p@10 -> capped at 6 = 3/6
+    # legacy: one query, so b = 1 and the curve stays raw. recall per rank: 1/3 1/3 2/3 2/3 2/3 1.
+    #   levels 0, .1, .2, .3, .4 -> rank 1 (precision 1)
+    #   level .5: |1/3 - .5| = 0.16666666666666669 > |2/3 - .5| = 0.16666666666666663 -> rank 3 (2/3)
+    #   levels .6, .7, .8 -> rank 3 (2/3); levels .9, 1 -> rank 6 (1/2)
+    #   map_legacy = (5*1 + 4*(2/3) + 2*(1/2)) / 11 = 26/33; p@K_legacy = raw precision = p@K
+    assert abs(1 / 3 - LEGACY_LEVELS[5]) > abs(2 / 3 - LEGACY_LEVELS[5])  # the float64 fact used above
+    expected = {
+        "map": 8 / 11,
+        "ap_full": 13 / 18,
+        "p@1": 1.0,
+        "p@2": 0.5,
+        "p@4": 0.5,
+        "p@10": 0.5,
+        "map_legacy": 26 / 33,
+        "p@1_legacy": 1.0,
+        "p@2_legacy": 0.5,
+        "p@4_legacy": 0.5,
+        "p@10_legacy": 0.5,
+    }
+    data = _line_case([1, 0, 1, 0, 0, 1])
+    for metric in METRICS:
+        _check_all(evaluate(*data, metric=metric, ks=(1, 2, 4, 10)), expected)
+        _check_all(reference_evaluate(*data, metric=metric, ks=(1, 2, 4, 10)), expected)
+
+
+def test_legacy_quirk_beyond_batch_and_last_smaller_batch():
+    # 200 database items: ranks 1..100 irrelevant, ranks 101..200 relevant (P = 100).
+    # 130 identical queries: queries 0..127 form a batch of b = 128, queries 128..129 one of b = 2.
+    # raw precision at 0-based index i >= 100: (i - 99) / (i + 1), increasing up to 100/200 = 1/2.
+    # legacy levels: level j/10 is matched exactly by recall 10j/100, i.e. index 99 + 10j (j >= 1);
+    #   level 0 by recall 0 at index 0.
+    # b = 128: indices < 127 take max(raw[i..127]) = raw[127] = 28/128 (for i <= 127); later indices raw.
+    #   AP = (3 * 28/128 + sum_{j=3..10} j / (10 + j)) / 11   (j = 0, 1, 2 land at indices 0, 109, 119)
+    # b = 2: only index 0 takes max(raw[0], raw[1]) = 0; AP = (0 + sum_{j=1..10} j / (10 + j)) / 11
+    # Without the quirk (full running max) every level would read 1/2.
+    tail = sum(j / (10 + j) for j in range(3, 11))
+    ap_128 = (3 * 28 / 128 + tail) / 11
+    ap_2 = (sum(j / (10 + j) for j in range(1, 11))) / 11
+    # 11-point: every level's max is at the last rank (1/2); ap_full = mean_k k / (100 + k).
+    # p@1 = 0, p@128 = 28/128, p@150 = 50/150 (index 149 has 50 hits).
+    # p@1_legacy: b = 128 reads max(raw[0..127]) = 28/128, b = 2 reads max(raw[0], raw[1]) = 0.
+    # p@128_legacy: index 127 = b - 1 keeps raw 28/128; p@150_legacy: raw 50/150.
+    expected = {
+        "map": 0.5,
+        "ap_full": sum(k / (100 + k) for k in range(1, 101)) / 100,
+        "p@1": 0.0,
+        "p@128": 28 / 128,
+        "p@150": 50 / 150,
+        "map_legacy": (128 * ap_128 + 2 * ap_2) / 130,
+        "p@1_legacy": (128 * 28 / 128 + 2 * 0.0) / 130,
+        "p@128_legacy": 28 / 128,
+        "p@150_legacy": 50 / 150,
+    }
+    data = _line_case([0] * 100 + [1] * 100, n_queries=130)
+    for metric in METRICS:
+        _check_all(evaluate(*data, metric=metric, ks=(1, 128, 150)), expected)
+        _check_all(evaluate(*data, metric=metric, ks=(1, 128, 150), chunk_size=50), expected)
+        _check_all(reference_evaluate(*data, metric=metric, ks=(1, 128, 150)), expected)
+
+
+def test_queries_without_relevant_items_count_as_zero():
+    # Query 0 (label 1) finds its only relevant item first: AP 1. Query 1 (label 7) has P = 0: AP 0.
+    query = torch.tensor([[-1.0], [-1.0]])
+    query_labels = torch.tensor([1, 7])
+    database = torch.tensor([[1.0], [2.0], [3.0]])
+    database_labels = torch.tensor([1, 0, 0])
+    expected = {
+        "map": 0.5,
+        "ap_full": 0.5,
+        "p@1": 0.5,
+        "p@3": (1 / 3 + 0) / 2,
+        "map_legacy": 0.5,
+        # b = 2 quirk: index 0 takes max(raw[0], raw[1]); query 0: max(1, 1/2) = 1, query 1: 0.
+        "p@1_legacy": 0.5,
+        "p@3_legacy": (1 / 3 + 0) / 2,
+    }
+    for metric in METRICS:
+        _check_all(evaluate(query, query_labels, database, database_labels, metric, ks=(1, 3)), expected)
+        _check_all(reference_evaluate(query, query_labels, database, database_labels, metric, ks=(1, 3)), expected)
+
+
+def _dyadic_data(nq: int, n: int, dim: int = 16, classes: int = 10, seed: int = 0):
+    """Unit vectors with entries +-1/4 (class sign pattern, each sign flipped with p = 0.3).
+
+    Norms, dot products and squared distances are exact in float32 and float64, so both
+    implementations see the same values and the same (many) ties, broken by index.
+    """
+    rng = np.random.default_rng(seed)
+    prototypes = rng.choice([-1.0, 1.0], size=(classes, dim))
+
+    def draw(count: int):
+        labels = rng.integers(0, classes, count)
+        flips = np.where(rng.random((count, dim)) < 0.3, -1.0, 1.0)
+        return torch.tensor(prototypes[labels] * flips / 4, dtype=torch.float32), torch.tensor(labels)
+
+    q, ql = draw(nq)
+    db, dbl = draw(n)
+    return q, ql, db, dbl
+
+
+def _integer_data(nq: int, n: int, dim: int = 16, classes: int = 10, seed: int = 1):
+    """Integer coordinates: euclidean distances (and |x|^2 - 2 q.x) are exact, ties identical."""
+    rng = np.random.default_rng(seed)
+    centers = rng.integers(-6, 7, size=(classes, dim))
+
+    def draw(count: int):
+        labels = rng.integers(0, classes, count)
+        x = centers[labels] + rng.integers(-4, 5, size=(count, dim))
+        return torch.tensor(x, dtype=torch.float32), torch.tensor(labels)
+
+    q, ql = draw(nq)
+    db, dbl = draw(n)
+    return q, ql, db, dbl
+
+
+@pytest.mark.parametrize(
+    "data, metric",
+    [
+        (_dyadic_data(300, 1000), "cosine"),
+        (_dyadic_data(300, 1000), "euclidean"),
+        (_integer_data(300, 1000), "euclidean"),
+    ],
+    ids=["dyadic-cosine", "dyadic-euclidean", "integer-euclidean"],
+)
+def test_agrees_with_reference(data, metric):
+    got = evaluate(*data, metric=metric)
+    ref = reference_evaluate(*data, metric=metric)
+    assert set(got) == set(ref)
+    for key in ref:
+        assert abs(got[key] - ref[key]) < 1e-6, key
+    assert 0.2 < got["map"] < 0.95  # a non-trivial ranking
+
+
+def test_agrees_with_reference_on_continuous_data():
+    # Well-separated random points: far fewer database items than the float32 resolution of the
+    # distances can confuse, so the ranking is unambiguous.
+    g = torch.Generator().manual_seed(0)
+    classes = torch.randint(0, 5, (40,), generator=g), torch.randint(0, 5, (60,), generator=g)
+    centers = torch.randn(5, 8, generator=g) * 2
+    q = centers[classes[0]] + torch.randn(40, 8, generator=g)
+    db = centers[classes[1]] + torch.randn(60, 8, generator=g)
+    for metric in METRICS:
+        got = evaluate(q, classes[0], db, classes[1], metric, ks=(5, 20))
+        ref = reference_evaluate(q, classes[0], db, classes[1], metric, ks=(5, 20))
+        for key in ref:
+            assert abs(got[key] - ref[key]) < 1e-6, (metric, key)
+
+
+@pytest.mark.parametrize("nq, n", [(1, 1), (5, 2), (129, 40), (260, 130), (3, 300)])
+def test_edge_sizes_agree_with_reference(nq, n):
+    data = _dyadic_data(nq, n, classes=4, seed=nq + n)
+    for metric in METRICS:
+        got = evaluate(*data, metric=metric, ks=(1, 10, 500))
+        ref = reference_evaluate(*data, metric=metric, ks=(1, 10, 500))
+        for key in ref:
+            assert abs(got[key] - ref[key]) < 1e-9, (metric, key)
+
+
+def test_chunk_size_invariance_and_evaluate_all():
+    data = _dyadic_data(300, 1000, seed=3)
+    both = evaluate_all(*data, metrics=METRICS)
+    small = evaluate_all(*data, metrics=METRICS, chunk_size=7)
+    for metric in METRICS:
+        single = evaluate(*data, metric=metric)
+        for key in single:
+            assert abs(small[metric][key] - both[metric][key]) < 1e-12
+            assert abs(single[key] - both[metric][key]) < 1e-12
+
+
+def test_values_are_python_floats_in_unit_interval():
+    g = torch.Generator().manual_seed(5)
+    q, db = torch.randn(50, 8, generator=g), torch.randn(200, 8, generator=g)
+    ql, dbl = torch.randint(0, 3, (50,), generator=g), torch.randint(0, 3, (200,), generator=g)
+    results = evaluate_all(q, ql, db, dbl)
+    assert set(results) == set(METRICS)
+    for values in results.values():
+        assert list(values) == [
+            "map", "ap_full", "p@10", "p@50", "p@100", "map_legacy", "p@10_legacy", "p@50_legacy", "p@100_legacy",
+        ]
+        for value in values.values():
+            assert type(value) is float and 0.0 <= value <= 1.0
+
+
+def test_perfect_embedding_scores_one():
+    # Each class is one tight cluster far from the others: every ranking puts the class first.
+    centers = torch.eye(4) * 10
+    db_labels = torch.arange(4).repeat_interleave(25)
+    q_labels = torch.arange(4).repeat(10)
+    g = torch.Generator().manual_seed(6)
+    db = centers[db_labels] + 0.01 * torch.randn(100, 4, generator=g)
+    q = centers[q_labels] + 0.01 * torch.randn(40, 4, generator=g)
+    for metric in METRICS:
+        res = evaluate(q, q_labels, db, db_labels, metric, ks=(10, 25))
+        for key in ("map", "ap_full", "p@10", "p@25", "map_legacy", "p@10_legacy", "p@25_legacy"):
+            assert res[key] == 1.0, (metric, key)
+
+
+def test_bad_inputs():
+    q, db = torch.randn(3, 4), torch.randn(5, 4)
+    ql, dbl = torch.zeros(3, dtype=torch.long), torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ValueError, match="cosine"):
+        evaluate(q, ql, db, dbl, metric="manhattan")
+    with pytest.raises(ValueError):
+        evaluate(q, ql, torch.randn(5, 3), dbl)
+    with pytest.raises(ValueError):
+        evaluate(q, ql, db, dbl[:4])
+    with pytest.raises(ValueError):
+        evaluate(q, ql, db, dbl, ks=(0,))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_and_reference():
+    data = _dyadic_data(300, 1000, seed=7)
+    cuda_data = [t.cuda() for t in data]
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # as training code may leave it; evaluation must not care
+    try:
+        on_gpu = evaluate_all(*cuda_data, metrics=METRICS)
+        small_chunks = evaluate_all(*cuda_data, metrics=METRICS, chunk_size=7)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    for metric in METRICS:
+        on_cpu = evaluate(*data, metric=metric)
+        ref = reference_evaluate(*data, metric=metric)
+        for key in ref:
+            assert abs(on_gpu[metric][key] - on_cpu[key]) < 1e-9, (metric, key)
+            assert abs(small_chunks[metric][key] - on_cpu[key]) < 1e-9, (metric, key)
+            assert abs(on_gpu[metric][key] - ref[key]) < 1e-6, (metric, key)
