@@ -117,7 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_new_or_resume(plan)
     _check_data(plan)
     address = args.address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=True,
+    # the dashboard serves the State API that Ray Train uses to release the placement groups of stopped trials
+    ray.init(address=address, log_to_driver=True,
              configure_logging=True, logging_level="WARNING")
     try:
         cluster = ray.cluster_resources()
@@ -131,10 +132,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(study: str, table) -> None:
-    from indistill.table import to_markdown
+    from .results import markdown
 
     print()
-    print(to_markdown(table) if len(table) else "(no rows yet)")
+    print(markdown(table) if len(table) else "(no rows yet)")
     print()
     print(f"study directory : {study}")
     print(f"results table   : {study}/results.md (and .csv, .tex)")

@@ -97,7 +97,15 @@ def build_table(storage: Storage, benchmarks: list[str]) -> pd.DataFrame:
     return table
 
 
+def markdown(table: pd.DataFrame) -> str:
+    """The table as Markdown, blank where a column does not apply to a row."""
+    shown = table.copy()
+    for col in [c for c in shown.columns if c.startswith("trials ")]:
+        shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else str(int(v)))
+    return to_markdown(shown).replace(" nan ", "     ")
+
+
 def write_study_table(storage: Storage, table: pd.DataFrame) -> None:
     storage.write_text("results.csv", table.to_csv())
-    storage.write_text("results.md", "# InDistill study: test split (values in %)\n\n" + to_markdown(table) + "\n")
+    storage.write_text("results.md", "# InDistill study: test split (values in %)\n\n" + markdown(table) + "\n")
     storage.write_text("results.tex", table.to_latex(float_format="%.2f", na_rep="--"))

@@ -26,6 +26,7 @@ from .storage import Storage
 from .workers import OBJECTIVE, final_retrain, prepare_artifacts, run_trial
 
 STATE = "study.json"
+QUIET = ray.train.LoggingConfig(log_level="WARNING")  # our own per-epoch lines are the progress output
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ def tune_trial(params: dict, spec: TrialSpec) -> None:
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=0),
+            logging_config=QUIET,
         ),
     )
     trainer.fit()
@@ -106,7 +108,7 @@ def _train_run(fn: Callable[[dict], None], name: str, config: dict, plan: StudyP
     TorchTrainer(
         fn, train_loop_config=config, scaling_config=_scaling(res),
         run_config=ray.train.RunConfig(name=name, storage_path=_ray_storage(plan.storage),
-                                       failure_config=ray.train.FailureConfig(max_failures=1)),
+                                       failure_config=ray.train.FailureConfig(max_failures=1), logging_config=QUIET),
     ).fit()
 
 
@@ -130,8 +132,9 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None], c
     exp_name = f"{bp.benchmark}-search"
     exp_path = plan.storage.join("ray", exp_name)
     spec = TrialSpec(bp, plan.storage.uri, _ray_storage(plan.storage), plan.trial_resources, plan.data_root, plan.faults)
-    # the trial function only launches a Ray Train run (whose workers hold the resources)
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, spec=spec), {"CPU": 0})
+    # the trial function only launches a Ray Train run, whose workers hold the CPUs/GPUs; a
+    # placement group may not be empty, so the driver reserves a sliver of memory instead
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, spec=spec), {"CPU": 0, "memory": 32 * 1024**2})
     if plan.resume and tune.Tuner.can_restore(exp_path):
         log(f"[study] {bp.benchmark}: resuming the search from {exp_path}")
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -141,13 +144,14 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None], c
             f"({plan.trial_resources.per_worker()} per worker x {plan.trial_resources.workers})")
         import optuna
 
-        searcher = OptunaSearch(space=define_by_run(bp.space), sampler=optuna.samplers.TPESampler(seed=budget.seed))
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=bp.base.student.epochs,
+        searcher = OptunaSearch(space=define_by_run(bp.space), metric=OBJECTIVE, mode="max",
+                                sampler=optuna.samplers.TPESampler(seed=budget.seed))
+        scheduler = ASHAScheduler(time_attr="epoch", metric=OBJECTIVE, mode="max", max_t=bp.base.student.epochs,
                                   grace_period=min(budget.grace_period, bp.base.student.epochs),
                                   reduction_factor=budget.reduction_factor)
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max", search_alg=searcher, scheduler=scheduler,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                         num_samples=budget.trials, max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=exp_name, storage_path=_ray_storage(plan.storage),
                                       failure_config=tune.FailureConfig(max_failures=budget.max_failures)),

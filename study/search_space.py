@@ -142,24 +142,30 @@ def base_config(space: SearchSpace, benchmark: str, extra: Mapping | None = None
     return build_config(overrides, benchmark=benchmark)
 
 
-def define_by_run(space: SearchSpace):
-    """An Optuna define-by-run function sampling ``space`` (conditional weight ranges)."""
-    weights = _weight_ranges(space)
-    cur = space.curriculum
+class DefineByRun:
+    """An Optuna define-by-run function sampling a space (picklable, so Tune can checkpoint the searcher)."""
 
-    def sample(trial) -> None:
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        self.weights = _weight_ranges(space)
+
+    def __call__(self, trial) -> None:
+        cur = self.space.curriculum
         for i, r in enumerate(cur.epochs):
             trial.suggest_int(f"curriculum/epochs_{i}", r.low, r.high)
         for i in range(len(cur.epochs)):
             loss = trial.suggest_categorical(f"curriculum/loss_{i}", list(cur.losses))
-            w = weights[loss]
+            w = self.weights[loss]
             if w.low == w.high:
                 continue  # fixed weight: not a search dimension
+            # conditional: the weight's name and range depend on the loss drawn for this layer
             trial.suggest_float(f"curriculum/weight_{i}_{loss}", w.low, w.high, log=True)
         trial.suggest_categorical("curriculum/overlap", list(cur.overlap))
-        trial.suggest_categorical("prune/criterion", list(space.criteria))
+        trial.suggest_categorical("prune/criterion", list(self.space.criteria))
 
-    return sample
+
+def define_by_run(space: SearchSpace) -> DefineByRun:
+    return DefineByRun(space)
 
 
 def apply_params(base: RunConfig, params: Mapping[str, Any], space: SearchSpace) -> RunConfig:

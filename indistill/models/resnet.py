@@ -1,4 +1,11 @@
-"""Teachers: pre-activation ResNet-18 for 32x32 inputs and a torchvision-style ResNet-18."""
+"""Teachers: a pre-activation ResNet-18 for 32x32 inputs and a torchvision-style ResNet-18.
+
+Intermediate taps are the four stage outputs (``block0..block3``), the embedding the pooled 512-d
+feature. Teachers are never pruned by the method, but their taps still name the conv (and BN) that
+produce the stage's channels, for completeness. In both ResNets a stage output is a residual sum
+(plus a ReLU in the torchvision one), so restricting it to some channels is *not* the same as
+structurally pruning that single conv.
+"""
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -7,8 +14,13 @@ from torch import Tensor, nn
 
 from .base import EMBEDDING, TapNet, TapSpec
 
+STAGE_WIDTHS = (64, 128, 256, 512)
+STAGE_STRIDES = (1, 2, 2, 2)
+
 
 class PreActBlock(nn.Module):
+    """Pre-activation basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the (projected) input."""
+
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(c_in)
@@ -19,6 +31,7 @@ class PreActBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(x))
+        # the projection shortcut reads the pre-activated input (He et al. 2016, identity mappings)
         shortcut = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
@@ -26,57 +39,85 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(TapNet):
-    """3x3 stem, stages 64/128/256/512 (2 blocks each), BN-ReLU, average pool: 512-d embedding."""
+    """3x3 stem (64), stages 64/128/256/512 of 2 blocks (strides 1/2/2/2), BN-ReLU-avgpool: 512-d embedding."""
 
-    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
         self.stem = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        stages, c, taps = [], 64, []
-        for i, (w, s) in enumerate(zip((64, 128, 256, 512), (1, 2, 2, 2))):
+        stages, c = [], 64
+        for w, s in zip(STAGE_WIDTHS, STAGE_STRIDES):
             stages.append(nn.Sequential(PreActBlock(c, w, s), PreActBlock(w, w, 1)))
-            # a pre-activation stage output is the residual sum: no BN directly after its last conv
-            taps.append(TapSpec(f"block{i}", f"stages.{i}", w, conv=f"stages.{i}.1.conv2", bn=None))
             c = w
-        self.stages = nn.Sequential(*stages)
+        self.layers = nn.Sequential(*stages)
         self.embed = nn.Sequential(nn.BatchNorm2d(512), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(512, num_classes)
-        self.taps = (*taps, TapSpec(EMBEDDING, "embed", 512))
+        # a pre-activation stage output is a residual sum: no BN follows its last conv directly
+        self.taps = tuple(
+            TapSpec(f"block{i}", f"layers.{i}", w, conv=f"layers.{i}.1.conv2", bn=None)
+            for i, w in enumerate(STAGE_WIDTHS)
+        ) + (TapSpec(EMBEDDING, "embed", 512),)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.embed(self.stages(self.stem(x))))
+        return self.head(self.embed(self.layers(self.stem(x))))
 
 
 class ResNet18(TapNet):
-    """torchvision's ResNet-18 modules; ``stem="imagenet"`` (7x7/2 + maxpool) or ``"small"`` (3x3/1).
+    """torchvision's ResNet-18 modules with a tap-friendly head.
 
-    Its stage taps end in a residual add + ReLU, so they are not a channel restriction of one conv.
+    ``stem="imagenet"``: 7x7 stride-2 conv + 3x3 max-pool (as torchvision); ``stem="small"``: 3x3
+    stride-1 conv, no max-pool (for small images). ``pretrained=True`` loads torchvision's
+    ImageNet weights (needs network access or a cached copy under ``$TORCH_HOME``); ``conv1`` is
+    re-initialised when its shape differs from the pretrained one (small stem or in_channels != 3).
+
+    Taps ``block0..3`` are ``layer1..layer4``; their conv/bn are the last block's ``conv2``/``bn2``,
+    which are followed by the residual add and ReLU, so such a tap is not a pure channel restriction
+    of one conv+BN.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, stem: str = "imagenet", pretrained: bool = False,
-                 image_size: int = 224) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 3, stem: str = "imagenet", pretrained: bool = False) -> None:
         super().__init__()
         if stem not in ("imagenet", "small"):
-            raise ValueError(f"stem: choose from imagenet, small; got {stem!r}")
-        weights = None
+            raise ValueError(f"resnet18: unknown stem {stem!r}; choose from: imagenet, small")
+        net = torchvision.models.resnet18(weights=None)
         if pretrained:
-            weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-        try:
-            net = torchvision.models.resnet18(weights=weights)
-        except Exception as exc:  # noqa: BLE001 - download failures have many types
-            raise RuntimeError(f"ImageNet weights for resnet18 need network access ({exc.__class__.__name__}: {exc})") from None
+            net.load_state_dict(_imagenet_weights())
         if stem == "small":
             net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
             net.maxpool = nn.Identity()
         elif in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.stages = nn.Sequential(net.layer1, net.layer2, net.layer3, net.layer4)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.embed = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(512, num_classes)
         self.taps = tuple(
-            TapSpec(f"block{i}", f"stages.{i}", w, conv=f"stages.{i}.1.conv2", bn=f"stages.{i}.1.bn2")
-            for i, w in enumerate((64, 128, 256, 512))
+            TapSpec(f"block{i}", f"layer{i + 1}", w, conv=f"layer{i + 1}.1.conv2", bn=f"layer{i + 1}.1.bn2")
+            for i, w in enumerate(STAGE_WIDTHS)
         ) + (TapSpec(EMBEDDING, "embed", 512),)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.embed(self.stages(self.stem(x))))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.head(self.embed(x))
+
+
+def _imagenet_weights() -> dict:
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as exc:  # noqa: BLE001 - offline failures come in many types (URLError, OSError, ...)
+        raise RuntimeError(
+            "resnet18 pretrained=True: could not load torchvision's ImageNet weights; they need network "
+            f"access on first use (or a cached copy of {weights.url} under $TORCH_HOME/hub/checkpoints). "
+            f"Cause: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def build_preact_resnet18(*, num_classes: int, in_channels: int = 3) -> PreActResNet18:
+    """Factory registered as ``preact_resnet18``."""
+    return PreActResNet18(num_classes, in_channels)
+
+
+def build_resnet18(*, num_classes: int, in_channels: int = 3, stem: str = "imagenet", pretrained: bool = False) -> ResNet18:
+    """Factory registered as ``resnet18``; kwargs: stem (imagenet | small), pretrained."""
+    return ResNet18(num_classes, in_channels, stem=stem, pretrained=pretrained)
