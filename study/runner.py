@@ -50,7 +50,7 @@ class StudyPlan:
     artifact_workers: int = 1
     data_root: str | None = None
     resume: bool = False
-    faults: dict = field(default_factory=dict)  # trial index -> "nan" | "error" (tests only)
+    faults: dict = field(default_factory=dict)  # sampled criterion -> "nan" | "error": fault injection for tests
 
 
 @dataclass(frozen=True)
@@ -80,12 +80,11 @@ def tune_trial(params: dict, spec: TrialSpec) -> None:
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     cfg = apply_params(spec.plan.base, params, spec.plan.space)
-    index = int(trial_id.rsplit("_", 1)[-1]) if "_" in trial_id else -1
     trainer = TorchTrainer(
         run_trial,
         train_loop_config={
             "cfg": config_to_dict(cfg), "storage": spec.storage, "trial_id": trial_id,
-            "data_root": spec.data_root, "fail_with": spec.faults.get(index),
+            "data_root": spec.data_root, "fail_with": spec.faults.get(cfg.prune.criterion),
         },
         scaling_config=_scaling(spec.resources),
         run_config=ray.train.RunConfig(
