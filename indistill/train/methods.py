@@ -105,7 +105,7 @@ class AllLayersPKT(Method):
             term = pkt(b.source[tap], b.student[tap])
             parts[f"loss/{tap}"] = term.detach()
             loss = loss + weight * term
-        parts["mkt_weight"] = emb.new_tensor(weight)
+        parts["mkt_weight"] = emb.new_full((), weight)  # new_tensor would sync the host with CUDA
         return self._with_ce(loss, parts, b)
 
 
@@ -145,7 +145,7 @@ class InDistill(Method):
             parts["loss/embedding"] = value.detach()
             loss = cur.embedding_weight * value if loss is None else loss + cur.embedding_weight * value
         assert loss is not None
-        parts["phase"] = loss.new_tensor(float(p.index)).detach()
+        parts["phase"] = loss.new_full((), float(p.index)).detach()
         return self._with_ce(loss, parts, b)
 
 
