@@ -94,9 +94,12 @@ def test_tensorboard_event_files_have_the_expected_tags(study):
     assert "final/pr_cosine" in final.Tags()["tensors"]
     tune_events = list((root / "ray/digits-search").rglob("events.out.tfevents*"))
     assert tune_events, "Tune writes its own event files"
-    tune_acc = EventAccumulator(str(tune_events[0].parent))
-    tune_acc.Reload()
-    assert "ray/tune/val_map" in tune_acc.Tags()["scalars"]
+    tune_tags: set = set()
+    for event_file in tune_events:  # failed trials may have logged nothing
+        tune_acc = EventAccumulator(str(event_file.parent))
+        tune_acc.Reload()
+        tune_tags |= set(tune_acc.Tags()["scalars"])
+    assert "ray/tune/val_map" in tune_tags
 
 
 @pytest.mark.e2e
