@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP) per trial")
     run.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractional for one-worker trials; default 0.25 on GPU clusters, else 0)")
     run.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
+    run.add_argument("--dist-backend", choices=("auto", "nccl", "gloo"), default="auto",
+                     help="torch.distributed backend of the Ray Train runs (auto: nccl when trials use GPUs, else gloo)")
     run.add_argument("--artifact-workers", type=int, default=1, help="Ray Train workers for the teacher/auxiliary/baselines run")
     run.add_argument("--address", help="Ray cluster to join ('auto' or host:port; default: $RAY_ADDRESS, else a local Ray)")
     run.add_argument("--data-root", help="dataset root (default: $INDISTILL_DATA or ~/.cache/indistill/data)")
@@ -91,7 +93,8 @@ def make_plan(args: argparse.Namespace, cluster: dict | None = None):
     if gpus is None:
         gpus = default_gpus_per_trial(cluster or {}, args.workers_per_trial)
     try:
-        resources = TrialResources(workers=args.workers_per_trial, gpus=gpus, cpus=args.cpus_per_trial)
+        resources = TrialResources(workers=args.workers_per_trial, gpus=gpus, cpus=args.cpus_per_trial,
+                                   backend=None if args.dist_backend == "auto" else args.dist_backend)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if args.artifact_workers < 1:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+BACKENDS = (None, "nccl", "gloo")
+
 
 @dataclass(frozen=True)
 class TrialResources:
@@ -12,8 +14,11 @@ class TrialResources:
     workers: int = 1
     gpus: float = 0.0  # per trial
     cpus: float = 1.0  # per trial
+    backend: str | None = None  # torch.distributed backend; None: nccl with GPUs, else gloo
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--dist-backend: unknown backend {self.backend!r}; choose from: auto, nccl, gloo")
         if self.workers < 1:
             raise ValueError(f"--workers-per-trial: must be >= 1, got {self.workers}")
         if self.gpus < 0 or self.cpus <= 0:

@@ -98,8 +98,8 @@ def build_table(storage: Storage, benchmarks: list[str]) -> pd.DataFrame:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """The table as Markdown, blank where a column does not apply to a row."""
-    shown = table.copy()
+    """The table as Markdown (benchmark and network as plain columns), blank where a column does not apply."""
+    shown = table.reset_index().set_index("benchmark")
     for col in [c for c in shown.columns if c.startswith("trials ")]:
         shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else str(int(v)))
     return to_markdown(shown).replace(" nan ", "     ")

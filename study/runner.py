@@ -11,7 +11,7 @@ import pandas as pd
 import ray
 import ray.train
 from ray import tune
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -23,7 +23,7 @@ from .resources import TrialResources
 from .results import build_table, summarize_trials, write_study_table
 from .search_space import SearchSpace, apply_params, base_config, define_by_run
 from .storage import Storage
-from .workers import OBJECTIVE, final_retrain, prepare_artifacts, run_trial
+from .workers import OBJECTIVE, final_retrain, prepare_artifacts, read_placements, run_trial
 
 STATE = "study.json"
 QUIET = ray.train.LoggingConfig(log_level="WARNING")  # our own per-epoch lines are the progress output
@@ -87,6 +87,7 @@ def tune_trial(params: dict, spec: TrialSpec) -> None:
             "data_root": spec.data_root, "fail_with": spec.faults.get(cfg.prune.criterion),
         },
         scaling_config=_scaling(spec.resources),
+        torch_config=TorchConfig(backend=spec.resources.backend),
         run_config=ray.train.RunConfig(
             # named after the trial (no timestamp): a retried trial resumes its own checkpoints
             name=f"{spec.plan.benchmark}-trial-{trial_id}",
@@ -105,7 +106,7 @@ def _train_run(fn: Callable[[dict], None], name: str, config: dict, plan: StudyP
                               gpus=(float(workers) if plan.trial_resources.use_gpu else 0.0),
                               cpus=plan.trial_resources.cpus / plan.trial_resources.workers * workers)
     TorchTrainer(
-        fn, train_loop_config=config, scaling_config=_scaling(res),
+        fn, train_loop_config=config, scaling_config=_scaling(res), torch_config=TorchConfig(backend=res.backend),
         run_config=ray.train.RunConfig(name=name, storage_path=_ray_storage(plan.storage),
                                        failure_config=ray.train.FailureConfig(max_failures=1), logging_config=QUIET),
     ).fit()
@@ -192,6 +193,9 @@ def run_study(plan: StudyPlan, log: Callable[[str], None] = print) -> pd.DataFra
         if not plan.storage.exists(f"{bp.benchmark}/search/trials.json"):
             grid = run_search(plan, bp, log, cluster)
             trials = summarize_trials(grid, bp)
+            placements = read_placements(plan.storage, bp.benchmark)
+            for trial in trials["trials"]:
+                trial["placement"] = placements.get(trial["trial_id"], [])
             plan.storage.write_json(f"{bp.benchmark}/search/trials.json", trials)
         trials = plan.storage.read_json(f"{bp.benchmark}/search/trials.json")
         if trials["best"] is None:

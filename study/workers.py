@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +22,7 @@ from indistill.evaluate import count_parameters, embed
 from indistill.pipeline import make_context
 from indistill.table import ROW_LABELS, result_row
 from indistill.train.loop import LAST
-from indistill.train.runtime import rank, resolve_device
+from indistill.train.runtime import is_distributed, rank, world_size
 from indistill.train.stages import (
     Context,
     auxiliary_key,
@@ -100,24 +101,59 @@ def _frozen_networks(ctx: Context):
     return teacher, auxiliary_stage(ctx, teacher)
 
 
-def _epoch_reporter(tb: TensorBoardLogger | None):
+def _report_metrics(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
+    out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    out["epoch"] = epoch + 1  # ASHA's time attribute: epochs completed
+    if "val/cosine/map" in metrics:
+        out[OBJECTIVE] = metrics["val/cosine/map"]
+    return out
+
+
+class EpochReporter:
     """Reports every epoch to Ray Train (metrics + the epoch checkpoint) and TensorBoard."""
 
-    def hook(epoch: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
-        out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        out["epoch"] = epoch + 1  # ASHA's time attribute: epochs completed
-        if "val/cosine/map" in metrics:
-            out[OBJECTIVE] = metrics["val/cosine/map"]
-        if tb is not None:
-            tb.log(epoch + 1, {k: v for k, v in out.items() if k not in ("epoch", "samples")})
+    def __init__(self, tb: TensorBoardLogger | None) -> None:
+        self.tb = tb
+        self.reported = 0
+
+    def __call__(self, epoch: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
+        out = _report_metrics(epoch, metrics)
+        if self.tb is not None:
+            self.tb.log(epoch + 1, {k: v for k, v in out.items() if k not in ("epoch", "samples")})
         if checkpoint is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 shutil.copy2(checkpoint, Path(tmp) / LAST)
                 ray.train.report(out, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
         else:
             ray.train.report(out)
+        self.reported += 1
 
-    return hook
+    def finish(self, history: list[dict[str, float]]) -> None:
+        """A run restored from its last epoch's checkpoint trains nothing: report its final epoch again,
+        so Tune's last result is the finished trial's (a driver killed between the trial's end and
+        Tune's next state snapshot re-runs it this way)."""
+        if self.reported == 0 and history:
+            ray.train.report(_report_metrics(len(history) - 1, history[-1]))
+
+
+def _record_placement(storage: Storage, benchmark: str, trial_id: str, device: str) -> None:
+    """Where the trial's workers ran (node, host, device), one entry per rank, written by rank 0."""
+    me = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "device": device}
+    ranks = [me]
+    if is_distributed():
+        ranks = [None] * world_size()
+        torch.distributed.all_gather_object(ranks, me)
+    if rank() == 0:
+        storage.write_json(f"{benchmark}/search/placement/{trial_id}.json", {"ranks": ranks})
+
+
+def read_placements(storage: Storage, benchmark: str) -> dict[str, list[dict]]:
+    """Trial id -> the per-rank placement records of that trial."""
+    rel = f"{benchmark}/search/placement"
+    if not storage.exists(rel):
+        return {}
+    return {name[: -len(".json")]: storage.read_json(f"{rel}/{name}")["ranks"]
+            for name in storage.listdir(rel) if name.endswith(".json")}
 
 
 def _restored_checkpoint(scratch: Path) -> Path | None:
@@ -139,10 +175,13 @@ def run_trial(config: dict) -> None:
             cfg = _inject_fault(cfg, config["fail_with"])
         with artifacts_root(storage, cfg.benchmark, writable=False) as root:
             ctx = _context(cfg, root, config.get("data_root"))
+            _record_placement(storage, cfg.benchmark, config["trial_id"], str(ctx.device))
             _, aux = _frozen_networks(ctx)
             pruned = prune_stage(ctx, aux)
-            student_stage(ctx, "indistill", aux, pruned, protocol="val", hooks=[_epoch_reporter(tb)],
-                          work_dir=scratch / "student", resume_from=_restored_checkpoint(scratch))
+            reporter = EpochReporter(tb)
+            run = student_stage(ctx, "indistill", aux, pruned, protocol="val", hooks=[reporter],
+                                work_dir=scratch / "student", resume_from=_restored_checkpoint(scratch))
+            reporter.finish(run.history)
     finally:
         if tb is not None:
             tb.close()
@@ -170,7 +209,7 @@ def final_retrain(config: dict) -> None:
             ctx = _context(cfg, root, config.get("data_root"))
             _, aux = _frozen_networks(ctx)
             pruned = prune_stage(ctx, aux)
-            run = student_stage(ctx, "indistill", aux, pruned, protocol="test", hooks=[_epoch_reporter(tb)],
+            run = student_stage(ctx, "indistill", aux, pruned, protocol="test", hooks=[EpochReporter(tb)],
                                 work_dir=scratch / "student", resume_from=_restored_checkpoint(scratch))
             results = evaluate_stage(ctx, run.model, run.work_dir)
             if rank() == 0:
