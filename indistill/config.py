@@ -181,7 +181,7 @@ class RunConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    channels_last: bool = False
+    channels_last: bool = True  # NHWC activations: ~1.3x on the CPU student step (benchmarks/RESULTS.md), the usual choice on GPU
     compile: bool = False
     methods: tuple[str, ...] = METHOD_NAMES
     data: DataConfig = field(default_factory=DataConfig)

@@ -42,8 +42,11 @@ def summarize_trials(grid, bp) -> dict:
         df = result.metrics_dataframe
         best_val = float(df["val_map"].max()) if df is not None and "val_map" in df else None
         params = _nested({k: v for k, v in (result.config or {}).items()})
+        timing = None
+        if "trial_wall_s" in metrics and "loop_time_s" in metrics:  # up to the trial's last report
+            timing = {"wall_s": metrics["trial_wall_s"], "loop_s": metrics["loop_time_s"], "epochs": epochs}
         row = {"trial_id": metrics.get("trial_id") or _trial_id(result), "status": status, "reason": reason, "epochs": epochs,
-               "val_map": value, "best_val_map": best_val, "params": params}
+               "val_map": value, "best_val_map": best_val, "params": params, "timing": timing}
         trials.append(row)
         if status != "failed" and value is not None and not math.isnan(value):
             if best is None or (row["epochs"], value) > (best["epochs"], best["val_map"]):

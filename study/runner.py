@@ -1,11 +1,12 @@
 """A study: for each benchmark, artifacts -> Tune search -> final retrain -> results table."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 import ray
@@ -23,7 +24,7 @@ from .resources import TrialResources
 from .results import build_table, summarize_trials, write_study_table
 from .search_space import SearchSpace, apply_params, base_config, define_by_run
 from .storage import Storage
-from .workers import OBJECTIVE, final_retrain, prepare_artifacts, read_placements, run_trial
+from .workers import OBJECTIVE, final_retrain, prepare_artifacts, read_trial_records, run_trial
 
 STATE = "study.json"
 QUIET = ray.train.LoggingConfig(log_level="WARNING")  # our own per-epoch lines are the progress output
@@ -85,6 +86,7 @@ def tune_trial(params: dict, spec: TrialSpec) -> None:
         train_loop_config={
             "cfg": config_to_dict(cfg), "storage": spec.storage, "trial_id": trial_id,
             "data_root": spec.data_root, "fail_with": spec.faults.get(cfg.prune.criterion),
+            "started_at": time.time(),  # wall-clock start of the trial, for its Ray overhead
         },
         scaling_config=_scaling(spec.resources),
         torch_config=TorchConfig(backend=spec.resources.backend),
@@ -189,13 +191,17 @@ def run_study(plan: StudyPlan, log: Callable[[str], None] = print) -> pd.DataFra
     cluster = ray.cluster_resources()
     for bp in plan.benchmarks:
         plan.storage.write_text(f"{bp.benchmark}/base_config.yaml", _yaml(config_to_dict(bp.base)))
-        run_artifacts(plan, bp, log)
+        phases = _PhaseTimer(plan.storage, f"{bp.benchmark}/phases.json")
+        with phases("artifacts"):
+            run_artifacts(plan, bp, log)
         if not plan.storage.exists(f"{bp.benchmark}/search/trials.json"):
-            grid = run_search(plan, bp, log, cluster)
+            with phases("search"):
+                grid = run_search(plan, bp, log, cluster)
             trials = summarize_trials(grid, bp)
-            placements = read_placements(plan.storage, bp.benchmark)
+            placements = read_trial_records(plan.storage, bp.benchmark, "placement")
             for trial in trials["trials"]:
-                trial["placement"] = placements.get(trial["trial_id"], [])
+                trial["placement"] = placements.get(trial["trial_id"], {}).get("ranks", [])
+            trials["max_concurrent"] = plan.trial_resources.max_concurrent(cluster)
             plan.storage.write_json(f"{bp.benchmark}/search/trials.json", trials)
         trials = plan.storage.read_json(f"{bp.benchmark}/search/trials.json")
         if trials["best"] is None:
@@ -203,11 +209,27 @@ def run_study(plan: StudyPlan, log: Callable[[str], None] = print) -> pd.DataFra
             continue
         best_cfg = apply_params(bp.base, trials["best"]["params"], bp.space)
         plan.storage.write_text(f"{bp.benchmark}/search/best_config.yaml", _yaml(config_to_dict(best_cfg)))
-        run_final(plan, bp, best_cfg, log)
+        with phases("final"):
+            run_final(plan, bp, best_cfg, log)
     table = build_table(plan.storage, [b.benchmark for b in plan.benchmarks])
     write_study_table(plan.storage, table)
     log(f"[study] done in {time.perf_counter() - t0:.0f}s")
     return table
+
+
+class _PhaseTimer:
+    """Wall seconds per study phase, accumulated across resumes in a JSON file."""
+
+    def __init__(self, storage: Storage, rel: str) -> None:
+        self.storage, self.rel = storage, rel
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        times = self.storage.read_json(self.rel) if self.storage.exists(self.rel) else {}
+        times[f"{phase}_s"] = times.get(f"{phase}_s", 0.0) + time.perf_counter() - t0
+        self.storage.write_json(self.rel, times)
 
 
 def _yaml(obj) -> str:

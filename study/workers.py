@@ -10,6 +10,7 @@ import contextlib
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -112,14 +113,24 @@ def _report_metrics(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
 class EpochReporter:
     """Reports every epoch to Ray Train (metrics + the epoch checkpoint) and TensorBoard."""
 
-    def __init__(self, tb: TensorBoardLogger | None) -> None:
+    def __init__(self, tb: TensorBoardLogger | None, started_at: float | None = None) -> None:
         self.tb = tb
+        self.started_at = started_at  # wall-clock start of the trial (time.time() in its Tune function)
         self.reported = 0
+        self.loop_time_s = 0.0  # training + evaluation time in this attempt
+
+    def _timing(self) -> dict[str, float]:
+        """The Ray overhead so far: the trial's wall time against the time spent in its loop."""
+        out = {"loop_time_s": self.loop_time_s}
+        if self.started_at is not None:
+            out["trial_wall_s"] = time.time() - self.started_at
+        return out
 
     def __call__(self, epoch: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
-        out = _report_metrics(epoch, metrics)
+        self.loop_time_s += metrics.get("epoch_time_s", 0.0) + metrics.get("eval_time_s", 0.0)
+        out = {**_report_metrics(epoch, metrics), **self._timing()}
         if self.tb is not None:
-            self.tb.log(epoch + 1, {k: v for k, v in out.items() if k not in ("epoch", "samples")})
+            self.tb.log(epoch + 1, {k: v for k, v in out.items() if k not in ("epoch", "samples", "loop_time_s", "trial_wall_s")})
         if checkpoint is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 shutil.copy2(checkpoint, Path(tmp) / LAST)
@@ -133,7 +144,7 @@ class EpochReporter:
         so Tune's last result is the finished trial's (a driver killed between the trial's end and
         Tune's next state snapshot re-runs it this way)."""
         if self.reported == 0 and history:
-            ray.train.report(_report_metrics(len(history) - 1, history[-1]))
+            ray.train.report({**_report_metrics(len(history) - 1, history[-1]), **self._timing()})
 
 
 def _record_placement(storage: Storage, benchmark: str, trial_id: str, device: str) -> None:
@@ -147,12 +158,10 @@ def _record_placement(storage: Storage, benchmark: str, trial_id: str, device: s
         storage.write_json(f"{benchmark}/search/placement/{trial_id}.json", {"ranks": ranks})
 
 
-def read_placements(storage: Storage, benchmark: str) -> dict[str, list[dict]]:
-    """Trial id -> the per-rank placement records of that trial."""
-    rel = f"{benchmark}/search/placement"
-    if not storage.exists(rel):
-        return {}
-    return {name[: -len(".json")]: storage.read_json(f"{rel}/{name}")["ranks"]
+def read_trial_records(storage: Storage, benchmark: str, kind: str) -> dict[str, dict]:
+    """Trial id -> its record of ``kind`` (``placement``: where its ranks ran)."""
+    rel = f"{benchmark}/search/{kind}"
+    return {name[: -len(".json")]: storage.read_json(f"{rel}/{name}")
             for name in storage.listdir(rel) if name.endswith(".json")}
 
 
@@ -178,7 +187,7 @@ def run_trial(config: dict) -> None:
             _record_placement(storage, cfg.benchmark, config["trial_id"], str(ctx.device))
             _, aux = _frozen_networks(ctx)
             pruned = prune_stage(ctx, aux)
-            reporter = EpochReporter(tb)
+            reporter = EpochReporter(tb, config.get("started_at"))
             run = student_stage(ctx, "indistill", aux, pruned, protocol="val", hooks=[reporter],
                                 work_dir=scratch / "student", resume_from=_restored_checkpoint(scratch))
             reporter.finish(run.history)

@@ -73,6 +73,15 @@ def test_study_table_rows_and_trial_accounting(study):
     assert all("DivergedError" in t["reason"] or "NaN" in t["reason"] or "nan" in t["reason"] for t in failed)
     assert trials["best"]["params"]["prune"]["criterion"] == "l1"
     assert tuned["trials failed"] == len(failed)
+    for t in trials["trials"]:  # where each trial ran, and its wall vs in-loop time up to its last report
+        if t["status"] != "failed":
+            assert 0 < t["timing"]["loop_s"] < t["timing"]["wall_s"] and t["timing"]["epochs"] == t["epochs"] >= 1
+            assert [r["device"] for r in t["placement"]] == ["cpu"]
+        else:
+            assert t["timing"] is None  # diverged in its first epoch: never reported
+    assert trials["max_concurrent"] == 2
+    phases = json.loads((root / "digits/phases.json").read_text())
+    assert set(phases) == {"artifacts_s", "search_s", "final_s"} and all(v > 0 for v in phases.values())
 
 
 @pytest.mark.e2e
@@ -172,3 +181,21 @@ def test_trial_resources_and_concurrency():
     assert default_gpus_per_trial({"CPU": 8}, 1) == 0.0 and default_gpus_per_trial({"GPU": 4}, 1) == 0.25
     with pytest.raises(ValueError, match="whole GPUs per worker"):
         TrialResources(2, 1.0, 2)
+
+
+def test_reporter_re_reports_a_trial_restored_at_its_last_epoch(monkeypatch):
+    import study.workers as workers
+
+    reports = []
+    monkeypatch.setattr(workers.ray.train, "report", lambda metrics, **_kw: reports.append(metrics))
+    history = [{"loss": 2.0, "epoch": 0}, {"loss": 1.0, "epoch": 1, "val/cosine/map": 0.5}]
+    restored = workers.EpochReporter(None)
+    restored.finish(history)  # nothing trained in this attempt: the last epoch is reported again
+    assert reports == [{"loss": 1.0, "epoch": 2, "val/cosine/map": 0.5, "val_map": 0.5, "loop_time_s": 0.0}]
+    import time
+
+    fresh = workers.EpochReporter(None, started_at=time.time() - 10.0)
+    fresh(1, {**history[1], "epoch_time_s": 1.5, "eval_time_s": 0.5}, None)
+    fresh.finish(history)  # it reported already: nothing more
+    assert len(reports) == 2 and reports[1]["loop_time_s"] == 2.0 and reports[1]["epoch"] == 2
+    assert 10.0 <= reports[1]["trial_wall_s"] < 60.0

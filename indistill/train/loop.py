@@ -125,7 +125,9 @@ class Loop:
             raise DivergedError(f"[{self.name}] loss became {metrics['loss']} at epoch {epoch}")
         metrics.update(epoch=epoch, lr=lr, epoch_time_s=time.perf_counter() - t0, samples=totals[-1])
         if self.evaluate is not None and self.eval_every and ((epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs):
+            t1 = time.perf_counter()
             metrics.update(self.evaluate(epoch))
+            metrics["eval_time_s"] = time.perf_counter() - t1
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "samples"))
         if rank() == 0:
             self.log(f"[{self.name}] epoch {epoch + 1}/{self.epochs} {shown}")

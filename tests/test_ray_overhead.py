@@ -1,0 +1,43 @@
+"""The Ray-overhead figures computed from a study's per-trial timing records (hand-checked values)."""
+import json
+
+import pytest
+
+from benchmarks.ray_overhead import main, search_efficiency, summarize, trial_overheads
+
+TRIALS = [
+    {"trial_id": "a", "timing": {"wall_s": 10.0, "loop_s": 8.0, "epochs": 3}},
+    {"trial_id": "b", "timing": {"wall_s": 20.0, "loop_s": 18.0, "epochs": 3}},
+    {"trial_id": "c", "timing": None},  # stopped by ASHA: no record
+]
+
+
+def test_overhead_per_trial_and_summary():
+    frame = trial_overheads(TRIALS)
+    assert frame["trial"].tolist() == ["a", "b"]
+    assert frame["overhead_s"].tolist() == [2.0, 2.0]
+    assert frame["overhead_frac"].tolist() == pytest.approx([0.2, 0.1])
+    s = summarize(frame)
+    assert s["trials"] == 2 and s["median_overhead_s"] == 2.0
+    assert s["median_overhead_frac"] == pytest.approx(0.15)
+    assert s["total_overhead_frac"] == pytest.approx(4 / 30)
+    assert summarize(trial_overheads(TRIALS[2:])) == {"trials": 0}
+
+
+def test_main_reads_a_study_directory(tmp_path, capsys):
+    (tmp_path / "digits/search").mkdir(parents=True)
+    (tmp_path / "study.json").write_text(json.dumps({"benchmarks": ["digits"]}))
+    (tmp_path / "digits/search/trials.json").write_text(json.dumps({"trials": TRIALS, "max_concurrent": 2}))
+    (tmp_path / "digits/phases.json").write_text(json.dumps({"artifacts_s": 30.0, "search_s": 100.0}))
+    assert main([str(tmp_path), "--json", str(tmp_path / "o.json")]) == 0
+    out = capsys.readouterr().out
+    assert "2 trials ran to the end" in out and "overhead 2.0 s = 15% of the trial" in out and "search 100" in out
+    assert "100 s x 2 slots, 26 s in trial loops: 87% of the slot time" in out
+    report = json.loads((tmp_path / "o.json").read_text())
+    assert report["digits"]["summary"]["total_overhead_frac"] == pytest.approx(4 / 30)
+    assert main([str(tmp_path / "nothing")]) == 2
+
+
+def test_search_efficiency_counts_every_slot_second():
+    e = search_efficiency(TRIALS, search_s=20.0, concurrent=2)
+    assert e["loop_s"] == 26.0 and e["overhead_frac"] == pytest.approx(1 - 26 / 40)
