@@ -7,6 +7,7 @@ Ray-free ``indistill`` stages (DDP when the run has several workers) and reports
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import socket
 import tempfile
@@ -42,6 +43,11 @@ OBJECTIVE = "val_map"
 BASELINES = ("ce", "pkt", "mkt", "indistill")
 
 
+def _quiet_ray_train() -> None:
+    """Ray Train logs every report at INFO from the worker (a long line per epoch); our epoch lines suffice."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+
+
 def _device_name(cfg: RunConfig) -> str:
     return "cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu"
 
@@ -73,6 +79,7 @@ def _context(cfg: RunConfig, root: Path, data_root: str | None) -> Context:
 
 def prepare_artifacts(config: dict) -> None:
     """Teacher, auxiliary and every baseline student (paper defaults) with their test results."""
+    _quiet_ray_train()
     cfg = build_config(config["cfg"])
     storage = Storage(config["storage"])
     with artifacts_root(storage, cfg.benchmark, writable=True) as root:
@@ -175,6 +182,7 @@ def _restored_checkpoint(scratch: Path) -> Path | None:
 
 def run_trial(config: dict) -> None:
     """One search trial: the student stage on train minus val, val mAP reported every epoch."""
+    _quiet_ray_train()
     cfg = build_config(config["cfg"])
     storage = Storage(config["storage"])
     scratch = Path(tempfile.mkdtemp(prefix="indistill-trial-"))
@@ -208,6 +216,7 @@ def _inject_fault(cfg: RunConfig, kind: str) -> RunConfig:
 
 def final_retrain(config: dict) -> None:
     """The best config retrained on the full train split, evaluated on test; checkpoint and PR curves saved."""
+    _quiet_ray_train()
     cfg = build_config(config["cfg"])
     storage = Storage(config["storage"])
     rel = f"{cfg.benchmark}/final"
