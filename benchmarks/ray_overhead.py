@@ -11,7 +11,9 @@ carries (``timing`` in ``<benchmark>/search/trials.json``):
 * ``loop_s``: what a straightforward, Ray-free loop spends on the same work: the sum of the
   epochs' training and evaluation times measured inside the loop.
 
-Overhead = wall - loop, in seconds and as a fraction of wall. What follows the last report (Tune
+Overhead = wall - loop, in seconds and as a fraction of wall. Its parts: ``startup_s`` (trial
+start to the first epoch: Tune actor, Train controller, worker group, data, artifacts, pruning) and
+``report_s`` (TensorBoard, checkpoint copy and ``ray.train.report`` per epoch, before the last). What follows the last report (Tune
 stopping the trial, Ray Train shutting its workers down, the next trial starting) is not in a
 trial's wall time; the search phase's figure covers it: the slot-seconds the search had
 (``search_s`` x concurrent trials) against the loop seconds of all its trials. Failed trials that
@@ -39,8 +41,14 @@ def trial_overheads(trials: list[dict]) -> pd.DataFrame:
             continue
         wall, loop = float(timing["wall_s"]), float(timing["loop_s"])
         rows.append({"trial": t["trial_id"], "epochs": timing.get("epochs"), "wall_s": wall, "loop_s": loop,
-                     "overhead_s": wall - loop, "overhead_frac": (wall - loop) / wall})
-    return pd.DataFrame(rows, columns=["trial", "epochs", "wall_s", "loop_s", "overhead_s", "overhead_frac"])
+                     "overhead_s": wall - loop, "overhead_frac": (wall - loop) / wall,
+                     "startup_s": timing.get("startup_s"), "report_s": timing.get("report_s")})
+    return pd.DataFrame(rows, columns=["trial", "epochs", "wall_s", "loop_s", "overhead_s", "overhead_frac", "startup_s", "report_s"])
+
+
+def _median(values: pd.Series) -> float | None:
+    values = values.dropna()
+    return float(statistics.median(values)) if len(values) else None
 
 
 def summarize(frame: pd.DataFrame) -> dict[str, float]:
@@ -53,6 +61,8 @@ def summarize(frame: pd.DataFrame) -> dict[str, float]:
         "median_loop_s": statistics.median(frame["loop_s"]),
         "median_overhead_s": statistics.median(frame["overhead_s"]),
         "median_overhead_frac": statistics.median(frame["overhead_frac"]),
+        "median_startup_s": _median(frame["startup_s"]),
+        "median_report_s_per_epoch": _median(frame["report_s"] / (frame["epochs"] - 1).clip(lower=1)),
         "total_overhead_frac": float(frame["overhead_s"].sum() / frame["wall_s"].sum()),
     }
 
@@ -92,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"median: wall {summary['median_wall_s']:.1f} s, loop {summary['median_loop_s']:.1f} s, "
                   f"overhead {summary['median_overhead_s']:.1f} s = {100 * summary['median_overhead_frac']:.0f}% of the trial; "
                   f"all timed trials: {100 * summary['total_overhead_frac']:.0f}%")
+            if summary["median_startup_s"] is not None:
+                print(f"parts: start-up {summary['median_startup_s']:.1f} s (median), "
+                      f"reporting {summary['median_report_s_per_epoch']:.2f} s per epoch (median)")
         if phases:
             print("phases (wall s): " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in phases.items()))
         if search:

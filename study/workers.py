@@ -44,8 +44,16 @@ BASELINES = ("ce", "pkt", "mkt", "indistill")
 
 
 def _quiet_ray_train() -> None:
-    """Ray Train logs every report at INFO from the worker (a long line per epoch); our epoch lines suffice."""
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    """Ray Train logs every report at INFO from the worker (a long line per epoch); our epoch lines suffice.
+
+    Ray 2.60 names that logger after its file path, outside ``ray.train``, so ``LoggingConfig`` misses it.
+    """
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    if isinstance(getattr(context, "logger", None), logging.Logger):
+        context.logger.setLevel(logging.WARNING)
 
 
 def _device_name(cfg: RunConfig) -> str:
@@ -117,6 +125,9 @@ def _report_metrics(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
+TIMING_KEYS = ("loop_time_s", "report_time_s", "trial_wall_s", "startup_s")
+
+
 class EpochReporter:
     """Reports every epoch to Ray Train (metrics + the epoch checkpoint) and TensorBoard."""
 
@@ -125,19 +136,27 @@ class EpochReporter:
         self.started_at = started_at  # wall-clock start of the trial (time.time() in its Tune function)
         self.reported = 0
         self.loop_time_s = 0.0  # training + evaluation time in this attempt
+        self.report_time_s = 0.0  # TensorBoard, checkpoint copy and ray.train.report, up to the previous epoch
+        self.startup_s: float | None = None  # trial start to the first epoch's start
 
     def _timing(self) -> dict[str, float]:
-        """The Ray overhead so far: the trial's wall time against the time spent in its loop."""
-        out = {"loop_time_s": self.loop_time_s}
+        """The Ray overhead so far: the trial's wall time against the time spent in its loop, and its parts."""
+        out = {"loop_time_s": self.loop_time_s, "report_time_s": self.report_time_s}
         if self.started_at is not None:
             out["trial_wall_s"] = time.time() - self.started_at
+        if self.startup_s is not None:
+            out["startup_s"] = self.startup_s
         return out
 
     def __call__(self, epoch: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
-        self.loop_time_s += metrics.get("epoch_time_s", 0.0) + metrics.get("eval_time_s", 0.0)
+        t0 = time.perf_counter()
+        epoch_s = metrics.get("epoch_time_s", 0.0) + metrics.get("eval_time_s", 0.0)
+        if self.startup_s is None and self.started_at is not None:
+            self.startup_s = time.time() - self.started_at - epoch_s
+        self.loop_time_s += epoch_s
         out = {**_report_metrics(epoch, metrics), **self._timing()}
         if self.tb is not None:
-            self.tb.log(epoch + 1, {k: v for k, v in out.items() if k not in ("epoch", "samples", "loop_time_s", "trial_wall_s")})
+            self.tb.log(epoch + 1, {k: v for k, v in out.items() if k not in ("epoch", "samples", *TIMING_KEYS)})
         if checkpoint is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 shutil.copy2(checkpoint, Path(tmp) / LAST)
@@ -145,6 +164,7 @@ class EpochReporter:
         else:
             ray.train.report(out)
         self.reported += 1
+        self.report_time_s += time.perf_counter() - t0
 
     def finish(self, history: list[dict[str, float]]) -> None:
         """A run restored from its last epoch's checkpoint trains nothing: report its final epoch again,

@@ -191,7 +191,7 @@ def test_reporter_re_reports_a_trial_restored_at_its_last_epoch(monkeypatch):
     history = [{"loss": 2.0, "epoch": 0}, {"loss": 1.0, "epoch": 1, "val/cosine/map": 0.5}]
     restored = workers.EpochReporter(None)
     restored.finish(history)  # nothing trained in this attempt: the last epoch is reported again
-    assert reports == [{"loss": 1.0, "epoch": 2, "val/cosine/map": 0.5, "val_map": 0.5, "loop_time_s": 0.0}]
+    assert reports == [{"loss": 1.0, "epoch": 2, "val/cosine/map": 0.5, "val_map": 0.5, "loop_time_s": 0.0, "report_time_s": 0.0}]
     import time
 
     fresh = workers.EpochReporter(None, started_at=time.time() - 10.0)
@@ -199,3 +199,7 @@ def test_reporter_re_reports_a_trial_restored_at_its_last_epoch(monkeypatch):
     fresh.finish(history)  # it reported already: nothing more
     assert len(reports) == 2 and reports[1]["loop_time_s"] == 2.0 and reports[1]["epoch"] == 2
     assert 10.0 <= reports[1]["trial_wall_s"] < 60.0
+    assert reports[1]["startup_s"] == pytest.approx(reports[1]["trial_wall_s"] - 2.0, abs=0.5)  # 10 s minus the epoch
+    fresh(2, {**history[1], "epoch_time_s": 1.0}, None)
+    assert reports[2]["loop_time_s"] == 3.0 and reports[2]["startup_s"] == reports[1]["startup_s"]
+    assert 0 < reports[2]["report_time_s"] < 1.0  # the first report's own cost
