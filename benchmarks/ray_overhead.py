@@ -12,8 +12,10 @@ carries (``timing`` in ``<benchmark>/search/trials.json``):
   epochs' training and evaluation times measured inside the loop.
 
 Overhead = wall - loop, in seconds and as a fraction of wall. Its parts: ``startup_s`` (trial
-start to the first epoch: Tune actor, Train controller, worker group, data, artifacts, pruning) and
-``report_s`` (TensorBoard, checkpoint copy and ``ray.train.report`` per epoch, before the last). What follows the last report (Tune
+start to the first epoch), of which ``ray_startup_s`` is Ray's (Tune function to the Train worker
+entering the trial function: Train controller and worker group) and the rest ours (data, frozen
+artifacts, pruning, model set-up); and ``report_s`` (TensorBoard, checkpoint copy and
+``ray.train.report`` per epoch, before the last). What follows the last report (Tune
 stopping the trial, Ray Train shutting its workers down, the next trial starting) is not in a
 trial's wall time; the search phase's figure covers it: the slot-seconds the search had
 (``search_s`` x concurrent trials) against the loop seconds of all its trials. Failed trials that
@@ -42,8 +44,10 @@ def trial_overheads(trials: list[dict]) -> pd.DataFrame:
         wall, loop = float(timing["wall_s"]), float(timing["loop_s"])
         rows.append({"trial": t["trial_id"], "epochs": timing.get("epochs"), "wall_s": wall, "loop_s": loop,
                      "overhead_s": wall - loop, "overhead_frac": (wall - loop) / wall,
-                     "startup_s": timing.get("startup_s"), "report_s": timing.get("report_s")})
-    return pd.DataFrame(rows, columns=["trial", "epochs", "wall_s", "loop_s", "overhead_s", "overhead_frac", "startup_s", "report_s"])
+                     "startup_s": timing.get("startup_s"), "ray_startup_s": timing.get("ray_startup_s"),
+                     "report_s": timing.get("report_s")})
+    return pd.DataFrame(rows, columns=["trial", "epochs", "wall_s", "loop_s", "overhead_s", "overhead_frac",
+                                       "startup_s", "ray_startup_s", "report_s"])
 
 
 def _median(values: pd.Series) -> float | None:
@@ -62,6 +66,7 @@ def summarize(frame: pd.DataFrame) -> dict[str, float]:
         "median_overhead_s": statistics.median(frame["overhead_s"]),
         "median_overhead_frac": statistics.median(frame["overhead_frac"]),
         "median_startup_s": _median(frame["startup_s"]),
+        "median_ray_startup_s": _median(frame["ray_startup_s"]),
         "median_report_s_per_epoch": _median(frame["report_s"] / (frame["epochs"] - 1).clip(lower=1)),
         "total_overhead_frac": float(frame["overhead_s"].sum() / frame["wall_s"].sum()),
     }
@@ -103,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"overhead {summary['median_overhead_s']:.1f} s = {100 * summary['median_overhead_frac']:.0f}% of the trial; "
                   f"all timed trials: {100 * summary['total_overhead_frac']:.0f}%")
             if summary["median_startup_s"] is not None:
-                print(f"parts: start-up {summary['median_startup_s']:.1f} s (median), "
+                ray_part = summary["median_ray_startup_s"]
+                print(f"parts: start-up {summary['median_startup_s']:.1f} s (median; Ray's part "
+                      f"{'?' if ray_part is None else f'{ray_part:.1f} s'}), "
                       f"reporting {summary['median_report_s_per_epoch']:.2f} s per epoch (median)")
         if phases:
             print("phases (wall s): " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in phases.items()))

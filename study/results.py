@@ -45,7 +45,8 @@ def summarize_trials(grid, bp) -> dict:
         timing = None
         if "trial_wall_s" in metrics and "loop_time_s" in metrics:  # up to the trial's last report
             timing = {"wall_s": metrics["trial_wall_s"], "loop_s": metrics["loop_time_s"], "epochs": epochs,
-                      "startup_s": metrics.get("startup_s"), "report_s": metrics.get("report_time_s")}
+                      "startup_s": metrics.get("startup_s"), "ray_startup_s": metrics.get("ray_startup_s"),
+                      "report_s": metrics.get("report_time_s")}
         row = {"trial_id": metrics.get("trial_id") or _trial_id(result), "status": status, "reason": reason, "epochs": epochs,
                "val_map": value, "best_val_map": best_val, "params": params, "timing": timing}
         trials.append(row)

@@ -125,15 +125,16 @@ def _report_metrics(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
-TIMING_KEYS = ("loop_time_s", "report_time_s", "trial_wall_s", "startup_s")
+TIMING_KEYS = ("loop_time_s", "report_time_s", "trial_wall_s", "startup_s", "ray_startup_s")
 
 
 class EpochReporter:
     """Reports every epoch to Ray Train (metrics + the epoch checkpoint) and TensorBoard."""
 
-    def __init__(self, tb: TensorBoardLogger | None, started_at: float | None = None) -> None:
+    def __init__(self, tb: TensorBoardLogger | None, started_at: float | None = None, entered_at: float | None = None) -> None:
         self.tb = tb
         self.started_at = started_at  # wall-clock start of the trial (time.time() in its Tune function)
+        self.entered_at = entered_at  # when the Ray Train worker entered the trial's function
         self.reported = 0
         self.loop_time_s = 0.0  # training + evaluation time in this attempt
         self.report_time_s = 0.0  # TensorBoard, checkpoint copy and ray.train.report, up to the previous epoch
@@ -146,6 +147,8 @@ class EpochReporter:
             out["trial_wall_s"] = time.time() - self.started_at
         if self.startup_s is not None:
             out["startup_s"] = self.startup_s
+        if self.started_at is not None and self.entered_at is not None:
+            out["ray_startup_s"] = self.entered_at - self.started_at  # the Ray part of startup_s
         return out
 
     def __call__(self, epoch: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
@@ -202,6 +205,7 @@ def _restored_checkpoint(scratch: Path) -> Path | None:
 
 def run_trial(config: dict) -> None:
     """One search trial: the student stage on train minus val, val mAP reported every epoch."""
+    entered_at = time.time()
     _quiet_ray_train()
     cfg = build_config(config["cfg"])
     storage = Storage(config["storage"])
@@ -215,7 +219,7 @@ def run_trial(config: dict) -> None:
             _record_placement(storage, cfg.benchmark, config["trial_id"], str(ctx.device))
             _, aux = _frozen_networks(ctx)
             pruned = prune_stage(ctx, aux)
-            reporter = EpochReporter(tb, config.get("started_at"))
+            reporter = EpochReporter(tb, config.get("started_at"), entered_at)
             run = student_stage(ctx, "indistill", aux, pruned, protocol="val", hooks=[reporter],
                                 work_dir=scratch / "student", resume_from=_restored_checkpoint(scratch))
             reporter.finish(run.history)

@@ -6,8 +6,8 @@ import pytest
 from benchmarks.ray_overhead import main, search_efficiency, summarize, trial_overheads
 
 TRIALS = [
-    {"trial_id": "a", "timing": {"wall_s": 10.0, "loop_s": 8.0, "epochs": 3, "startup_s": 1.0, "report_s": 0.5}},
-    {"trial_id": "b", "timing": {"wall_s": 20.0, "loop_s": 18.0, "epochs": 3, "startup_s": 1.5, "report_s": 0.3}},
+    {"trial_id": "a", "timing": {"wall_s": 10.0, "loop_s": 8.0, "epochs": 3, "startup_s": 1.0, "ray_startup_s": 0.5, "report_s": 0.5}},
+    {"trial_id": "b", "timing": {"wall_s": 20.0, "loop_s": 18.0, "epochs": 3, "startup_s": 1.5, "ray_startup_s": 1.0, "report_s": 0.3}},
     {"trial_id": "c", "timing": None},  # stopped by ASHA: no record
 ]
 
@@ -21,6 +21,7 @@ def test_overhead_per_trial_and_summary():
     assert s["trials"] == 2 and s["median_overhead_s"] == 2.0
     assert s["median_overhead_frac"] == pytest.approx(0.15)
     assert s["total_overhead_frac"] == pytest.approx(4 / 30)
+    assert s["median_ray_startup_s"] == 0.75
     assert s["median_startup_s"] == 1.25 and s["median_report_s_per_epoch"] == pytest.approx(0.2)  # (0.25 + 0.15) / 2
     assert summarize(trial_overheads(TRIALS[2:])) == {"trials": 0}
 
@@ -33,6 +34,7 @@ def test_main_reads_a_study_directory(tmp_path, capsys):
     assert main([str(tmp_path), "--json", str(tmp_path / "o.json")]) == 0
     out = capsys.readouterr().out
     assert "2 trials ran to the end" in out and "overhead 2.0 s = 15% of the trial" in out and "search 100" in out
+    assert "start-up 1.2 s (median; Ray's part 0.8 s), reporting 0.20 s per epoch" in out
     assert "100 s x 2 slots, 26 s in trial loops: 87% of the slot time" in out
     report = json.loads((tmp_path / "o.json").read_text())
     assert report["digits"]["summary"]["total_overhead_frac"] == pytest.approx(4 / 30)
