@@ -25,7 +25,7 @@ from .resources import TrialResources
 from .results import build_table, summarize_trials, write_study_table
 from .search_space import SearchSpace, apply_params, base_config, define_by_run
 from .storage import Storage
-from .workers import OBJECTIVE, final_retrain, prepare_artifacts, read_trial_records, run_trial
+from .workers import OBJECTIVE, final_retrain, prepare_artifacts, read_placements, run_trial
 
 STATE = "study.json"
 QUIET = ray.train.LoggingConfig(log_level="WARNING")  # our own per-epoch lines are the progress output
@@ -209,9 +209,9 @@ def run_study(plan: StudyPlan, log: Callable[[str], None] = print) -> pd.DataFra
             with phases("search"):
                 grid = run_search(plan, bp, log, cluster)
             trials = summarize_trials(grid, bp)
-            placements = read_trial_records(plan.storage, bp.benchmark, "placement")
+            placements = read_placements(plan.storage, bp.benchmark)
             for trial in trials["trials"]:
-                trial["placement"] = placements.get(trial["trial_id"], {}).get("ranks", [])
+                trial["placement"] = placements.get(trial["trial_id"], [])
             trials["max_concurrent"] = plan.trial_resources.max_concurrent(cluster)
             plan.storage.write_json(f"{bp.benchmark}/search/trials.json", trials)
         trials = plan.storage.read_json(f"{bp.benchmark}/search/trials.json")

@@ -133,7 +133,9 @@ class EpochReporter:
 
     def __init__(self, tb: TensorBoardLogger | None, started_at: float | None = None, entered_at: float | None = None) -> None:
         self.tb = tb
-        self.started_at = started_at  # wall-clock start of the trial (time.time() in its Tune function)
+        # wall-clock start of the trial (time.time() in its Tune function); compared with this worker's
+        # clock, so on a multi-node cluster the start-up figures assume NTP-synchronised nodes
+        self.started_at = started_at
         self.entered_at = entered_at  # when the Ray Train worker entered the trial's function
         self.reported = 0
         self.loop_time_s = 0.0  # training + evaluation time in this attempt
@@ -188,10 +190,10 @@ def _record_placement(storage: Storage, benchmark: str, trial_id: str, device: s
         storage.write_json(f"{benchmark}/search/placement/{trial_id}.json", {"ranks": ranks})
 
 
-def read_trial_records(storage: Storage, benchmark: str, kind: str) -> dict[str, dict]:
-    """Trial id -> its record of ``kind`` (``placement``: where its ranks ran)."""
-    rel = f"{benchmark}/search/{kind}"
-    return {name[: -len(".json")]: storage.read_json(f"{rel}/{name}")
+def read_placements(storage: Storage, benchmark: str) -> dict[str, list[dict]]:
+    """Trial id -> where its ranks ran (as ``_record_placement`` wrote it)."""
+    rel = f"{benchmark}/search/placement"
+    return {name[: -len(".json")]: storage.read_json(f"{rel}/{name}")["ranks"]
             for name in storage.listdir(rel) if name.endswith(".json")}
 
 
