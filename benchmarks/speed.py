@@ -61,7 +61,7 @@ from indistill.pruning import PrunedTaps, select_channels
 from indistill.retrieval import evaluate_all, reference_evaluate
 from indistill.train.batches import DeviceSplit
 from indistill.train.curriculum import Phase, curriculum_plan
-from indistill.train.loop import build_optimizer
+from indistill.train.loop import build_optimizer, train_step
 from indistill.train.methods import Method, StudentBatch, create_method
 from indistill.train.runtime import autocast, resolve_device
 
@@ -427,15 +427,8 @@ def time_fast(
         count = 0
         for _ in range(n):
             x, y = next(it)
-            loss, parts = step(x, y, phase.epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            b = x.shape[0]
-            for key, value in {"loss": loss.detach(), **parts}.items():
-                v = value.detach().float() * b
-                sums[key] = sums[key] + v if key in sums else v
-            count += b
+            train_step(step, optimizer, x, y, phase.epoch, sums)  # Loop's own step
+            count += x.shape[0]
         if not sums:
             return 0, float("nan")
         keys = sorted(sums)

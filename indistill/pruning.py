@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -283,25 +283,13 @@ def channel_scores(
     return scores
 
 
-def select_channels(
-    model: nn.Module,
-    widths: Mapping[str, int],
-    criterion: str,
-    *,
-    data: Split | None = None,
-    normalize: Callable[[Tensor], Tensor] | None = None,
-    batches: int = 4,
-    batch_size: int = 128,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> dict[str, Tensor]:
-    """For each tap in ``widths``, the indices (int64, ascending) of its ``widths[tap]`` best channels."""
-    scores = channel_scores(
-        model, list(widths), criterion, data=data, normalize=normalize,
-        batches=batches, batch_size=batch_size, seed=seed, device=device,
-    )
-    return {name: top_k(scores[name], int(k)) for name, k in widths.items()}
+def select_channels(model: nn.Module, widths: Mapping[str, int], criterion: str, **options: Any) -> dict[str, Tensor]:
+    """For each tap in ``widths``, the indices (int64, ascending) of its ``widths[tap]`` best channels.
 
+    ``options`` are :func:`channel_scores`' keywords (``data``, ``normalize``, ``batches``, ...).
+    """
+    scores = channel_scores(model, list(widths), criterion, **options)
+    return {name: top_k(scores[name], int(k)) for name, k in widths.items()}
 
 # ----------------------------------------------------------------------------- pruned taps
 

@@ -36,9 +36,16 @@ QUIET = ray.train.LoggingConfig(log_level="WARNING")  # our own per-epoch lines 
 REPORT_POLL_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
-def _fit(trainer: TorchTrainer):
+def _fit(fn: Callable[[dict], None], config: dict, resources: TrialResources, name: str, storage_path: str,
+         max_failures: int, **run_options) -> None:
+    """One Ray Train run of ``fn`` on ``resources``, quiet, with the short report poll."""
     os.environ.setdefault(*REPORT_POLL_ENV)
-    return trainer.fit()
+    TorchTrainer(
+        fn, train_loop_config=config, scaling_config=_scaling(resources),
+        torch_config=TorchConfig(backend=resources.backend),
+        run_config=ray.train.RunConfig(name=name, storage_path=storage_path, logging_config=QUIET,
+                                       failure_config=ray.train.FailureConfig(max_failures=max_failures), **run_options),
+    ).fit()
 
 
 @dataclass(frozen=True)
@@ -92,37 +99,21 @@ def tune_trial(params: dict, spec: TrialSpec) -> None:
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     cfg = apply_params(spec.plan.base, params, spec.plan.space)
-    trainer = TorchTrainer(
-        run_trial,
-        train_loop_config={
-            "cfg": config_to_dict(cfg), "storage": spec.storage, "trial_id": trial_id,
-            "data_root": spec.data_root, "fail_with": spec.faults.get(cfg.prune.criterion),
-            "started_at": time.time(),  # wall-clock start of the trial, for its Ray overhead
-        },
-        scaling_config=_scaling(spec.resources),
-        torch_config=TorchConfig(backend=spec.resources.backend),
-        run_config=ray.train.RunConfig(
-            # named after the trial (no timestamp): a retried trial resumes its own checkpoints
-            name=f"{spec.plan.benchmark}-trial-{trial_id}",
-            storage_path=spec.ray_storage,
-            callbacks=[TuneReportCallback()],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=0),
-            logging_config=QUIET,
-        ),
-    )
-    _fit(trainer)
+    config = {
+        "cfg": config_to_dict(cfg), "storage": spec.storage, "trial_id": trial_id,
+        "data_root": spec.data_root, "fail_with": spec.faults.get(cfg.prune.criterion),
+        "started_at": time.time(),  # wall-clock start of the trial, for its Ray overhead
+    }
+    # named after the trial (no timestamp): a retried trial resumes its own checkpoints
+    _fit(run_trial, config, spec.resources, f"{spec.plan.benchmark}-trial-{trial_id}", spec.ray_storage,
+         max_failures=0, callbacks=[TuneReportCallback()], checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
 
 
 def _train_run(fn: Callable[[dict], None], name: str, config: dict, plan: StudyPlan, workers: int) -> None:
     res = dataclasses.replace(plan.trial_resources, workers=workers,
                               gpus=(float(workers) if plan.trial_resources.use_gpu else 0.0),
                               cpus=plan.trial_resources.cpus / plan.trial_resources.workers * workers)
-    _fit(TorchTrainer(
-        fn, train_loop_config=config, scaling_config=_scaling(res), torch_config=TorchConfig(backend=res.backend),
-        run_config=ray.train.RunConfig(name=name, storage_path=_ray_storage(plan.storage),
-                                       failure_config=ray.train.FailureConfig(max_failures=1), logging_config=QUIET),
-    ))
+    _fit(fn, config, res, name, _ray_storage(plan.storage), max_failures=1)
 
 
 def _artifact_config(bp: BenchmarkPlan) -> RunConfig:

@@ -6,13 +6,14 @@ from typing import Any, Callable
 
 from ..registry import Registry
 from .base import EMBEDDING, TapNet, TapReader, TapSpec, read_taps, unwrap
-from .cnn import CNN, build_cnn
-from .resnet import PreActResNet18, ResNet18, build_preact_resnet18, build_resnet18
+from .cnn import CNN
+from .resnet import PreActResNet18, ResNet18
 
+# the classes themselves: their constructor keywords are the config's model options
 MODELS: Registry[Callable[..., TapNet]] = Registry("model")
-MODELS.register("cnn", build_cnn)
-MODELS.register("preact_resnet18", build_preact_resnet18)
-MODELS.register("resnet18", build_resnet18)
+MODELS.register("cnn", CNN)
+MODELS.register("preact_resnet18", PreActResNet18)
+MODELS.register("resnet18", ResNet18)
 
 
 def model_options(arch: str) -> list[str]:

@@ -59,16 +59,3 @@ class CNN(TapNet):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.embed(self.pool(self.blocks(x))))
 
-
-def build_cnn(
-    *,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    widths: Sequence[int] = (16, 32, 64),
-    embedding_dim: int = 128,
-    padding: int = 0,
-    global_pool: bool = False,
-) -> CNN:
-    """Factory registered as ``cnn``."""
-    return CNN(num_classes, in_channels, image_size, widths, embedding_dim, padding, global_pool)

@@ -112,12 +112,3 @@ def _imagenet_weights() -> dict:
             f"Cause: {type(exc).__name__}: {exc}"
         ) from exc
 
-
-def build_preact_resnet18(*, num_classes: int, in_channels: int = 3) -> PreActResNet18:
-    """Factory registered as ``preact_resnet18``."""
-    return PreActResNet18(num_classes, in_channels)
-
-
-def build_resnet18(*, num_classes: int, in_channels: int = 3, stem: str = "imagenet", pretrained: bool = False) -> ResNet18:
-    """Factory registered as ``resnet18``; kwargs: stem (imagenet | small), pretrained."""
-    return ResNet18(num_classes, in_channels, stem=stem, pretrained=pretrained)

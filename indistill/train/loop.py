@@ -37,6 +37,22 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.o
     return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
 
 
+def train_step(step: StepFn, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, epoch: int,
+               sums: dict[str, Tensor]) -> None:
+    """One optimisation step; adds the batch-weighted loss and its parts to ``sums``, on the device.
+
+    Nothing is read back to the host: callers read ``sums`` once (``Loop``: once per epoch).
+    """
+    loss, parts = step(x, y, epoch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    n = x.shape[0]
+    for key, value in {"loss": loss.detach(), **parts}.items():
+        v = value.detach().float() * n
+        sums[key] = sums[key] + v if key in sums else v
+
+
 @dataclass
 class Loop:
     """Trains ``model`` for ``epochs`` with ``step`` over ``batches(epoch)``, checkpointing in ``work_dir``.
@@ -106,15 +122,8 @@ class Loop:
         sums: dict[str, Tensor] = {}
         count = None
         for x, y in self.batches(epoch):
-            loss, parts = self.step(x, y, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(self.step, optimizer, x, y, epoch, sums)
             n = x.shape[0]
-            # accumulate on the device; read once per epoch (no host sync per step)
-            for key, value in {"loss": loss.detach(), **parts}.items():
-                v = value.detach().float() * n
-                sums[key] = sums[key] + v if key in sums else v
             count = count + n if count is not None else torch.tensor(float(n), device=x.device)
         if count is None:
             raise RuntimeError(f"[{self.name}] epoch {epoch} saw no batch: is the training split empty?")
