@@ -6,8 +6,10 @@ import types
 import typing
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A user-facing configuration error: one line naming the field and what is allowed."""
 
 
