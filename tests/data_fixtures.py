@@ -52,8 +52,22 @@ def write_cifar100(root: Path, train: int = 300, test: int = 100, seed: int = 1)
     return tuple(out)
 
 
-def _idx_bytes(array: np.ndarray, magic: int) -> bytes:
+def read_cifar_batch(path: Path) -> dict:
+    """A fabricated CIFAR batch back as its dict (bytes keys), for editing."""
+    return pickle.loads(path.read_bytes(), encoding="latin1")
+
+
+def write_cifar_batch(path: Path, batch: dict) -> None:
+    """Pickle ``batch`` the way the fixtures do (protocol 2, as the real Python-2 files)."""
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    """An idx file: big-endian magic, one big-endian uint32 per dimension, then the uint8 data."""
     return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape) + array.astype(np.uint8).tobytes()
+
+
+_idx_bytes = idx_bytes
 
 
 def write_fashionmnist(root: Path, train: int = 50, test: int = 20, gz: bool = True, seed: int = 2) -> tuple[np.ndarray, ...]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import indistill.data as data
-from indistill.data import BENCHMARKS, DatasetNotFoundError, Split, carve_val, get_spec, load_benchmark
+from indistill.data import BENCHMARKS, DatasetFormatError, DatasetNotFoundError, Split, carve_val, get_spec, load_benchmark
 from indistill.data.archive import safe_extract
 from indistill.data.base import VAL_SEED, LoadRequest
 from indistill.data.splits import stratified_indices
@@ -48,7 +49,8 @@ def _check_carve(bench: data.BenchmarkData, raw_train: Split) -> None:
 def test_registered_names_and_exports():
     assert BENCHMARKS.names() == ["digits", "cifar10", "cifar100", "fashionmnist", "cub200", "imagenet"]
     for name in ("BENCHMARKS", "load_benchmark", "get_spec", "default_data_root", "Split", "BenchmarkData",
-                 "BenchmarkSpec", "DatasetNotFoundError", "carve_val", "augment_batch", "normalize"):
+                 "BenchmarkSpec", "DatasetNotFoundError", "DatasetFormatError", "DatasetOptionsError",
+                 "validate_options", "carve_val", "augment_batch", "normalize"):
         assert hasattr(data, name)
     for name in BENCHMARKS.names():
         spec = get_spec(name)
@@ -132,6 +134,22 @@ def test_cifar100_roundtrip(tmp_path):
     bench = load_benchmark("cifar100", tmp_path)
     assert bench.num_classes == 100 and (len(bench.train), len(bench.val), len(bench.test)) == (270, 30, 100)
     _check_carve(bench, raw.train)
+
+
+def test_cifar_batches_of_other_pickle_flavours_load(tmp_path):
+    """The reader only accepts numpy globals, but every flavour of them: str keys (as the real
+    Python-2 files give with latin1), numpy 1.x module paths (``numpy.core``) and protocol 5."""
+    import pickle
+
+    tx, ty, sx, sy = write_cifar10(tmp_path, per_batch=10, test=10)
+    folder = tmp_path / "cifar-10-batches-py"
+    d = pickle.loads((folder / "data_batch_1").read_bytes())
+    old = pickle.dumps({k.decode(): v for k, v in d.items()}, protocol=2).replace(b"numpy._core", b"numpy.core")
+    assert b"numpy.core.multiarray" in old
+    (folder / "data_batch_1").write_bytes(old)
+    (folder / "data_batch_2").write_bytes(pickle.dumps(pickle.loads((folder / "data_batch_2").read_bytes()), protocol=5))
+    raw = get_spec("cifar10").loader(_request(tmp_path))
+    assert np.array_equal(raw.train.images.numpy(), tx) and np.array_equal(raw.train.labels.numpy(), ty)
 
 
 @pytest.mark.parametrize("name, folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")])
@@ -223,8 +241,14 @@ def test_cub_folder_and_cache_reuse(tmp_path):
     assert len(bench.test) == 6 and len(bench.train) + len(bench.val) == 6
     _check_cub(bench, expected)
     cache = tmp_path / "cache"
+    key = (cache / "cub200_128px_latest.txt").read_text().strip()
+    assert re.fullmatch(r"cub200_128px-[0-9a-f]{16}", key)
     names = sorted(p.name for p in cache.iterdir())
-    assert names == [f"cub200_128px_{s}_{k}.npy" for s in ("test", "train") for k in ("images", "labels")]
+    assert names == sorted([f"{key}_{s}_{k}.npy" for s in ("test", "train") for k in ("images", "labels")]
+                           + ["cub200_128px_latest.txt"])
+    stamp = {p: p.stat().st_mtime_ns for p in cache.iterdir()}
+    load_benchmark("cub200", tmp_path)  # a cache hit rewrites nothing
+    assert {p: p.stat().st_mtime_ns for p in cache.iterdir()} == stamp
     shutil.rmtree(tmp_path / "CUB_200_2011")  # the cache alone must suffice now
     again = load_benchmark("cub200", tmp_path)
     assert torch.equal(again.test.images, bench.test.images) and torch.equal(again.train.images, bench.train.images)
@@ -244,9 +268,12 @@ def test_cub_archive(tmp_path, capsys):
     tar_folder(src / "CUB_200_2011", root / "CUB_200_2011.tgz")
     bench = load_benchmark("cub200", root)
     _check_cub(bench, expected)
-    extracted = root / "cache" / "CUB_200_2011"
-    assert (extracted / "images.txt").is_file() and not (root / "cache" / "attributes.txt").exists()
+    # the extraction is scratch: only the decoded arrays and the pointer to them stay
+    assert sorted(p.suffix for p in (root / "cache").iterdir()) == [".npy"] * 4 + [".txt"]
     assert "cub200 train: 6/6 (100%)" in capsys.readouterr().err
+    again = load_benchmark("cub200", root)  # keyed by the archive: no second extraction
+    assert torch.equal(again.test.images, bench.test.images)
+    assert "decoding" not in capsys.readouterr().err
 
 
 def test_cub_missing(tmp_path):
@@ -292,7 +319,8 @@ def test_imagenet_labels_crop_and_cache(tmp_path):
     assert torch.equal(full.images, colours[full.labels][:, :, None, None].expand_as(full.images))
     jpeg = bench.test.images[0::2].float().mean(dim=(2, 3))
     assert (jpeg - colours[bench.test.labels[0::2]].float()).abs().max() < 6
-    assert (tmp_path / "cache" / "imagenet_64px_first3_classes.txt").read_text().split() == WNIDS
+    (classes_file,) = (tmp_path / "cache").glob("imagenet_64px_first3-*_classes.txt")
+    assert classes_file.read_text().split() == WNIDS
     shutil.rmtree(tmp_path / "imagenet")
     again = load_benchmark("imagenet", tmp_path, options={"classes": 3})
     assert torch.equal(again.test.images, bench.test.images) and torch.equal(again.val.labels, bench.val.labels)
@@ -309,9 +337,9 @@ def test_imagenet_class_subsets(tmp_path):
     assert picked.test.images[3, 2].float().mean() > 200
     cached = sorted(p.name for p in (tmp_path / "cache").glob("*_test_images.npy"))
     assert len(cached) == 2 and cached[0].startswith("imagenet_64px_2wnids-")
-    with pytest.raises(ValueError, match="wnids not in"):
+    with pytest.raises(DatasetNotFoundError, match="no class folder for wnid"):
         load_benchmark("imagenet", tmp_path, options={"classes": ["n99999999"]})
-    with pytest.raises(ValueError, match="only 3 classes"):
+    with pytest.raises(DatasetNotFoundError, match="only 3 class folders"):
         load_benchmark("imagenet", tmp_path, options={"classes": 5})
     assert get_spec("imagenet").num_classes == 1000
 
@@ -328,6 +356,6 @@ def test_cache_write_is_atomic(tmp_path, monkeypatch):
     write_imagenet(tmp_path)
     bad = tmp_path / "train" / WNIDS[1] / f"{WNIDS[1]}_3.png"
     bad.write_bytes(b"not a png")
-    with pytest.raises(RuntimeError, match="cannot decode"):
+    with pytest.raises(DatasetFormatError, match="not a readable image"):
         load_benchmark("imagenet", tmp_path, options={"classes": 3, "workers": 1})
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert not (tmp_path / "cache").exists()

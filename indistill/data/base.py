@@ -3,18 +3,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
+
+from ..errors import UserError
+from ..schema import ConfigError
 
 #: Seed of the train -> (train, val) carve. Fixed on purpose: it is part of the protocol,
 #: not of a run, so every run and trial sees the same validation split.
 VAL_SEED = 0
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset is not on disk; the message says where we looked and how to get it."""
+class DatasetNotFoundError(UserError, FileNotFoundError):
+    """A dataset is not on disk; the message says where we looked and how to get it.
+
+    Also a ``FileNotFoundError``, so handlers written for that keep catching it.
+    """
+
+
+class DatasetFormatError(UserError):
+    """A dataset is on disk but malformed (format, shapes, counts, label range, undecodable
+    image); the message names the file and what is wrong with it."""
+
+
+class DatasetOptionsError(ConfigError):
+    """``data.options`` holds a key the benchmark does not know or a value it does not accept;
+    the message names ``data.options.<key>`` and what is allowed."""
+
+
+@dataclass(frozen=True)
+class DataOption:
+    """One ``data.options`` key a benchmark accepts. ``check`` returns an error text for a bad
+    value (None when the value is fine)."""
+
+    name: str
+    check: Callable[[Any], str | None]
+    help: str
 
 
 @dataclass(frozen=True)
@@ -73,6 +99,7 @@ class BenchmarkSpec:
     flip: bool  # random horizontal flip in training
     description: str
     how_to_get: str  # printed when the data is missing
+    options: tuple[DataOption, ...] = ()  # the data.options keys it accepts
 
 
 @dataclass(frozen=True)

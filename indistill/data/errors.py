@@ -1,10 +1,10 @@
-"""The one message a missing dataset raises."""
+"""The messages a missing or malformed dataset raises: one line naming the file."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterable
 
-from .base import DatasetNotFoundError
+from .base import DatasetFormatError, DatasetNotFoundError
 
 
 def not_found(name: str, looked_at: Iterable[Path], how_to_get: str, root: Path, detail: str = "") -> DatasetNotFoundError:
@@ -13,3 +13,8 @@ def not_found(name: str, looked_at: Iterable[Path], how_to_get: str, root: Path,
     how = how_to_get.replace("<root>", str(root))
     detail = f" ({detail})" if detail else ""
     return DatasetNotFoundError(f"{name} data not found{detail}; looked at: {paths}. {how}")
+
+
+def bad_file(path: Path | str, problem: str, fix: str = "") -> DatasetFormatError:
+    """``DatasetFormatError``: ``<path>: <problem>[; <fix>]``."""
+    return DatasetFormatError(f"{path}: {problem}" + (f"; {fix}" if fix else ""))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -9,28 +10,53 @@ import torch
 import torch.nn.functional as F
 
 from .base import BenchmarkSpec, LoadRequest, RawSplits, Split
-from .errors import not_found
+from .errors import bad_file, not_found
 
 _IMAGES_MAGIC = 0x00000803  # uint8, 3 dims
 _LABELS_MAGIC = 0x00000801  # uint8, 1 dim
 _PAD = 2  # 28 + 2 * 2 = 32
 
 
-def read_idx(path: Path, magic: int) -> np.ndarray:
-    """A uint8 idx file (gzipped or not) as an array of its declared shape."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+_FIX = (
+    "delete it and run again with --download, or replace it with the file from "
+    "https://github.com/zalandoresearch/fashion-mnist"
+)
+
+
+def read_idx(path: Path, magic: int, fix: str = _FIX) -> np.ndarray:
+    """A uint8 idx file (gzipped or not) as an array of its declared shape.
+
+    A file that cannot be read, is not gzip although named ``.gz``, is truncated, has another
+    magic number or holds more or fewer bytes than its header declares raises
+    :class:`DatasetFormatError` naming it.
+    """
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise bad_file(path, f"not a complete gzip file ({type(e).__name__}: {e})", fix) from None
+    except OSError as e:
+        raise bad_file(path, f"cannot be read ({e.strerror or e})", fix) from None
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < 4:
+        raise bad_file(path, f"truncated: {len(data)} bytes, an idx header needs {header}", fix)
     found = int.from_bytes(data[:4], "big")
     if found != magic:
-        raise ValueError(f"{path}: bad idx magic number {found:#010x}, expected {magic:#010x}")
-    ndim = magic & 0xFF
+        note = " (gzip data: name it .gz)" if data[:2] == b"\x1f\x8b" else ""
+        raise bad_file(path, f"bad idx magic number {found:#010x}, expected {magic:#010x}{note}", fix)
+    if len(data) < header:
+        raise bad_file(path, f"truncated: {len(data)} bytes, its idx header needs {header}", fix)
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    offset = 4 + 4 * ndim
-    array = np.frombuffer(data, dtype=np.uint8, offset=offset)
-    if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: idx header says {shape} but holds {array.size} bytes")
-    return array.reshape(shape)
+    expected = int(np.prod(shape, dtype=np.int64))
+    held = len(data) - header
+    if held != expected:
+        state = "truncated" if held < expected else "too long"
+        raise bad_file(path, f"{state}: its idx header says {list(shape)} ({expected} bytes) but it holds {held}", fix)
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def _find(raw: Path, stem: str) -> Path | None:
@@ -41,8 +67,18 @@ def _find(raw: Path, stem: str) -> Path | None:
 
 
 def _read_split(raw: Path, prefix: str) -> Split:
-    images = read_idx(_find(raw, f"{prefix}-images-idx3-ubyte"), _IMAGES_MAGIC)
-    labels = read_idx(_find(raw, f"{prefix}-labels-idx1-ubyte"), _LABELS_MAGIC)
+    images_path = _find(raw, f"{prefix}-images-idx3-ubyte")
+    labels_path = _find(raw, f"{prefix}-labels-idx1-ubyte")
+    images = read_idx(images_path, _IMAGES_MAGIC)
+    labels = read_idx(labels_path, _LABELS_MAGIC)
+    if images.shape[1:] != (28, 28):
+        raise bad_file(images_path, f"holds images of {images.shape[1]}x{images.shape[2]}, expected 28x28", _FIX)
+    if images.shape[0] == 0:
+        raise bad_file(images_path, "holds no images", _FIX)
+    if labels.shape[0] != images.shape[0]:
+        raise bad_file(labels_path, f"holds {labels.shape[0]} labels but {images_path.name} holds {images.shape[0]} images", _FIX)
+    if labels.size and int(labels.max()) >= SPEC.num_classes:
+        raise bad_file(labels_path, f"label {int(labels.max())} is out of range 0..{SPEC.num_classes - 1}", _FIX)
     x = F.pad(torch.from_numpy(images.copy()).unsqueeze(1), (_PAD, _PAD, _PAD, _PAD))
     return Split(x, torch.from_numpy(labels.astype(np.int64)))
 

@@ -7,7 +7,8 @@ from typing import Callable
 
 from ..registry import Registry
 from . import cifar, cub200, digits, fashionmnist, imagenet
-from .base import VAL_SEED, BenchmarkData, BenchmarkSpec, LoadRequest
+from .base import VAL_SEED, BenchmarkData, BenchmarkSpec, DatasetFormatError, LoadRequest
+from .options import check_options
 from .splits import carve_val
 
 BENCHMARKS: Registry[BenchmarkSpec] = Registry("benchmark")
@@ -28,11 +29,22 @@ def default_data_root() -> Path:
     return Path.home() / ".cache" / "indistill" / "data"
 
 
+def validate_options(benchmark: str, options: dict | None) -> dict:
+    """``data.options`` of ``benchmark`` checked: returns a plain dict copy.
+
+    An unknown key or a bad value raises ``DatasetOptionsError`` (a ``ConfigError``, hence a
+    ``UserError``) naming ``data.options.<key>`` and what is allowed; an unknown benchmark raises
+    ``UnknownNameError``.
+    """
+    return check_options(BENCHMARKS.get(benchmark), options)
+
+
 def get_spec(name: str, options: dict | None = None) -> BenchmarkSpec:
     """The registered spec of ``name`` (adjusted for ``options``, e.g. an ImageNet class subset)."""
     spec = BENCHMARKS.get(name)
+    options = check_options(spec, options)
     adjust = _SPEC_FOR_OPTIONS.get(name)
-    return adjust(spec, options or {}) if adjust else spec
+    return adjust(spec, options) if adjust else spec
 
 
 def load_benchmark(
@@ -46,17 +58,24 @@ def load_benchmark(
     """Load benchmark ``name``: train (minus val), val and test splits as uint8 tensors on the CPU.
 
     ``root`` defaults to ``default_data_root()``, ``cache_dir`` to ``<root>/cache``. Raises
-    ``DatasetNotFoundError`` when the data is missing and ``UnknownNameError`` for an unknown name.
+    ``DatasetNotFoundError`` when the data is missing, ``DatasetFormatError`` when it is malformed
+    (both name the file), ``DatasetOptionsError`` for bad ``options`` and ``UnknownNameError`` for
+    an unknown name. The dataset files are only read; a failed load writes nothing to the cache.
     """
-    options = dict(options or {})
+    options = validate_options(name, options)
     spec = get_spec(name, options)
     root_path = Path(root).expanduser() if root is not None else default_data_root()
     cache_path = Path(cache_dir).expanduser() if cache_dir is not None else root_path / "cache"
     raw = spec.loader(LoadRequest(root=root_path, download=download, cache_dir=cache_path, options=options))
     for split_name, split in (("train", raw.train), ("test", raw.test)):
+        # the loaders check what they read and name the file; this is the last line of defence
+        where = f"{name} data under {root_path}, {split_name} split"
+        if len(split) == 0:
+            raise DatasetFormatError(f"{where}: no images")
         if tuple(split.images.shape[1:]) != spec.input_shape:
-            raise ValueError(f"{name} {split_name}: images {tuple(split.images.shape[1:])}, expected {spec.input_shape}")
-        if len(split) and int(split.labels.max()) >= spec.num_classes:
-            raise ValueError(f"{name} {split_name}: label {int(split.labels.max())} >= num_classes {spec.num_classes}")
+            raise DatasetFormatError(f"{where}: images {tuple(split.images.shape[1:])}, expected {spec.input_shape}")
+        lo, hi = int(split.labels.min()), int(split.labels.max())
+        if lo < 0 or hi >= spec.num_classes:
+            raise DatasetFormatError(f"{where}: labels span {lo}..{hi}, expected 0..{spec.num_classes - 1}")
     train, val = carve_val(raw.train, spec.val_fraction, seed=VAL_SEED)
     return BenchmarkData(spec=spec, train=train, val=val, test=raw.test)
