@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pandas as pd
+import torch
 
 from .config import RunConfig, save_config
 from .data import load_benchmark
 from .evaluate import count_parameters
-from .table import ROW_LABELS, result_row, write_table
+from .io import atomic_write_text
+from .table import ROW_LABELS, aggregate, result_row, write_table
 from .train.runtime import resolve_device
 from .train.stages import (
     Context,
@@ -29,36 +31,50 @@ def run_dir(out: Path, cfg: RunConfig) -> Path:
 
 
 def make_context(cfg: RunConfig, cache_root: Path, log: Callable[[str], None] = print, data_root: str | None = None) -> Context:
-    """Load the benchmark and resolve the device for ``cfg``."""
+    """Load the benchmark, resolve the device and set torch's CPU threads for ``cfg``."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     data = load_benchmark(cfg.benchmark, data_root or cfg.data.root, download=cfg.data.download, options=cfg.data.options)
     return Context(cfg, data, resolve_device(cfg.device), Path(cache_root), log)
 
 
-def run_pipeline(cfg: RunConfig, out: Path, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Train (or reuse) every stage, evaluate every network on test, write the table; returns it."""
+def run_pipeline(cfg: RunConfig, out: Path, log: Callable[[str], None] = print,
+                 seeds: Sequence[int] | None = None) -> pd.DataFrame:
+    """Train (or reuse) every stage, evaluate every network on test, write the tables; returns the
+    aggregated one. Teacher and auxiliary are trained once (``cfg.seed``); every student method
+    once per student seed in ``seeds`` (default: the config's), as in the KD literature."""
+    seeds = list(seeds) if seeds else [cfg.student_seed]
     rdir = run_dir(out, cfg)
-    rdir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, rdir / "config.yaml")
     t0 = time.perf_counter()
     ctx = make_context(cfg, rdir / "stages", log)
+    rdir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, rdir / "config.yaml")
     log(f"[run] {cfg.benchmark} seed {cfg.seed} on {ctx.device}: train {len(ctx.data.train) + len(ctx.data.val)}, "
-        f"test {len(ctx.data.test)} images; stages cached in {ctx.cache_root}")
+        f"test {len(ctx.data.test)} images; student seeds {seeds}; stages cached in {ctx.cache_root}")
     rows = []
     teacher = teacher_stage(ctx)
-    rows.append(result_row("teacher", count_parameters(teacher),
-                           evaluate_stage(ctx, teacher, ctx.stage_dir("teacher", teacher_key(cfg)))))
+    rows.append({"seed": cfg.seed, **result_row("teacher", count_parameters(teacher),
+                 evaluate_stage(ctx, teacher, ctx.stage_dir("teacher", teacher_key(cfg))))})
     needs_aux = any(m != "ce" for m in cfg.methods)
     auxiliary = pruned = None
     if needs_aux:
         auxiliary = auxiliary_stage(ctx, teacher)
-        rows.append(result_row("auxiliary", count_parameters(auxiliary),
-                               evaluate_stage(ctx, auxiliary, ctx.stage_dir("auxiliary", auxiliary_key(cfg)))))
+        rows.append({"seed": cfg.seed, **result_row("auxiliary", count_parameters(auxiliary),
+                     evaluate_stage(ctx, auxiliary, ctx.stage_dir("auxiliary", auxiliary_key(cfg))))})
     if "indistill" in cfg.methods:
         pruned = prune_stage(ctx, auxiliary)
-    for method in cfg.methods:
-        run = student_stage(ctx, method, auxiliary, pruned, protocol="test")
-        rows.append(result_row(ROW_LABELS[method], count_parameters(run.model), evaluate_stage(ctx, run.model, run.work_dir)))
-    table = pd.DataFrame(rows).set_index("network")
-    write_table(table, rdir / "results", title=f"{cfg.benchmark}, seed {cfg.seed} (test split, values in %)")
+    for seed in seeds:
+        ctx.cfg = cfg.with_student_seed(seed)
+        for method in cfg.methods:
+            run = student_stage(ctx, method, auxiliary, pruned, protocol="test")
+            rows.append({"seed": seed, **result_row(ROW_LABELS[method], count_parameters(run.model),
+                                                    evaluate_stage(ctx, run.model, run.work_dir))})
+    ctx.cfg = cfg
+    per_seed = pd.DataFrame(rows)
+    atomic_write_text(rdir / "results_per_seed.csv", per_seed.to_csv(index=False))
+    reference = ROW_LABELS["indistill"] if "indistill" in cfg.methods else None
+    table = aggregate(per_seed, reference)
+    write_table(table, rdir / "results", title=f"{cfg.benchmark}, teacher/auxiliary seed {cfg.seed}, "
+                f"student seeds {', '.join(map(str, seeds))} (test split, values in %, mean ± std over seeds)")
     log(f"[run] done in {time.perf_counter() - t0:.1f}s; results in {rdir}")
     return table

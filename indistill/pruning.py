@@ -352,3 +352,81 @@ def structurally_pruned_block(model: nn.Module, tap: str, keep: Tensor | Sequenc
             raise ValueError(f"tap {tap!r}: its BN is not inside its module {spec.module!r}")
         tp.prune_batchnorm_out_channels(block.get_submodule(spec.bn[len(spec.module) + 1 :]), drop)
     return block
+
+
+# ----------------------------------------------------------------------------- pruned targets
+
+
+class PrunedTarget:
+    """InDistill's target at the pruned taps, from the frozen auxiliary's forward pass.
+
+    ``needs_inputs``: whether :meth:`__call__` reads the inputs of the tap modules (a
+    :class:`~indistill.models.base.TapReader` with ``keep_inputs=True``).
+    """
+
+    needs_inputs = False
+
+    def __init__(self, auxiliary: nn.Module, pruned: PrunedTaps) -> None:
+        self.pruned = pruned
+
+    def __call__(self, features: Mapping[str, Tensor], inputs: Mapping[str, Tensor], taps: Sequence[str]) -> dict[str, Tensor]:
+        """``features`` with each of ``taps`` that is pruned replaced by its target (others as they are)."""
+        raise NotImplementedError
+
+
+TARGETS: Registry[type[PrunedTarget]] = Registry("prune target")
+
+
+@TARGETS.register("running_stats")
+class RunningStatsTarget(PrunedTarget):
+    """The auxiliary's own tap (its BN in eval mode) restricted to the kept channels."""
+
+    def __call__(self, features: Mapping[str, Tensor], inputs: Mapping[str, Tensor], taps: Sequence[str]) -> dict[str, Tensor]:
+        return self.pruned.apply(features)
+
+
+def batch_stats_block(model: nn.Module, tap: str, keep: Tensor | Sequence[int]) -> nn.Module:
+    """The reference code's pruned block at ``tap``: the kept conv filters, then a fresh BN that
+    normalises with the batch's statistics in every mode (gamma kept, beta = 0), then the rest of
+    the block. Frozen. The conv bias cancels in the batch normalisation.
+    """
+    net = unwrap(model)
+    spec = net.tap(tap)
+    if spec.bn is None:
+        raise ValueError(f"prune.target 'batch_stats': tap {tap!r} has no BatchNorm after its conv; use 'running_stats'")
+    block = structurally_pruned_block(net, tap, keep)
+    old: nn.BatchNorm2d = block.get_submodule(spec.bn[len(spec.module) + 1 :])
+    fresh = nn.BatchNorm2d(old.num_features, eps=old.eps, affine=True, track_running_stats=False)
+    with torch.no_grad():
+        fresh.weight.copy_(old.weight)
+        fresh.bias.zero_()
+    parent_path, _, attr = spec.bn[len(spec.module) + 1 :].rpartition(".")
+    setattr(block.get_submodule(parent_path) if parent_path else block, attr, fresh)
+    block.to(device=old.weight.device)
+    block.eval()  # track_running_stats=False: batch statistics in eval mode too
+    for p in block.parameters():
+        p.requires_grad_(False)
+    return block
+
+
+@TARGETS.register("batch_stats")
+class BatchStatsTarget(PrunedTarget):
+    """:func:`batch_stats_block` of every pruned tap, fed the auxiliary's unpruned input of that block."""
+
+    needs_inputs = True
+
+    def __init__(self, auxiliary: nn.Module, pruned: PrunedTaps) -> None:
+        super().__init__(auxiliary, pruned)
+        self.blocks = {name: batch_stats_block(auxiliary, name, idx.cpu()) for name, idx in pruned.indices.items()}
+
+    def __call__(self, features: Mapping[str, Tensor], inputs: Mapping[str, Tensor], taps: Sequence[str]) -> dict[str, Tensor]:
+        out = dict(features)
+        for name in taps:
+            if name in self.blocks:
+                out[name] = self.blocks[name](inputs[name])
+        return out
+
+
+def create_target(name: str, auxiliary: nn.Module, pruned: PrunedTaps) -> PrunedTarget:
+    """The pruned-target semantics ``name`` (``prune.target``) for ``auxiliary`` and its kept channels."""
+    return TARGETS.get(name)(auxiliary, pruned)

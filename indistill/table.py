@@ -1,4 +1,4 @@
-"""Results tables: one row per network/method, retrieval columns in percent."""
+"""Results tables: one row per network/method, retrieval columns in percent, mean ± std over seeds."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from .io import atomic_write_text
+from .stats import mean_std, paired_difference
 
 ROW_LABELS = {
     "ce": "student (ce)",
@@ -14,6 +15,8 @@ ROW_LABELS = {
     "indistill": "student (indistill)",
 }
 TABLE_KEYS = ("map", "map_legacy", "p@100")
+#: the column whose paired differences to the reference row the tables report
+DIFF_COLUMN = "cosine map"
 
 
 def result_row(name: str, params: int, results: dict[str, dict[str, float]], keys=TABLE_KEYS) -> dict:
@@ -26,19 +29,83 @@ def result_row(name: str, params: int, results: dict[str, dict[str, float]], key
     return row
 
 
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.split(" ")[0] in ("cosine", "euclidean")]
+
+
+def diff_label(reference: str) -> str:
+    return f"Δ {DIFF_COLUMN} vs {reference} (95% CI)"
+
+
+def aggregate(per_seed: pd.DataFrame, reference: str | None = None, by: tuple[str, ...] = ("network",)) -> pd.DataFrame:
+    """One row per ``by`` group of ``per_seed`` (rows: one network and seed each; first-seen order):
+    ``params``, ``n`` (seeds), each metric's mean and ``<metric> std``; with ``reference``, the paired
+    difference of ``DIFF_COLUMN`` to that network (t-interval over the seeds both share, ``*`` when
+    it excludes 0)."""
+    cols = metric_columns(per_seed)
+    rows = []
+    groups = per_seed.groupby(list(by), sort=False)
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        row: dict = dict(zip(by, key))
+        row["params"] = int(group["params"].iloc[0])
+        row["n"] = int(len(group))
+        for c in cols:
+            row[c], row[f"{c} std"] = mean_std(group[c].tolist())
+        if reference is not None:
+            ref = per_seed[(per_seed["network"] == reference) & _same(per_seed, row, by, skip="network")]
+            if row["network"] != reference and len(ref) and "seed" in per_seed:
+                paired = group.merge(ref[["seed", DIFF_COLUMN]], on="seed", suffixes=("", " ref"))
+                if len(paired):
+                    d = paired_difference(paired[DIFF_COLUMN], paired[f"{DIFF_COLUMN} ref"])
+                    row[diff_label(reference)] = str(d)
+                    row["diff mean"], row["diff low"], row["diff high"] = d.mean, d.low, d.high
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(list(by))
+
+
+def _same(frame: pd.DataFrame, row: dict, by: tuple[str, ...], skip: str) -> pd.Series:
+    mask = pd.Series(True, index=frame.index)
+    for col in by:
+        if col != skip:
+            mask &= frame[col] == row[col]
+    return mask
+
+
+def display(table: pd.DataFrame, floatfmt: str = ".2f") -> pd.DataFrame:
+    """Strings for people: ``mean ± std`` per metric (the mean alone for one seed), counts as integers."""
+    out = pd.DataFrame(index=table.index)
+    for c in table.columns:
+        if c.endswith(" std") or c in ("diff mean", "diff low", "diff high"):
+            continue
+        if c in ("params", "n") or c.startswith("trials "):
+            out[c] = table[c].map(lambda v: f"{int(v):,}" if pd.notna(v) else "")
+        elif f"{c} std" in table:
+            out[c] = [_pm(m, s, floatfmt) for m, s in zip(table[c], table[f"{c} std"])]
+        elif pd.api.types.is_float_dtype(table[c]):
+            out[c] = table[c].map(lambda v: format(v, floatfmt) if pd.notna(v) else "")
+        else:
+            out[c] = table[c].fillna("").astype(str)
+    return out
+
+
+def _pm(mean: float, std: float, fmt: str) -> str:
+    if pd.isna(mean):
+        return ""
+    return format(mean, fmt) if pd.isna(std) else f"{format(mean, fmt)} ± {format(std, fmt)}"
+
+
 def to_markdown(table: pd.DataFrame, floatfmt: str = ".2f") -> str:
-    shown = table.copy()
-    if "params" in shown:
-        shown["params"] = shown["params"].map(lambda n: f"{int(n):,}" if pd.notna(n) else "")
-    return shown.to_markdown(floatfmt=floatfmt)
+    return display(table, floatfmt).to_markdown()
 
 
 def write_table(table: pd.DataFrame, stem: Path, title: str | None = None, latex: bool = False) -> list[Path]:
-    """Write ``stem``.csv and ``stem``.md (and ``.tex``) atomically."""
+    """Write ``stem``.csv (numbers) and ``stem``.md (and ``.tex``: mean ± std) atomically."""
     stem = Path(stem)
     paths = [atomic_write_text(stem.with_suffix(".csv"), table.to_csv())]
     md = (f"# {title}\n\n" if title else "") + to_markdown(table) + "\n"
     paths.append(atomic_write_text(stem.with_suffix(".md"), md))
     if latex:
-        paths.append(atomic_write_text(stem.with_suffix(".tex"), table.to_latex(float_format="%.2f")))
+        shown = display(table)
+        paths.append(atomic_write_text(stem.with_suffix(".tex"), shown.to_latex()))
     return paths

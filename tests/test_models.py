@@ -122,8 +122,19 @@ def test_reference_cifar10_parameter_counts(built) -> None:
     assert (aux, student) == (57994, 15050)
     assert n_params(built["cifar10", "auxiliary"]) == aux
     assert n_params(built["cifar10", "student"]) == student
-    # the pre-activation ResNet-18 of the 32px recipe (Kuang Liu's layout, 10 classes)
-    assert n_params(built["cifar10", "teacher"]) == 11_172_170
+    # the reference's pre-activation ResNet-18 (10 classes): stem conv + BN(64), 8 blocks, linear
+    def bn(c: int) -> int:
+        return 2 * c
+
+    def block(c_in: int, c_out: int) -> int:
+        shortcut = c_in * c_out if c_in != c_out else 0  # 1x1 projection, no bias, no BN
+        return bn(c_in) + c_in * c_out * 9 + bn(c_out) + c_out * c_out * 9 + shortcut
+
+    teacher = 3 * 64 * 9 + bn(64) + fc(512, 10)
+    for c_in, c_out in ((64, 64), (64, 128), (128, 256), (256, 512)):
+        teacher += block(c_in, c_out) + block(c_out, c_out)
+    assert teacher == 11_171_274
+    assert n_params(built["cifar10", "teacher"]) == teacher
 
 
 def test_cnn_tap_modules_and_flat_size() -> None:

@@ -13,7 +13,7 @@ from indistill.train.stages import student_stage, teacher_stage
 SHORT = {
     "teacher": {"epochs": 2},
     "auxiliary": {"ce": {"epochs": 2}, "pkt": {"epochs": 1}},
-    "student": {"epochs": 4, "curriculum": {"epochs": [1, 1, 1]}},
+    "student": {"epochs": 4, "curriculum": {"epochs": [1, 1, 1]}, "schedules": {"ce": {"epochs": 2}, "mkt": {"epochs": 4}}},
     "device": "cpu",
 }
 
@@ -24,24 +24,37 @@ def test_indistill_run_digits_end_to_end(tmp_path, capsys):
     import yaml
 
     cfg_path.write_text(yaml.safe_dump(SHORT))
-    assert main(["run", "--benchmark", "digits", "--config", str(cfg_path), "--out", str(tmp_path / "runs")]) == 0
+    assert main(["run", "--benchmark", "digits", "--config", str(cfg_path), "--out", str(tmp_path / "runs"),
+                 "--seeds", "0,1"]) == 0
     out = capsys.readouterr().out
     run_dir = tmp_path / "runs" / "digits-seed0"
-    for name in ("results.csv", "results.md", "config.yaml"):
+    for name in ("results.csv", "results.md", "results_per_seed.csv", "config.yaml"):
         assert (run_dir / name).is_file()
     import pandas as pd
 
     table = pd.read_csv(run_dir / "results.csv", index_col=0)
-    assert list(table.index) == ["teacher", "auxiliary", "student (indistill)", "student (ce)", "student (pkt)", "student (mkt)"]
+    students = ["student (indistill)", "student (ce)", "student (pkt)", "student (mkt)"]
+    assert list(table.index) == ["teacher", "auxiliary", *students]
+    assert table["n"].tolist() == [1, 1, 2, 2, 2, 2]  # teacher and auxiliary shared, students per seed
+    per_seed = pd.read_csv(run_dir / "results_per_seed.csv")
+    for name in students:
+        rows = per_seed[per_seed["network"] == name].sort_values("seed")
+        assert rows["seed"].tolist() == [0, 1]
+        assert table.loc[name, "cosine map"] == pytest.approx(rows["cosine map"].mean())
+        assert table.loc[name, "cosine map std"] == pytest.approx(rows["cosine map"].std(ddof=1))
+        assert rows["cosine map"].nunique() == 2  # the seeds really differ
+    diff = per_seed.set_index(["network", "seed"])["cosine map"]
+    expected = (diff["student (ce)"] - diff["student (indistill)"]).mean()
+    assert table.loc["student (ce)", "diff mean"] == pytest.approx(expected)
     for metric in ("cosine", "euclidean"):
         for key in ("map", "map_legacy", "p@100"):
             col = table[f"{metric} {key}"]
             assert ((col > 10) & (col <= 100)).all(), col  # 10 classes: chance is ~10 %
     assert table.loc["teacher", "params"] > table.loc["auxiliary", "params"] > table.loc["student (ce)", "params"]
-    assert "student (indistill)" in out
+    assert "student (indistill)" in out and " ± " in out
     # a second run with the same config reuses every cached stage and reproduces the table
     stamp = {p: p.stat().st_mtime_ns for p in (run_dir / "stages").rglob(FINAL)}
-    assert main(["run", "--config", str(run_dir / "config.yaml"), "--out", str(tmp_path / "runs")]) == 0
+    assert main(["run", "--config", str(run_dir / "config.yaml"), "--out", str(tmp_path / "runs"), "--seeds", "0,1"]) == 0
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "stages").rglob(FINAL)} == stamp
     again = pd.read_csv(run_dir / "results.csv", index_col=0)
     pd.testing.assert_frame_equal(table, again)

@@ -30,12 +30,26 @@ def normalize(
     return x if dtype == work else x.to(dtype)
 
 
-def augment_batch(x: Tensor, padding: int, flip: bool, generator: torch.Generator | None = None) -> Tensor:
-    """Random ``H x W`` crop of each zero-padded image and random horizontal flip (p = 0.5).
+def black(mean: Sequence[float] | float, std: Sequence[float] | float) -> tuple[float, ...]:
+    """The normalised value of a black (0) pixel per channel: ``-mean / std``."""
+    means = [mean] if isinstance(mean, (int, float)) else list(mean)
+    stds = [std] * len(means) if isinstance(std, (int, float)) else list(std)
+    return tuple(-m / s for m, s in zip(means, stds))
 
-    ``x`` is ``[B, C, H, W]`` (any dtype, any device; ``generator`` on the same device).
-    Each image draws its own offsets and flip. Returns a new tensor, or ``x`` itself when
-    ``padding == 0`` and ``flip`` is False.
+
+def augment_batch(
+    x: Tensor,
+    padding: int,
+    flip: bool,
+    generator: torch.Generator | None = None,
+    fill: Sequence[float] | float = 0.0,
+) -> Tensor:
+    """Random ``H x W`` crop of each padded image and random horizontal flip (p = 0.5).
+
+    ``x`` is ``[B, C, H, W]`` (any dtype, any device; ``generator`` on the same device). Padded
+    pixels take ``fill`` (per channel): on normalised images pass :func:`black` to pad with black
+    as torchvision's ``RandomCrop(padding=p)`` does on the raw image. Each image draws its own
+    offsets and flip. Returns a new tensor, or ``x`` itself when ``padding == 0`` and ``flip`` is False.
     """
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
@@ -51,7 +65,10 @@ def augment_batch(x: Tensor, padding: int, flip: bool, generator: torch.Generato
         offsets = torch.randint(0, 2 * p + 1, (2, b, 1), device=device, generator=generator)
         rows = rows + offsets[0]
         cols = cols + offsets[1]
-        x = F.pad(x, (p, p, p, p))
+        value = torch.as_tensor(fill, dtype=x.dtype, device=device).reshape(1, -1, 1, 1).expand(b, c, hp, wp)
+        padded = value.clone()
+        padded[:, :, p : p + h, p : p + w] = x
+        x = padded
     if flip:
         mirrored = torch.rand(b, 1, device=device, generator=generator) < 0.5
         cols = torch.where(mirrored, cols.flip(1), cols)

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from ..registry import Registry
 from .base import EMBEDDING, TapNet, TapReader, TapSpec, read_taps, unwrap
+from .checkpoint import load_checkpoint
 from .cnn import CNN
 from .resnet import PreActResNet18, ResNet18
 
@@ -33,5 +34,5 @@ def create_model(arch: str, *, num_classes: int, in_channels: int, **kwargs: Any
 
 __all__ = [
     "CNN", "EMBEDDING", "MODELS", "PreActResNet18", "ResNet18", "TapNet", "TapReader", "TapSpec",
-    "create_model", "model_options", "read_taps", "unwrap",
+    "create_model", "load_checkpoint", "model_options", "read_taps", "unwrap",
 ]

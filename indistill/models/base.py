@@ -65,10 +65,13 @@ class TapReader:
 
     Hooks stay registered for the reader's lifetime (cheap per step); call :meth:`close`
     (or use it as a context manager) to remove them. ``forward()`` of the network is untouched.
+    With ``keep_inputs`` the inputs of the tap modules of the last call are in :attr:`inputs`.
     """
 
-    def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
+    def __init__(self, model: nn.Module, names: Iterable[str], keep_inputs: bool = False) -> None:
         self.model = model
+        self.keep_inputs = keep_inputs
+        self.inputs: dict[str, Tensor] = {}
         net = unwrap(model)
         if not isinstance(net, TapNet):
             raise TypeError(f"{type(net).__name__} is not a TapNet")
@@ -81,13 +84,16 @@ class TapReader:
             self._handles.append(module.register_forward_hook(self._hook(name)))
 
     def _hook(self, name: str):
-        def hook(_module: nn.Module, _inputs, output: Tensor) -> None:
+        def hook(_module: nn.Module, inputs, output: Tensor) -> None:
             self._features[name] = output
+            if self.keep_inputs:
+                self.inputs[name] = inputs[0]
 
         return hook
 
     def __call__(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         self._features = {}
+        self.inputs = {}
         logits = self.model(x)
         features, self._features = self._features, {}
         return logits, features

@@ -19,7 +19,12 @@ STAGE_STRIDES = (1, 2, 2, 2)
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the (projected) input."""
+    """The reference code's pre-activation block: ``a = relu(bn1(x))``;
+    ``out = conv2(relu(bn2(conv1(a)))) + shortcut(a)``.
+
+    The shortcut reads ``a``, not ``x``, also when it is the identity (as the InDistill and pkth
+    code build it); a shape change uses a strided 1x1 conv without BN (``shortcut.0``).
+    """
 
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
@@ -27,38 +32,42 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
+        projection = stride != 1 or c_in != c_out
+        self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False)) if projection else nn.Sequential()
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(x))
-        # the projection shortcut reads the pre-activated input (He et al. 2016, identity mappings)
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + shortcut
+        a = F.relu(self.bn1(x))
+        return self.conv2(F.relu(self.bn2(self.conv1(a)))) + self.shortcut(a)
 
 
 class PreActResNet18(TapNet):
-    """3x3 stem (64), stages 64/128/256/512 of 2 blocks (strides 1/2/2/2), BN-ReLU-avgpool: 512-d embedding."""
+    """The reference code's 32px pre-activation ResNet-18, module for module (so its state_dicts load).
+
+    Stem: 3x3 conv (64, no bias) -> BN -> ReLU; stages 64/128/256/512 of two blocks (strides
+    1/2/2/2); no BN or ReLU after the last block; embedding = average pool of the last block's
+    output (512-d, may be negative; ``avg_pool2d(., 4)`` at 32px); then ``linear``.
+    """
 
     def __init__(self, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        stages, c = [], 64
-        for w, s in zip(STAGE_WIDTHS, STAGE_STRIDES):
-            stages.append(nn.Sequential(PreActBlock(c, w, s), PreActBlock(w, w, 1)))
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        c = 64
+        for i, (w, s) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES)):
+            setattr(self, f"layer{i + 1}", nn.Sequential(PreActBlock(c, w, s), PreActBlock(w, w, 1)))
             c = w
-        self.layers = nn.Sequential(*stages)
-        self.embed = nn.Sequential(nn.BatchNorm2d(512), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(512, num_classes)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.linear = nn.Linear(512, num_classes)
         # a pre-activation stage output is a residual sum: no BN follows its last conv directly
         self.taps = tuple(
-            TapSpec(f"block{i}", f"layers.{i}", w, conv=f"layers.{i}.1.conv2", bn=None)
+            TapSpec(f"block{i}", f"layer{i + 1}", w, conv=f"layer{i + 1}.1.conv2", bn=None)
             for i, w in enumerate(STAGE_WIDTHS)
-        ) + (TapSpec(EMBEDDING, "embed", 512),)
+        ) + (TapSpec(EMBEDDING, "pool", 512),)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.embed(self.layers(self.stem(x))))
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.linear(self.pool(x))
 
 
 class ResNet18(TapNet):

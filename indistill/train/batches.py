@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..data import BenchmarkSpec, Split, augment_batch, normalize
+from ..data.augment import black
 from .runtime import epoch_generator, rank, world_size
 
 #: Keep a normalised float copy of a split on the device when it is at most this large;
@@ -38,6 +39,11 @@ class DeviceSplit:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def black(self) -> tuple[float, ...]:
+        """Padding value of the crop augmentation: a black pixel, normalised."""
+        return black(self.mean, self.std)
 
     def prepare(self, images: Tensor) -> Tensor:
         return images if self.normalized else normalize(images, self.mean, self.std)
@@ -73,7 +79,7 @@ class DeviceSplit:
                 continue
             x = self.prepare(self.images.index_select(0, idx))
             if padding or flip:
-                x = augment_batch(x, padding, flip, generator=aug)
+                x = augment_batch(x, padding, flip, generator=aug, fill=self.black)
             yield x, self.labels.index_select(0, idx)
 
     def eval_batches(self, batch_size: int) -> Iterator[Tensor]:

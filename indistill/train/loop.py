@@ -37,6 +37,19 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.o
     return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
 
 
+def resets_at(optim: OptimConfig, epoch: int, phase_of: Callable[[int], int] | None = None) -> bool:
+    """Whether ``optim.reset`` starts a fresh optimiser at the start of ``epoch`` (> 0)."""
+    if epoch <= 0 or optim.reset == "never":
+        return False
+    if optim.reset == "epoch":
+        return True
+    if optim.reset == "lr_change":
+        return optim.lr_at(epoch) != optim.lr_at(epoch - 1)
+    if phase_of is None:  # "phase" for a method without curriculum phases
+        return False
+    return phase_of(epoch) != phase_of(epoch - 1)
+
+
 def train_step(step: StepFn, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, epoch: int,
                sums: dict[str, Tensor]) -> None:
     """One optimisation step; adds the batch-weighted loss and its parts to ``sums``, on the device.
@@ -59,7 +72,8 @@ class Loop:
 
     A finished loop leaves ``final.pt``; an interrupted one resumes from ``last.pt`` and, because
     every epoch's shuffling and augmentation depend only on (seed, epoch), replays exactly what an
-    uninterrupted run would have done.
+    uninterrupted run would have done. ``optim.reset`` decides at which epochs a fresh optimiser
+    replaces the old one (``phase_of`` maps an epoch to its curriculum phase for ``reset: phase``).
     """
 
     work_dir: Path
@@ -73,8 +87,8 @@ class Loop:
     eval_every: int = 0
     hooks: list[EpochHook] = field(default_factory=list)
     log: Callable[[str], None] = print
-    extra_state: Callable[[], dict] | None = None
     resume_from: Path | None = None
+    phase_of: Callable[[int], int] | None = None
 
     def run(self) -> list[dict[str, float]]:
         """Train (or resume) to the end; returns the per-epoch metrics history."""
@@ -84,16 +98,19 @@ class Loop:
             state = torch_load(final)
             self.model.load_state_dict(state["model"])
             return state["history"]
-        optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], self.optim)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, self.optim)
         start, history = self._resume(optimizer)
         for epoch in range(start, self.epochs):
+            if resets_at(self.optim, epoch, self.phase_of):
+                optimizer = build_optimizer(params, self.optim)
             metrics = self._epoch(epoch, optimizer)
             history.append(metrics)
             ckpt = None
             if rank() == 0:
                 ckpt = atomic_torch_save(
                     {"epoch": epoch + 1, "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "history": history, **(self.extra_state() if self.extra_state else {})},
+                     "history": history},
                     self.work_dir / LAST,
                 )
             for hook in self.hooks:

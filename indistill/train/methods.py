@@ -10,7 +10,6 @@ from torch import Tensor
 from ..config import StudentConfig
 from ..losses import LOSSES
 from ..models.base import EMBEDDING
-from ..pruning import PrunedTaps
 from ..registry import Registry
 from .curriculum import Phase, curriculum_plan
 
@@ -32,14 +31,13 @@ class Method:
     needs_source = True
     needs_pruning = False
 
-    def __init__(self, cfg: StudentConfig, taps: tuple[str, ...]) -> None:
+    def __init__(self, cfg: StudentConfig, taps: tuple[str, ...], epochs: int) -> None:
         self.cfg = cfg
         self.taps = taps  # the student's intermediate taps, shallow -> deep
-
-    def student_taps(self, epoch: int) -> tuple[str, ...]:
-        return (EMBEDDING,)
+        self.epochs = epochs  # this method's student epochs (``StudentConfig.schedule``)
 
     def source_taps(self, epoch: int) -> tuple[str, ...]:
+        """The auxiliary taps the loss of ``epoch`` reads (pruned targets are built for these only)."""
         return (EMBEDDING,)
 
     def phase(self, epoch: int) -> int:
@@ -66,9 +64,6 @@ class CrossEntropy(Method):
 
     needs_source = False
 
-    def student_taps(self, epoch: int) -> tuple[str, ...]:
-        return ()
-
     def source_taps(self, epoch: int) -> tuple[str, ...]:
         return ()
 
@@ -90,10 +85,8 @@ class EmbeddingPKT(Method):
 class AllLayersPKT(Method):
     """PKT on every tap at once, intermediate weights ``w * gamma**epoch`` (no pruning)."""
 
-    def student_taps(self, epoch: int) -> tuple[str, ...]:
+    def source_taps(self, epoch: int) -> tuple[str, ...]:
         return (*self.taps, EMBEDDING)
-
-    source_taps = student_taps
 
     def loss(self, b: StudentBatch) -> tuple[Tensor, dict[str, Tensor]]:
         pkt = LOSSES.get("pkt")
@@ -115,9 +108,9 @@ class InDistill(Method):
 
     needs_pruning = True
 
-    def __init__(self, cfg: StudentConfig, taps: tuple[str, ...]) -> None:
-        super().__init__(cfg, taps)
-        self.plan: list[Phase] = curriculum_plan(cfg.curriculum, taps, cfg.epochs)
+    def __init__(self, cfg: StudentConfig, taps: tuple[str, ...], epochs: int) -> None:
+        super().__init__(cfg, taps, epochs)
+        self.plan: list[Phase] = curriculum_plan(cfg.curriculum, taps, epochs)
 
     def _phase(self, epoch: int) -> Phase:
         return self.plan[min(epoch, len(self.plan) - 1)]
@@ -125,11 +118,9 @@ class InDistill(Method):
     def phase(self, epoch: int) -> int:
         return self._phase(epoch).index
 
-    def student_taps(self, epoch: int) -> tuple[str, ...]:
+    def source_taps(self, epoch: int) -> tuple[str, ...]:
         p = self._phase(epoch)
         return tuple(t.tap for t in p.terms) + ((EMBEDDING,) if p.embedding else ())
-
-    source_taps = student_taps
 
     def loss(self, b: StudentBatch) -> tuple[Tensor, dict[str, Tensor]]:
         p = self._phase(b.epoch)
@@ -149,9 +140,6 @@ class InDistill(Method):
         return self._with_ce(loss, parts, b)
 
 
-def create_method(name: str, cfg: StudentConfig, taps: tuple[str, ...]) -> Method:
-    return METHODS.get(name)(cfg, taps)
-
-
-def apply_pruning(pruned: PrunedTaps | None, features: dict[str, Tensor]) -> dict[str, Tensor]:
-    return pruned.apply(features) if pruned is not None else features
+def create_method(name: str, cfg: StudentConfig, taps: tuple[str, ...], epochs: int | None = None) -> Method:
+    """Method ``name`` for a student with intermediate ``taps``, trained ``epochs`` epochs (default: its schedule's)."""
+    return METHODS.get(name)(cfg, taps, cfg.schedule(name)[0] if epochs is None else epochs)

@@ -1,7 +1,6 @@
 """The pipeline's stages, each cached in ``<cache_root>/<stage>-<key>/`` by the config that determines it."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -16,8 +15,9 @@ from ..evaluate import evaluate_network
 from ..io import atomic_torch_save, atomic_write_json, stable_hash, torch_load
 from ..losses import LOSSES
 from ..models.base import EMBEDDING, TapNet, TapReader
+from ..models.checkpoint import load_checkpoint
 from ..models.zoo import create_network
-from ..pruning import PrunedTaps, select_channels
+from ..pruning import PrunedTaps, create_target, select_channels
 from ..schema import to_dict
 from .batches import DeviceSplit
 from .loop import EpochHook, Loop
@@ -70,38 +70,55 @@ class Context:
 
 
 # ----------------------------------------------------------------------------- cache keys
+# Every key holds the protocol: a search ("val") trains teacher, auxiliary and pruning without the
+# val images, the final runs ("test") on the full train split, so each is cached separately.
 
 
-def _base_key(cfg: RunConfig) -> dict:
-    return {"benchmark": cfg.benchmark, "data": cfg.data.options, "seed": cfg.seed, "precision": cfg.precision}
+def _base_key(cfg: RunConfig, protocol: Protocol) -> dict:
+    return {"benchmark": cfg.benchmark, "data": cfg.data.options, "seed": cfg.seed, "precision": cfg.precision,
+            "protocol": protocol}
 
 
-def teacher_key(cfg: RunConfig) -> str:
-    return stable_hash({**_base_key(cfg), "net": cfg.networks.teacher, "train": to_dict(cfg.teacher)})
+def _file_id(path: str | None) -> list | None:
+    """A given checkpoint enters a key by path, size and mtime, so a replaced file is not shadowed."""
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    st = p.stat() if p.is_file() else None
+    return [str(p.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None]
 
 
-def auxiliary_key(cfg: RunConfig) -> str:
-    return stable_hash({"teacher": teacher_key(cfg), "net": cfg.networks.auxiliary, "train": to_dict(cfg.auxiliary)})
+def teacher_key(cfg: RunConfig, protocol: Protocol = "test") -> str:
+    return stable_hash({**_base_key(cfg, protocol), "net": cfg.networks.teacher, "train": to_dict(cfg.teacher),
+                        "file": _file_id(cfg.teacher.checkpoint)})
 
 
-def prune_key(cfg: RunConfig) -> str:
-    return stable_hash({"auxiliary": auxiliary_key(cfg), "student": cfg.networks.student, "prune": to_dict(cfg.prune)})
+def auxiliary_key(cfg: RunConfig, protocol: Protocol = "test") -> str:
+    if cfg.auxiliary.checkpoint:  # the user's weights: no teacher, no training
+        return stable_hash({**_base_key(cfg, protocol), "net": cfg.networks.auxiliary, "file": _file_id(cfg.auxiliary.checkpoint)})
+    return stable_hash({"teacher": teacher_key(cfg, protocol), "net": cfg.networks.auxiliary, "train": to_dict(cfg.auxiliary)})
+
+
+def prune_key(cfg: RunConfig, protocol: Protocol = "test") -> str:
+    return stable_hash({"auxiliary": auxiliary_key(cfg, protocol), "student": cfg.networks.student, "prune": to_dict(cfg.prune)})
 
 
 def student_key(cfg: RunConfig, method: str, protocol: Protocol) -> str:
     s = cfg.student
+    epochs, optim = s.schedule(method)
     key = {
-        "method": method, "protocol": protocol, "auxiliary": auxiliary_key(cfg), "net": cfg.networks.student,
-        "epochs": s.epochs, "batch_size": s.batch_size, "optim": to_dict(s.optim),
+        "method": method, "protocol": protocol, "auxiliary": auxiliary_key(cfg, protocol), "net": cfg.networks.student,
+        "seed": cfg.student_seed,
+        "epochs": epochs, "batch_size": s.batch_size, "optim": to_dict(optim),
         "ce_weight": s.ce_weight if method != "ce" else None,
     }
     if method == "indistill":
-        key.update(curriculum=to_dict(s.curriculum), prune=prune_key(cfg))
+        key.update(curriculum=to_dict(s.curriculum), prune=prune_key(cfg, protocol))
     if method == "mkt":
         key.update(mkt=to_dict(s.mkt))
     if method == "ce":
         key.pop("auxiliary")
-        key["base"] = _base_key(cfg)
+        key["base"] = _base_key(cfg, protocol)
     return stable_hash(key)
 
 
@@ -132,7 +149,7 @@ def _batches(ctx: Context, split: DeviceSplit, stage: StageConfig | int, seed: i
     return lambda epoch: split.batches(batch_size, seed=seed, epoch=epoch, padding=spec.crop_padding, flip=spec.flip)
 
 
-def _ce_loop(ctx: Context, name: str, model: TapNet, stage: StageConfig, work_dir: Path) -> Loop:
+def _ce_loop(ctx: Context, name: str, model: TapNet, stage: StageConfig, work_dir: Path, protocol: Protocol) -> Loop:
     trainable = _maybe_compile(_ddp(model, ctx.device), ctx.cfg)
 
     def step(x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
@@ -140,37 +157,42 @@ def _ce_loop(ctx: Context, name: str, model: TapNet, stage: StageConfig, work_di
             logits = trainable(x)
         return F.cross_entropy(logits.float(), y), {}
 
-    return Loop(work_dir, model, stage.optim, stage.epochs, step, _batches(ctx, ctx.split("train_full"), stage, ctx.cfg.seed),
+    return Loop(work_dir, model, stage.optim, stage.epochs, step, _batches(ctx, ctx.train_split(protocol), stage, ctx.cfg.seed),
                 name=name, log=ctx.log)
+
+
+def _load_given(ctx: Context, model: TapNet, role: str, path: str) -> TapNet:
+    load_checkpoint(model, path)
+    ctx.log(f"[{role}] loaded {Path(path).expanduser()}")
+    return _freeze(model)
 
 
 # ----------------------------------------------------------------------------- stages
 
 
-def teacher_stage(ctx: Context) -> TapNet:
-    """Train the teacher with cross-entropy, or load the user's checkpoint."""
+def teacher_stage(ctx: Context, protocol: Protocol = "test") -> TapNet:
+    """Train the teacher with cross-entropy on the protocol's train split, or load the user's checkpoint."""
     cfg = ctx.cfg
     seed_everything(cfg.seed)
     model = ctx.network("teacher")
     if cfg.teacher.checkpoint:
-        path = Path(cfg.teacher.checkpoint).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"teacher.checkpoint: {path} does not exist")
-        state = torch_load(path)
-        model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-        ctx.log(f"[teacher] loaded {path}")
-        return _freeze(model)
-    _ce_loop(ctx, "teacher", model, cfg.teacher, ctx.stage_dir("teacher", teacher_key(cfg))).run()
+        return _load_given(ctx, model, "teacher", cfg.teacher.checkpoint)
+    _ce_loop(ctx, "teacher", model, cfg.teacher, ctx.stage_dir("teacher", teacher_key(cfg, protocol)), protocol).run()
     return _freeze(model)
 
 
-def auxiliary_stage(ctx: Context, teacher: TapNet) -> TapNet:
-    """Cross-entropy, then PKT from the teacher's embedding, starting from the CE weights."""
+def auxiliary_stage(ctx: Context, teacher: TapNet | None, protocol: Protocol = "test") -> TapNet:
+    """Cross-entropy, then PKT from the teacher's embedding, starting from the CE weights
+    (or the user's ``auxiliary.checkpoint``, when given: then ``teacher`` is not read)."""
     cfg = ctx.cfg
     seed_everything(cfg.seed + 1)
     model = ctx.network("auxiliary")
-    key = auxiliary_key(cfg)
-    _ce_loop(ctx, "auxiliary/ce", model, cfg.auxiliary.ce, ctx.stage_dir("auxiliary-ce", key)).run()
+    if cfg.auxiliary.checkpoint:
+        return _load_given(ctx, model, "auxiliary", cfg.auxiliary.checkpoint)
+    if teacher is None:
+        raise ValueError("the auxiliary stage needs the teacher (no auxiliary.checkpoint given)")
+    key = auxiliary_key(cfg, protocol)
+    _ce_loop(ctx, "auxiliary/ce", model, cfg.auxiliary.ce, ctx.stage_dir("auxiliary-ce", key), protocol).run()
     trainable = _maybe_compile(_ddp(model, ctx.device), cfg)
     t_reader = TapReader(teacher, (EMBEDDING,))
     a_reader = TapReader(trainable, (EMBEDDING,))
@@ -186,7 +208,7 @@ def auxiliary_stage(ctx: Context, teacher: TapNet) -> TapNet:
 
     stage = cfg.auxiliary.pkt
     Loop(ctx.stage_dir("auxiliary", key), model, stage.optim, stage.epochs, step,
-         _batches(ctx, ctx.split("train_full"), stage, cfg.seed + 1), name="auxiliary/pkt", log=ctx.log).run()
+         _batches(ctx, ctx.train_split(protocol), stage, cfg.seed + 1), name="auxiliary/pkt", log=ctx.log).run()
     t_reader.close()
     a_reader.close()
     return _freeze(model)
@@ -196,17 +218,21 @@ def student_widths(student: TapNet) -> dict[str, int]:
     return {t.name: t.channels for t in student.intermediate_taps}
 
 
-def prune_stage(ctx: Context, auxiliary: TapNet, student: TapNet | None = None) -> PrunedTaps:
-    """Kept channel indices of every intermediate auxiliary tap (the student's widths)."""
+def prune_stage(ctx: Context, auxiliary: TapNet, student: TapNet | None = None, protocol: Protocol = "test") -> PrunedTaps:
+    """Kept channel indices of every intermediate auxiliary tap (the student's widths).
+
+    Data-driven criteria read the protocol's train split only (never the val images in a search).
+    """
     cfg = ctx.cfg
-    path = ctx.stage_dir("prune", prune_key(cfg)) / "indices.pt"
+    path = ctx.stage_dir("prune", prune_key(cfg, protocol)) / "indices.pt"
     if path.exists():
         return PrunedTaps.from_state_dict(torch_load(path)).to(ctx.device)
     student = student or ctx.network("student")
     spec = ctx.data.spec
     indices = select_channels(
         auxiliary, student_widths(student), cfg.prune.criterion,
-        data=ctx.data.train, normalize=lambda u8: normalize(u8, spec.mean, spec.std),
+        data=ctx.data.train_full() if protocol == "test" else ctx.data.train,
+        normalize=lambda u8: normalize(u8, spec.mean, spec.std),
         batches=cfg.prune.batches, seed=cfg.seed, device=ctx.device,
     )
     pruned = PrunedTaps(indices)
@@ -236,9 +262,10 @@ def student_stage(
 ) -> StudentRun:
     """Train a student with ``method`` (indistill | ce | pkt | mkt) on the protocol's training split."""
     cfg = ctx.cfg
-    seed_everything(cfg.seed + 2)
+    seed_everything(cfg.student_seed + 2)
     model = ctx.network("student")
-    impl: Method = create_method(method, cfg.student, tuple(t.name for t in model.intermediate_taps))
+    epochs, optim = cfg.student.schedule(method)
+    impl: Method = create_method(method, cfg.student, tuple(t.name for t in model.intermediate_taps), epochs)
     if impl.needs_pruning and pruned is None:
         raise ValueError("method 'indistill' needs the pruned auxiliary taps")
     if impl.needs_source and auxiliary is None:
@@ -247,7 +274,8 @@ def student_stage(
     trainable = _maybe_compile(_ddp(model, ctx.device, find_unused=True), cfg)
     all_taps = tuple(t.name for t in model.taps)
     s_reader = TapReader(trainable, all_taps)
-    a_reader = TapReader(auxiliary, all_taps) if impl.needs_source else None
+    target = create_target(cfg.prune.target, auxiliary, pruned) if impl.needs_pruning else None
+    a_reader = TapReader(auxiliary, all_taps, keep_inputs=target is not None and target.needs_inputs) if impl.needs_source else None
 
     def step(x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         with autocast(ctx.device, cfg.precision):
@@ -255,22 +283,22 @@ def student_stage(
             if a_reader is not None:
                 with torch.no_grad():
                     source = a_reader(x)[1]
-                if impl.needs_pruning:
-                    source = pruned.apply(source)
+                    if target is not None:
+                        source = target(source, a_reader.inputs, impl.source_taps(epoch))
             logits, feats = s_reader(x)
             return impl.loss(StudentBatch(epoch, y, logits, feats, source))
 
     queries, database = ctx.eval_splits(protocol)
 
     def evaluate(epoch: int) -> dict[str, float]:
-        res = evaluate_network(model, queries, database, ks=cfg.eval.ks, batch_size=cfg.eval.batch_size, precision=cfg.precision)
+        res = evaluate_network(model, queries, database, ks=cfg.eval.ks, batch_size=cfg.eval.batch_size)
         return {f"{protocol}/{m}/{k}": v for m, vals in res.items() for k, v in vals.items() if k in ("map", "map_legacy")}
 
     loop = Loop(
-        work_dir, model, cfg.student.optim, cfg.student.epochs, step,
-        _batches(ctx, ctx.train_split(protocol), cfg.student, cfg.seed + 2),
+        work_dir, model, optim, epochs, step,
+        _batches(ctx, ctx.train_split(protocol), cfg.student, cfg.student_seed + 2),
         name=f"student/{method}", evaluate=evaluate, eval_every=cfg.student.eval_every,
-        hooks=list(hooks or []), log=ctx.log, resume_from=resume_from,
+        hooks=list(hooks or []), log=ctx.log, resume_from=resume_from, phase_of=impl.phase,
     )
     try:
         history = loop.run()
@@ -289,12 +317,6 @@ def evaluate_stage(ctx: Context, model: nn.Module, stage_dir: Path, protocol: Pr
 
         return json.loads(path.read_text())
     queries, database = ctx.eval_splits(protocol)
-    res = evaluate_network(model, queries, database, ks=ctx.cfg.eval.ks, batch_size=ctx.cfg.eval.batch_size,
-                           precision=ctx.cfg.precision)
+    res = evaluate_network(model, queries, database, ks=ctx.cfg.eval.ks, batch_size=ctx.cfg.eval.batch_size)
     atomic_write_json(path, res)
     return res
-
-
-def replace_student(cfg: RunConfig, **changes) -> RunConfig:
-    """``cfg`` with fields of ``cfg.student`` replaced (convenience for the study)."""
-    return dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, **changes))
