@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from indistill.errors import UserError
 from indistill.schema import ConfigError
 
 ALL = ("digits", "cifar10", "cifar100", "fashionmnist", "cub200", "imagenet")
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--search-space", type=Path, help="search-space YAML (default: search_spaces/<benchmark>.yaml, else default.yaml)")
     run.add_argument("--trials", type=int, help="override the search space's number of trials")
     run.add_argument("--epochs", type=int, help="override the student epochs per trial")
+    run.add_argument("--final-seeds", type=int, help="student seeds of every row of the final table (default: budget.final_seeds, 3)")
     run.add_argument("--storage", default="studies", help="where studies live: a path (NFS for multi-node) or s3://bucket/prefix")
     run.add_argument("--name", default="default", help="the study's name (its directory under --storage)")
     run.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP) per trial")
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write the best configs, student checkpoints and tables")
     export.add_argument("study_dir")
     export.add_argument("--out", type=Path, required=True)
+    report = sub.add_parser("report", help="write the study's figures (PNG) and report.md under STUDY_DIR/report/")
+    report.add_argument("study_dir")
     tb = sub.add_parser("tensorboard", help="print (or --start) the tensorboard command for a study")
     tb.add_argument("study_dir")
     tb.add_argument("--start", action="store_true", help="start tensorboard instead of printing the command")
@@ -67,11 +71,19 @@ def make_plan(args: argparse.Namespace, cluster: dict | None = None):
     from .search_space import base_config, default_space_path, load_space
     from .storage import Storage
 
+    gpus = args.gpus_per_trial
+    if gpus is None:
+        gpus = default_gpus_per_trial(cluster or {}, args.workers_per_trial)
+    try:
+        resources = TrialResources(workers=args.workers_per_trial, gpus=gpus, cpus=args.cpus_per_trial,
+                                   backend=None if args.dist_backend == "auto" else args.dist_backend)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     plans = []
     for bench in _benchmarks(args.benchmarks):
         path = args.search_space or default_space_path(bench)
         space = load_space(path, bench)
-        if args.trials is not None or args.epochs is not None:
+        if args.trials is not None or args.epochs is not None or args.final_seeds is not None:
             import dataclasses
 
             budget = space.budget
@@ -83,20 +95,21 @@ def make_plan(args: argparse.Namespace, cluster: dict | None = None):
                 if args.epochs < 1:
                     raise ConfigError(f"--epochs: must be >= 1, got {args.epochs}")
                 budget = dataclasses.replace(budget, epochs=args.epochs)
+            if args.final_seeds is not None:
+                if args.final_seeds < 1:
+                    raise ConfigError(f"--final-seeds: must be >= 1, got {args.final_seeds}")
+                budget = dataclasses.replace(budget, final_seeds=args.final_seeds)
             space = dataclasses.replace(space, budget=budget)
             from .search_space import validate_space
 
-            validate_space(space, bench)
+            try:
+                validate_space(space, bench)
+            except ConfigError as exc:
+                raise ConfigError(f"{path} with --trials/--epochs/--final-seeds: {exc}") from None
         extra = {"data": {"download": True}} if args.download else {}
+        # the CPU threads a worker runs with (Ray sets OMP_NUM_THREADS so): recorded for exact reproduction
+        extra["threads"] = max(1, int(resources.cpus / resources.workers))
         plans.append(BenchmarkPlan(bench, space, str(path), base_config(space, bench, extra)))
-    gpus = args.gpus_per_trial
-    if gpus is None:
-        gpus = default_gpus_per_trial(cluster or {}, args.workers_per_trial)
-    try:
-        resources = TrialResources(workers=args.workers_per_trial, gpus=gpus, cpus=args.cpus_per_trial,
-                                   backend=None if args.dist_backend == "auto" else args.dist_backend)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
     if args.artifact_workers < 1:
         raise ConfigError("--artifact-workers: must be >= 1")
     storage = Storage.create(args.storage).sub(args.name)
@@ -141,7 +154,9 @@ def _print_summary(study: str, table) -> None:
     print(markdown(table) if len(table) else "(no rows yet)")
     print()
     print(f"study directory : {study}")
-    print(f"results table   : {study}/results.md (and .csv, .tex)")
+    print(f"results table   : {study}/results.md (and .csv, .tex, results_per_seed.csv)")
+    print(f"report          : {study}/report/report.md (figures: indistill-study report {study})")
+    print(f"optuna record   : optuna-dashboard sqlite:///{study}/<benchmark>/search/optuna.db")
     print(f"tensorboard     : indistill-study tensorboard {study}")
     print(f"export configs  : indistill-study export {study} --out best/")
 
@@ -186,7 +201,19 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "table": cmd_table, "export": cmd_export, "tensorboard": cmd_tensorboard}
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .storage import Storage
+
+    storage = Storage.create(args.study_dir)
+    if not storage.exists("study.json"):
+        raise ConfigError(f"{args.study_dir}: not a study directory (no study.json)")
+    for rel in write_report(storage):
+        print(storage.join(rel))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "table": cmd_table, "export": cmd_export, "report": cmd_report, "tensorboard": cmd_tensorboard}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -197,10 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as exc:
-        print(f"indistill-study: error: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:  # includes DatasetNotFoundError
+    except (UserError, FileNotFoundError) as exc:  # config, search space, dataset, checkpoint
         print(f"indistill-study: error: {exc}", file=sys.stderr)
         return 2
 

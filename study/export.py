@@ -1,6 +1,7 @@
 """Export the best configs: a complete YAML per benchmark that ``indistill run --config`` accepts."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import yaml
 
 from indistill.config import build_config, config_to_dict
 
-from .results import TABLE_FILES
+from .results import TABLE_FILES, per_seed_rows
+from .workers import TUNED
 from .storage import Storage
 
 
@@ -30,7 +32,9 @@ def export_study(storage: Storage, out: Path) -> list[Path]:
         cfg = build_config(data, benchmark=bench)  # validates before writing
         target = out / bench
         target.mkdir(parents=True, exist_ok=True)
-        header = f"# Best InDistill config of study {storage.uri} ({bench}).\n# Reproduce: indistill run --config {target / 'best_config.yaml'}\n"
+        seeds = ",".join(str(r["seed"]) for r in per_seed_rows(storage, bench) if r["network"] == TUNED) or str(cfg.student_seed)
+        header = (f"# Best InDistill config of study {storage.uri} ({bench}).\n"
+                  f"# Reproduce the tuned row per seed: indistill run --config {target / 'best_config.yaml'} --seeds {seeds}\n")
         (target / "best_config.yaml").write_text(header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         written.append(target / "best_config.yaml")
         if storage.exists(f"{bench}/final/run/final.pt"):
@@ -38,8 +42,9 @@ def export_study(storage: Storage, out: Path) -> list[Path]:
             shutil.move(target / "run" / "final.pt", target / "student.pt")
             shutil.rmtree(target / "run")
             written.append(target / "student.pt")
-        if storage.exists(f"{bench}/final/result.json"):
-            (target / "result.json").write_text(storage.read_text(f"{bench}/final/result.json"))
+        tuned = [r for r in per_seed_rows(storage, bench) if r["network"] == TUNED]
+        if tuned:  # the tuned row per seed: `indistill run --config best_config.yaml --seeds ...` reproduces it
+            (target / "result.json").write_text(json.dumps({"seeds": [r["seed"] for r in tuned], "rows": tuned}, indent=2) + "\n")
             written.append(target / "result.json")
     for name in TABLE_FILES:
         if storage.exists(name):

@@ -5,12 +5,16 @@ import math
 
 import pandas as pd
 
-from indistill.table import to_markdown
+import yaml
+
+from indistill.config import build_config
+from indistill.table import aggregate, display
 
 from .storage import Storage
+from .workers import NETWORKS_FILE, TUNED, final_rows
 
 ROW_ORDER = ("teacher", "auxiliary", "student (ce)", "student (pkt)", "student (mkt)", "InDistill (paper defaults)", "InDistill (tuned)")
-TABLE_FILES = ("results.csv", "results.md", "results.tex")
+TABLE_FILES = ("results.csv", "results.md", "results.tex", "results_per_seed.csv")
 
 
 def _nested(params: dict) -> dict:
@@ -38,7 +42,8 @@ def summarize_trials(grid, bp) -> dict:
         elif epochs >= max_epochs:
             status, reason = "completed", ""
         else:
-            status, reason = "stopped early", f"ASHA stopped it after {epochs} epochs"
+            status, reason = "stopped early", (f"ASHA stopped it after {epochs} epochs "
+                                               f"({int(metrics.get('embedding_epoch', 0))} in the embedding phase)")
         df = result.metrics_dataframe
         best_val = float(df["val_map"].max()) if df is not None and "val_map" in df else None
         params = _nested({k: v for k, v in (result.config or {}).items()})
@@ -73,44 +78,70 @@ def _key_values(params: dict) -> str:
     return f"{'; '.join(layers)}; overlap={cur.get('overlap')}; criterion={crit}"
 
 
-def benchmark_rows(storage: Storage, benchmark: str) -> list[dict]:
+def per_seed_rows(storage: Storage, benchmark: str) -> list[dict]:
+    """Every measured row of a benchmark, one per network and seed (teacher, auxiliary: one seed)."""
     rows: list[dict] = []
-    if storage.exists(f"{benchmark}/artifacts/baselines.json"):
-        rows.extend(storage.read_json(f"{benchmark}/artifacts/baselines.json")["rows"])
-    if storage.exists(f"{benchmark}/final/result.json"):
-        rows.append(dict(storage.read_json(f"{benchmark}/final/result.json")["row"]))
-    if storage.exists(f"{benchmark}/search/trials.json"):
-        trials = storage.read_json(f"{benchmark}/search/trials.json")
-        for row in rows:
-            if row["network"] == "InDistill (tuned)":
-                best = trials["best"]
-                row["best val map"] = 100.0 * best["val_map"] if best else float("nan")
-                row.update({f"trials {k}": v for k, v in trials["counts"].items()})
-                row["best config"] = _key_values(best["params"]) if best else ""
+    if storage.exists(f"{benchmark}/{NETWORKS_FILE}"):
+        rows.extend(storage.read_json(f"{benchmark}/{NETWORKS_FILE}")["rows"])
+    for name in storage.listdir(f"{benchmark}/final"):
+        if name.startswith("seed-") and name.endswith(".json"):
+            rows.extend(storage.read_json(f"{benchmark}/final/{name}")["rows"])
     for row in rows:
         row["benchmark"] = benchmark
     return rows
 
 
-def build_table(storage: Storage, benchmarks: list[str]) -> pd.DataFrame:
-    rows = [r for b in benchmarks for r in benchmark_rows(storage, b)]
+def _epochs(storage: Storage, benchmark: str) -> dict[str, str]:
+    """Training epochs of each row, from the study's base config of the benchmark."""
+    if not storage.exists(f"{benchmark}/base_config.yaml"):
+        return {}
+    cfg = build_config(yaml.safe_load(storage.read_text(f"{benchmark}/base_config.yaml")), benchmark=benchmark)
+    s = cfg.student
+    out = {"teacher": str(cfg.teacher.epochs),
+           "auxiliary": "checkpoint" if cfg.auxiliary.checkpoint else f"{cfg.auxiliary.ce.epochs}+{cfg.auxiliary.pkt.epochs}"}
+    for label, _cfg, method in final_rows(cfg, cfg):
+        out[label] = str(s.schedule(method)[0]) + (" (MKT's recipe)" if method == "mkt" and s.schedules.mkt.epochs else "")
+    return out
+
+
+def build_table(storage: Storage, benchmarks: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(aggregated table, per-seed rows). Students: mean ± std over the final seeds and the paired
+    difference to the tuned InDistill; the tuned row adds the search's record."""
+    rows = [r for b in benchmarks for r in per_seed_rows(storage, b)]
     if not rows:
-        return pd.DataFrame()
-    table = pd.DataFrame(rows)
-    table["order"] = table["network"].map({n: i for i, n in enumerate(ROW_ORDER)})
-    table = table.sort_values(["benchmark", "order"]).drop(columns="order").set_index(["benchmark", "network"])
-    return table
+        return pd.DataFrame(), pd.DataFrame()
+    per_seed = pd.DataFrame(rows)
+    per_seed["order"] = per_seed["network"].map({n: i for i, n in enumerate(ROW_ORDER)})
+    per_seed = per_seed.sort_values(["benchmark", "order", "seed"], kind="stable").drop(columns="order")
+    table = aggregate(per_seed, reference=TUNED, by=("benchmark", "network"))
+    table.insert(1, "epochs", "")
+    table.insert(2, "tuned", "")
+    for bench in benchmarks:
+        for label, epochs in _epochs(storage, bench).items():
+            if (bench, label) in table.index:
+                table.loc[(bench, label), "epochs"] = epochs
+        if storage.exists(f"{bench}/search/trials.json") and (bench, TUNED) in table.index:
+            trials = storage.read_json(f"{bench}/search/trials.json")
+            best = trials["best"]
+            key = (bench, TUNED)
+            table.loc[key, "tuned"] = f"{sum(trials['counts'].values())} trials"
+            table.loc[key, "best val map"] = 100.0 * best["val_map"] if best else float("nan")
+            for k, v in trials["counts"].items():
+                table.loc[key, f"trials {k}"] = v
+            table.loc[key, "best config"] = _key_values(best["params"]) if best else ""
+    return table, per_seed.reset_index(drop=True)
 
 
 def markdown(table: pd.DataFrame) -> str:
     """The table as Markdown (benchmark and network as plain columns), blank where a column does not apply."""
-    shown = table.reset_index().set_index("benchmark")
-    for col in [c for c in shown.columns if c.startswith("trials ")]:
-        shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else str(int(v)))
-    return to_markdown(shown).replace(" nan ", "     ")
+    return display(table.reset_index().set_index("benchmark")).to_markdown().replace(" nan ", "     ")
 
 
-def write_study_table(storage: Storage, table: pd.DataFrame) -> None:
+def write_study_table(storage: Storage, table: pd.DataFrame, per_seed: pd.DataFrame) -> None:
     storage.write_text("results.csv", table.to_csv())
-    storage.write_text("results.md", "# InDistill study: test split (values in %)\n\n" + markdown(table) + "\n")
-    storage.write_text("results.tex", table.to_latex(float_format="%.2f", na_rep="--"))
+    storage.write_text("results_per_seed.csv", per_seed.to_csv(index=False))
+    title = ("# InDistill study: test split (values in %)\n\nStudents: mean ± std over the final seeds (teacher and "
+             "auxiliary shared); Δ: paired difference to the tuned InDistill over the seeds, 95% t-interval, "
+             "* when it excludes 0.\n\n")
+    storage.write_text("results.md", title + markdown(table) + "\n")
+    storage.write_text("results.tex", display(table).to_latex(na_rep="--"))

@@ -16,16 +16,17 @@ from ray import tune
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from indistill.config import RunConfig, config_to_dict
+from indistill.io import stable_hash
 from indistill.schema import ConfigError
 
 from .resources import TrialResources
 from .results import build_table, summarize_trials, write_study_table
-from .search_space import SearchSpace, apply_params, base_config, define_by_run
+from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
+from .search_space import SearchSpace, apply_params, base_config, define_by_run, shortest_curriculum
 from .storage import Storage
-from .workers import OBJECTIVE, final_retrain, prepare_artifacts, read_placements, run_trial
+from .workers import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, final_seed, prepare_artifacts, read_placements, run_trial
 
 STATE = "study.json"
 QUIET = ray.train.LoggingConfig(log_level="WARNING")  # our own per-epoch lines are the progress output
@@ -116,23 +117,43 @@ def _train_run(fn: Callable[[dict], None], name: str, config: dict, plan: StudyP
     _fit(fn, config, res, name, _ray_storage(plan.storage), max_failures=1)
 
 
-def _artifact_config(bp: BenchmarkPlan) -> RunConfig:
-    # baselines and the final retrain are evaluated on test once, after training: no per-epoch eval
-    return dataclasses.replace(bp.base, student=dataclasses.replace(bp.base.student, eval_every=0))
-
-
 def run_artifacts(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None]) -> None:
-    if plan.storage.exists(f"{bp.benchmark}/artifacts/baselines.json"):
+    if plan.storage.exists(f"{bp.benchmark}/{NETWORKS_FILE}"):
         log(f"[study] {bp.benchmark}: artifacts already prepared")
         return
-    log(f"[study] {bp.benchmark}: preparing artifacts (teacher, auxiliary, baselines) with {plan.artifact_workers} worker(s)")
+    log(f"[study] {bp.benchmark}: preparing artifacts (teacher, auxiliary and pruning, without and with the val "
+        f"images) with {plan.artifact_workers} worker(s)")
     _train_run(prepare_artifacts, f"{bp.benchmark}-artifacts",
-               {"cfg": config_to_dict(_artifact_config(bp)), "storage": plan.storage.uri, "data_root": plan.data_root},
+               {"cfg": config_to_dict(_final_config(bp.base)), "storage": plan.storage.uri, "data_root": plan.data_root},
                plan, plan.artifact_workers)
+
+
+def _early_stopping(bp: BenchmarkPlan):
+    """ASHA on embedding-phase epochs: no trial is judged inside its curriculum, and rungs compare
+    trials after equal numbers of embedding epochs (``max_t``: the shortest curriculum's)."""
+    budget = bp.space.budget
+    if not budget.early_stopping:
+        return tune.schedulers.FIFOScheduler()
+    max_t = bp.base.student.epochs - shortest_curriculum(bp.space)
+    return ASHAScheduler(time_attr=EMBEDDING_EPOCH, metric=OBJECTIVE, mode="max", max_t=max_t,
+                         grace_period=min(budget.grace_period, max_t), reduction_factor=budget.reduction_factor)
+
+
+def _optuna_db(plan: StudyPlan, bp: BenchmarkPlan) -> Path:
+    """Where this benchmark's Optuna study is written: in the study directory, or a local mirror of it."""
+    rel = f"{bp.benchmark}/search"
+    if plan.storage.is_local:
+        return plan.storage.local_path() / rel / OPTUNA_FILE
+    mirror = Path.home() / ".cache" / "indistill" / "optuna" / stable_hash(plan.storage.uri) / bp.benchmark
+    if plan.storage.exists(f"{rel}/{OPTUNA_FILE}") and not (mirror / OPTUNA_FILE).exists():
+        mirror.mkdir(parents=True, exist_ok=True)
+        (mirror / OPTUNA_FILE).write_bytes(plan.storage.read_bytes(f"{rel}/{OPTUNA_FILE}"))
+    return mirror / OPTUNA_FILE
 
 
 def run_search(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None], cluster: dict) -> tune.ResultGrid:
     budget = bp.space.budget
+    optuna_db = _optuna_db(plan, bp)
     exp_name = f"{bp.benchmark}-search"
     exp_path = plan.storage.join("ray", exp_name)
     spec = TrialSpec(bp, plan.storage.uri, _ray_storage(plan.storage), plan.trial_resources, plan.data_root, plan.faults)
@@ -148,11 +169,11 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None], c
             f"({plan.trial_resources.per_worker()} per worker x {plan.trial_resources.workers})")
         import optuna
 
-        searcher = OptunaSearch(space=define_by_run(bp.space), metric=OBJECTIVE, mode="max",
-                                sampler=optuna.samplers.TPESampler(seed=budget.seed))
-        scheduler = ASHAScheduler(time_attr="epoch", metric=OBJECTIVE, mode="max", max_t=bp.base.student.epochs,
-                                  grace_period=min(budget.grace_period, bp.base.student.epochs),
-                                  reduction_factor=budget.reduction_factor)
+        searcher = RecordedOptunaSearch(space=define_by_run(bp.space), metric=OBJECTIVE, mode="max",
+                                        sampler=optuna.samplers.TPESampler(seed=budget.seed),
+                                        study_name=bp.benchmark, storage=optuna_storage(optuna_db),
+                                        full_epochs=bp.base.student.epochs)
+        scheduler = _early_stopping(bp)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
@@ -160,18 +181,63 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None], c
             run_config=tune.RunConfig(name=exp_name, storage_path=_ray_storage(plan.storage),
                                       failure_config=tune.FailureConfig(max_failures=budget.max_failures)),
         )
-    return tuner.fit()
+    grid = tuner.fit()
+    if not plan.storage.is_local:
+        plan.storage.upload(optuna_db.parent, f"{bp.benchmark}/search")
+    return grid
 
 
-def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, log: Callable[[str], None]) -> None:
-    if plan.storage.exists(f"{bp.benchmark}/final/result.json"):
-        log(f"[study] {bp.benchmark}: final retrain already done")
+@dataclass(frozen=True)
+class FinalSpec:
+    """Constants of the final runs of one benchmark, passed through the object store."""
+
+    benchmark: str
+    config: dict
+    ray_storage: str
+    resources: TrialResources
+
+
+def final_seeds(bp: BenchmarkPlan) -> list[int]:
+    """The student seeds of the final runs: ``budget.final_seeds`` consecutive seeds from the config's."""
+    return [bp.base.student_seed + i for i in range(bp.space.budget.final_seeds)]
+
+
+def final_trial(params: dict, spec: FinalSpec) -> None:
+    """The Tune function trainable of one final seed: one Ray Train run of ``final_seed``."""
+    _fit(final_seed, {**spec.config, "seed": params["seed"]}, spec.resources,
+         f"{spec.benchmark}-final-seed{params['seed']}", spec.ray_storage, max_failures=1)
+
+
+def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, log: Callable[[str], None], cluster: dict) -> None:
+    """Every student row (baselines and the tuned InDistill) once per final seed, the seeds as
+    concurrent Ray Train runs; finished seeds are not redone."""
+    seeds = final_seeds(bp)
+    todo = [s for s in seeds if not plan.storage.exists(f"{bp.benchmark}/final/seed-{s}.json")]
+    if not todo:
+        log(f"[study] {bp.benchmark}: final runs already done")
         return
-    log(f"[study] {bp.benchmark}: retraining the best config on the full train split, evaluating on test")
-    cfg = dataclasses.replace(best, student=dataclasses.replace(best.student, eval_every=0))
-    _train_run(final_retrain, f"{bp.benchmark}-final",
-               {"cfg": config_to_dict(cfg), "storage": plan.storage.uri, "data_root": plan.data_root},
-               plan, plan.trial_resources.workers)
+    concurrent = min(len(todo), plan.trial_resources.max_concurrent(cluster))
+    log(f"[study] {bp.benchmark}: final runs on the full train split, evaluated on test: seeds {todo}, "
+        f"{concurrent} at a time (every student row per seed; teacher and auxiliary shared)")
+    config = {"cfg": config_to_dict(_final_config(best)), "base": config_to_dict(_final_config(bp.base)),
+              "storage": plan.storage.uri, "data_root": plan.data_root, "export_seed": seeds[0]}
+    trainable = tune.with_resources(tune.with_parameters(
+        final_trial, spec=FinalSpec(bp.benchmark, config, _ray_storage(plan.storage), plan.trial_resources)),
+                                    {"CPU": 0, "memory": 32 * 1024**2})
+    grid = tune.Tuner(
+        trainable, param_space={"seed": tune.grid_search(todo)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(name=f"{bp.benchmark}-final", storage_path=_ray_storage(plan.storage),
+                                  failure_config=tune.FailureConfig(max_failures=1)),
+    ).fit()
+    for result in grid:
+        if result.error is not None:
+            log(f"[study] {bp.benchmark}: a final run failed: {str(result.error).strip().splitlines()[-1][:300]}")
+
+
+def _final_config(cfg: RunConfig) -> RunConfig:
+    # evaluated on test once, after training: no per-epoch evaluation
+    return dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, eval_every=0))
 
 
 def check_new_or_resume(plan: StudyPlan) -> None:
@@ -212,9 +278,12 @@ def run_study(plan: StudyPlan, log: Callable[[str], None] = print) -> pd.DataFra
         best_cfg = apply_params(bp.base, trials["best"]["params"], bp.space)
         plan.storage.write_text(f"{bp.benchmark}/search/best_config.yaml", _yaml(config_to_dict(best_cfg)))
         with phases("final"):
-            run_final(plan, bp, best_cfg, log)
-    table = build_table(plan.storage, [b.benchmark for b in plan.benchmarks])
-    write_study_table(plan.storage, table)
+            run_final(plan, bp, best_cfg, log, cluster)
+    table, per_seed = build_table(plan.storage, [b.benchmark for b in plan.benchmarks])
+    write_study_table(plan.storage, table, per_seed)
+    from .report import write_report
+
+    write_report(plan.storage)
     log(f"[study] done in {time.perf_counter() - t0:.0f}s")
     return table
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from indistill.config import RunConfig, build_config, deep_merge, read_yaml
+from indistill.config import RunConfig, build_config, deep_merge, read_yaml, validate_config, with_student_budget
 from indistill.schema import ConfigError, from_dict
 
 PACKAGED = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -51,6 +51,8 @@ class Budget:
     reduction_factor: int = 3
     seed: int = 0  # TPE sampler seed
     max_failures: int = 1  # Tune retries of a failed trial
+    early_stopping: bool = True  # ASHA on embedding-phase epochs; false = every trial runs its whole budget
+    final_seeds: int = 3  # student seeds of every row of the final table (teacher and auxiliary shared)
 
     def __post_init__(self) -> None:
         _require(self.trials >= 1, "trials", f"must be >= 1, got {self.trials}")
@@ -58,6 +60,7 @@ class Budget:
         _require(self.grace_period >= 1, "grace_period", f"must be >= 1, got {self.grace_period}")
         _require(self.reduction_factor >= 2, "reduction_factor", f"must be >= 2, got {self.reduction_factor}")
         _require(self.max_failures >= 0, "max_failures", "must be >= 0")
+        _require(self.final_seeds >= 1, "final_seeds", f"must be >= 1, got {self.final_seeds}")
 
 
 @dataclass(frozen=True)
@@ -115,15 +118,32 @@ def validate_space(space: SearchSpace, benchmark: str) -> None:
     n = len(base.student.curriculum.epochs)
     if len(space.curriculum.epochs) != n:
         raise ConfigError(f"curriculum.epochs: the {benchmark} student has {n} curriculum layers, the space gives {len(space.curriculum.epochs)} ranges")
-    longest = sum(r.high for r in space.curriculum.epochs)
-    if longest > base.student.epochs:
-        raise ConfigError(f"curriculum.epochs: the longest curriculum ({longest} epochs) exceeds the trial's {base.student.epochs} student epochs")
+    epochs, longest = base.student.epochs, longest_curriculum(space)
+    grace = space.budget.grace_period if space.budget.early_stopping else 1
+    if longest + grace > epochs:
+        after = (f"plus budget.grace_period = {grace} embedding-phase epochs before early stopping may judge it"
+                 if space.budget.early_stopping else "plus one embedding-phase epoch")
+        raise ConfigError(
+            f"budget.epochs: {epochs} student epochs per trial are too few: the longest curriculum this space "
+            f"samples lasts {longest} epochs, {after}; set budget.epochs (or --epochs) to at least {longest + grace}"
+        )
+
+
+def longest_curriculum(space: SearchSpace) -> int:
+    return sum(r.high for r in space.curriculum.epochs)
+
+
+def shortest_curriculum(space: SearchSpace) -> int:
+    return sum(r.low for r in space.curriculum.epochs)
 
 
 def load_space(path: str | Path, benchmark: str) -> SearchSpace:
-    """Read and validate a search-space YAML for ``benchmark``; errors name the field."""
-    space = from_dict(SearchSpace, read_yaml(path))
-    validate_space(space, benchmark)
+    """Read and validate a search-space YAML for ``benchmark``; errors name the file and the field."""
+    try:
+        space = from_dict(SearchSpace, read_yaml(path))
+        validate_space(space, benchmark)
+    except ConfigError as exc:
+        raise ConfigError(exc if str(exc).startswith(str(path)) else f"{path}: {exc}") from None
     return space
 
 
@@ -136,10 +156,12 @@ def default_space_path(benchmark: str) -> Path:
 def base_config(space: SearchSpace, benchmark: str, extra: Mapping | None = None) -> RunConfig:
     """The benchmark's default config with the space's fixed overrides and budget applied."""
     overrides = deep_merge(space.fixed, extra or {})
-    if space.budget.epochs is not None:
-        overrides = deep_merge(overrides, {"student": {"epochs": space.budget.epochs}})
     overrides = deep_merge(overrides, {"student": {"eval_every": 1}})
-    return build_config(overrides, benchmark=benchmark)
+    cfg = build_config(overrides, benchmark=benchmark)
+    if space.budget.epochs is not None:
+        cfg = with_student_budget(cfg, space.budget.epochs)
+        validate_config(cfg)
+    return cfg
 
 
 class DefineByRun:

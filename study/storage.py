@@ -53,10 +53,13 @@ class Storage:
         fs, base = self._fs()
         return fs.get_file_info(posixpath.join(base, rel) if rel else base).type != pafs.FileType.NotFound
 
-    def read_text(self, rel: str) -> str:
+    def read_bytes(self, rel: str) -> bytes:
         fs, base = self._fs()
         with fs.open_input_stream(posixpath.join(base, rel)) as f:
-            return f.read().decode()
+            return f.read()
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode()
 
     def write_text(self, rel: str, text: str) -> None:
         """Atomic on local disk (temporary file + rename); a single PUT on object stores."""

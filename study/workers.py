@@ -40,7 +40,7 @@ from .storage import Storage
 from .tblog import TensorBoardLogger
 
 OBJECTIVE = "val_map"
-BASELINES = ("ce", "pkt", "mkt", "indistill")
+EMBEDDING_EPOCH = "embedding_epoch"
 
 
 def _quiet_ray_train() -> None:
@@ -86,40 +86,57 @@ def _context(cfg: RunConfig, root: Path, data_root: str | None) -> Context:
 
 
 def prepare_artifacts(config: dict) -> None:
-    """Teacher, auxiliary and every baseline student (paper defaults) with their test results."""
+    """Teacher, auxiliary and pruning twice: without the val images (what the search's trials read)
+    and on the full train split (what the final runs read); the latter evaluated on test."""
     _quiet_ray_train()
     cfg = build_config(config["cfg"])
     storage = Storage(config["storage"])
     with artifacts_root(storage, cfg.benchmark, writable=True) as root:
         ctx = _context(cfg, root, config.get("data_root"))
+        stage = 0
+
+        def done() -> None:
+            nonlocal stage
+            stage += 1
+            ray.train.report({"stage": stage, "epoch": stage})
+
+        search_aux = auxiliary_stage(ctx, None if cfg.auxiliary.checkpoint else teacher_stage(ctx, "val"), "val")
+        prune_stage(ctx, search_aux, protocol="val")
+        done()
         teacher = teacher_stage(ctx)
-        rows = [result_row("teacher", count_parameters(teacher), evaluate_stage(ctx, teacher, ctx.stage_dir("teacher", teacher_key(cfg))))]
-        ray.train.report({"stage": 1, "epoch": 1})
+        rows = [{"seed": cfg.seed, **result_row("teacher", count_parameters(teacher),
+                 evaluate_stage(ctx, teacher, ctx.stage_dir("teacher", teacher_key(cfg))))}]
+        done()
         aux = auxiliary_stage(ctx, teacher)
-        rows.append(result_row("auxiliary", count_parameters(aux), evaluate_stage(ctx, aux, ctx.stage_dir("auxiliary", auxiliary_key(cfg)))))
-        ray.train.report({"stage": 2, "epoch": 2})
-        pruned = prune_stage(ctx, aux)
-        for i, method in enumerate(BASELINES):
-            run = student_stage(ctx, method, aux, pruned, protocol="test")
-            label = "InDistill (paper defaults)" if method == "indistill" else ROW_LABELS[method]
-            rows.append(result_row(label, count_parameters(run.model), evaluate_stage(ctx, run.model, run.work_dir)))
-            ray.train.report({"stage": 3 + i, "epoch": 3 + i})
+        rows.append({"seed": cfg.seed, **result_row("auxiliary", count_parameters(aux),
+                     evaluate_stage(ctx, aux, ctx.stage_dir("auxiliary", auxiliary_key(cfg))))})
+        prune_stage(ctx, aux)
+        done()
     if rank() == 0:
-        storage.write_json(f"{cfg.benchmark}/artifacts/baselines.json", {"rows": rows})
+        storage.write_json(f"{cfg.benchmark}/{NETWORKS_FILE}", {"rows": rows})
 
 
-def _frozen_networks(ctx: Context):
-    """Teacher and auxiliary from the artifacts; a trial never trains them."""
-    for stage, key in (("teacher", teacher_key(ctx.cfg)), ("auxiliary", auxiliary_key(ctx.cfg))):
+def _frozen_auxiliary(ctx: Context, protocol: str):
+    """The auxiliary of ``protocol`` from the artifacts (``val``: trained without the val images);
+    a trial or final run never trains it, nor the teacher."""
+    cfg = ctx.cfg
+    if cfg.auxiliary.checkpoint:
+        return auxiliary_stage(ctx, None, protocol)
+    needed = [("auxiliary", auxiliary_key(cfg, protocol))]
+    if not cfg.teacher.checkpoint:
+        needed.append(("teacher", teacher_key(cfg, protocol)))
+    for stage, key in needed:
         if not (ctx.stage_dir(stage, key) / "final.pt").exists():
             raise FileNotFoundError(f"artifact {stage}-{key} is missing: prepare the artifacts first")
-    teacher = teacher_stage(ctx)
-    return teacher, auxiliary_stage(ctx, teacher)
+    return auxiliary_stage(ctx, teacher_stage(ctx, protocol), protocol)
 
 
-def _report_metrics(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
+def _report_metrics(epoch: int, metrics: dict[str, float], curriculum_epochs: int = 0) -> dict[str, float]:
     out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    out["epoch"] = epoch + 1  # ASHA's time attribute: epochs completed
+    out["epoch"] = epoch + 1  # epochs completed
+    # ASHA's time attribute: epochs completed in the embedding phase, so trials are compared at equal
+    # progress after their curricula (val mAP before the embedding phase is low by construction)
+    out[EMBEDDING_EPOCH] = max(0, epoch + 1 - curriculum_epochs)
     if "val/cosine/map" in metrics:
         out[OBJECTIVE] = metrics["val/cosine/map"]
     return out
@@ -131,8 +148,10 @@ TIMING_KEYS = ("loop_time_s", "report_time_s", "trial_wall_s", "startup_s", "ray
 class EpochReporter:
     """Reports every epoch to Ray Train (metrics + the epoch checkpoint) and TensorBoard."""
 
-    def __init__(self, tb: TensorBoardLogger | None, started_at: float | None = None, entered_at: float | None = None) -> None:
+    def __init__(self, tb: TensorBoardLogger | None, started_at: float | None = None, entered_at: float | None = None,
+                 curriculum_epochs: int = 0) -> None:
         self.tb = tb
+        self.curriculum_epochs = curriculum_epochs  # the trial's curriculum length (embedding phase after it)
         # wall-clock start of the trial (time.time() in its Tune function); compared with this worker's
         # clock, so on a multi-node cluster the start-up figures assume NTP-synchronised nodes
         self.started_at = started_at
@@ -159,9 +178,9 @@ class EpochReporter:
         if self.startup_s is None and self.started_at is not None:
             self.startup_s = time.time() - self.started_at - epoch_s
         self.loop_time_s += epoch_s
-        out = {**_report_metrics(epoch, metrics), **self._timing()}
+        out = {**_report_metrics(epoch, metrics, self.curriculum_epochs), **self._timing()}
         if self.tb is not None:
-            self.tb.log(epoch + 1, {k: v for k, v in out.items() if k not in ("epoch", "samples", *TIMING_KEYS)})
+            self.tb.log(epoch + 1, {k: v for k, v in out.items() if k not in ("epoch", EMBEDDING_EPOCH, "samples", *TIMING_KEYS)})
         if checkpoint is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 shutil.copy2(checkpoint, Path(tmp) / LAST)
@@ -176,7 +195,7 @@ class EpochReporter:
         so Tune's last result is the finished trial's (a driver killed between the trial's end and
         Tune's next state snapshot re-runs it this way)."""
         if self.reported == 0 and history:
-            ray.train.report({**_report_metrics(len(history) - 1, history[-1]), **self._timing()})
+            ray.train.report({**_report_metrics(len(history) - 1, history[-1], self.curriculum_epochs), **self._timing()})
 
 
 def _record_placement(storage: Storage, benchmark: str, trial_id: str, device: str) -> None:
@@ -219,9 +238,9 @@ def run_trial(config: dict) -> None:
         with artifacts_root(storage, cfg.benchmark, writable=False) as root:
             ctx = _context(cfg, root, config.get("data_root"))
             _record_placement(storage, cfg.benchmark, config["trial_id"], str(ctx.device))
-            _, aux = _frozen_networks(ctx)
-            pruned = prune_stage(ctx, aux)
-            reporter = EpochReporter(tb, config.get("started_at"), entered_at)
+            aux = _frozen_auxiliary(ctx, "val")
+            pruned = prune_stage(ctx, aux, protocol="val")
+            reporter = EpochReporter(tb, config.get("started_at"), entered_at, sum(cfg.student.curriculum.epochs))
             run = student_stage(ctx, "indistill", aux, pruned, protocol="val", hooks=[reporter],
                                 work_dir=scratch / "student", resume_from=_restored_checkpoint(scratch))
             reporter.finish(run.history)
@@ -240,32 +259,68 @@ def _inject_fault(cfg: RunConfig, kind: str) -> RunConfig:
     raise RuntimeError(f"injected failure ({kind})")
 
 
-def final_retrain(config: dict) -> None:
-    """The best config retrained on the full train split, evaluated on test; checkpoint and PR curves saved."""
+def final_seed(config: dict) -> None:
+    """Every student row of the table for one student seed, on the full train split, evaluated on
+    test: the baselines (``base``: paper defaults, the study's budget) and the tuned InDistill
+    (``cfg``). Teacher, auxiliary and pruning come from the artifacts, shared by all seeds."""
     _quiet_ray_train()
-    cfg = build_config(config["cfg"])
+    seed = int(config["seed"])
+    tuned = build_config(config["cfg"]).with_student_seed(seed)
+    base = build_config(config["base"]).with_student_seed(seed)
     storage = Storage(config["storage"])
-    rel = f"{cfg.benchmark}/final"
-    scratch = Path(tempfile.mkdtemp(prefix="indistill-final-"))
-    tb = TensorBoardLogger(storage, f"{cfg.benchmark}/tensorboard/final") if rank() == 0 else None
-    try:
-        with artifacts_root(storage, cfg.benchmark, writable=False) as root:
-            ctx = _context(cfg, root, config.get("data_root"))
-            _, aux = _frozen_networks(ctx)
-            pruned = prune_stage(ctx, aux)
-            run = student_stage(ctx, "indistill", aux, pruned, protocol="test", hooks=[EpochReporter(tb)],
-                                work_dir=scratch / "student", resume_from=_restored_checkpoint(scratch))
-            results = evaluate_stage(ctx, run.model, run.work_dir)
-            if rank() == 0:
-                _pr_curves(tb, ctx, run.model)
-                row = result_row("InDistill (tuned)", count_parameters(run.model), results)
-                shutil.copy2(run.work_dir / "final.pt", scratch / "student.pt")
-                storage.upload(scratch / "student", f"{rel}/run")
-                storage.write_json(f"{rel}/result.json", {"row": row, "results": results})
-    finally:
-        if tb is not None:
-            tb.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+    bench = tuned.benchmark
+    rows = []
+    with artifacts_root(storage, bench, writable=True) as root:
+        ctx = _context(base, root, config.get("data_root"))
+        aux = _frozen_auxiliary(ctx, "test")
+        for label, cfg, method in final_rows(base, tuned):
+            ctx.cfg = cfg.replace(device=ctx.cfg.device)
+            pruned = prune_stage(ctx, aux) if method == "indistill" else None
+            tb = TensorBoardLogger(storage, f"{bench}/tensorboard/final/{_slug(label)}/seed-{seed}") if rank() == 0 else None
+            try:
+                run = student_stage(ctx, method, aux, pruned, protocol="test", hooks=[_TensorBoardHook(tb)])
+                results = evaluate_stage(ctx, run.model, run.work_dir)
+                if tb is not None:
+                    tb.log(len(run.history), {f"test/{m}/map": v["map"] for m, v in results.items()})
+                    if label == TUNED:
+                        _pr_curves(tb, ctx, run.model)
+            finally:
+                if tb is not None:
+                    tb.close()
+            rows.append({"seed": seed, **result_row(label, count_parameters(run.model), results)})
+            ray.train.report({"row": len(rows), "epoch": len(rows)})
+            if label == TUNED and rank() == 0 and seed == config.get("export_seed"):
+                with tempfile.TemporaryDirectory() as tmp:
+                    shutil.copy2(run.work_dir / "final.pt", Path(tmp) / "final.pt")
+                    storage.upload(Path(tmp), f"{bench}/final/run")
+    if rank() == 0:
+        storage.write_json(f"{bench}/final/seed-{seed}.json", {"rows": rows})
+
+
+TUNED = "InDistill (tuned)"
+NETWORKS_FILE = "artifacts/networks.json"
+
+
+def final_rows(base: RunConfig, tuned: RunConfig) -> list[tuple[str, RunConfig, str]]:
+    """(row label, config, method) of every student row: the baselines with the paper defaults, then
+    the tuned InDistill."""
+    labels = {**ROW_LABELS, "indistill": "InDistill (paper defaults)"}
+    return [(labels[m], base, m) for m in ("ce", "pkt", "mkt", "indistill")] + [(TUNED, tuned, "indistill")]
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-").replace("--", "-")
+
+
+class _TensorBoardHook:
+    """An epoch hook that logs a final run's curves (losses, phase, lr)."""
+
+    def __init__(self, tb: TensorBoardLogger | None) -> None:
+        self.tb = tb
+
+    def __call__(self, epoch: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
+        if self.tb is not None:
+            self.tb.log(epoch + 1, {k: v for k, v in metrics.items() if k not in ("epoch", "samples")})
 
 
 def _pr_curves(tb: TensorBoardLogger | None, ctx: Context, model) -> None:

@@ -9,7 +9,8 @@ import yaml
 
 TINY_SPACE = {
     "benchmark": "digits",
-    "budget": {"trials": 4, "epochs": 3, "grace_period": 2, "reduction_factor": 2, "seed": 0, "max_failures": 1},
+    "budget": {"trials": 4, "epochs": 4, "grace_period": 1, "reduction_factor": 2, "seed": 0, "max_failures": 1,
+               "final_seeds": 2},
     "curriculum": {
         "epochs": [{"low": 1, "high": 1}, {"low": 0, "high": 1}, {"low": 0, "high": 1}],
         "losses": ["mse", "pkt"],
@@ -20,7 +21,7 @@ TINY_SPACE = {
     "fixed": {
         "teacher": {"epochs": 1},
         "auxiliary": {"ce": {"epochs": 1}, "pkt": {"epochs": 1}},
-        "student": {"curriculum": {"epochs": [1, 1, 1]}},
+        "student": {"curriculum": {"epochs": [1, 1, 1]}, "schedules": {"mkt": {"epochs": 2}}},
     },
 }
 
@@ -62,6 +63,16 @@ def test_study_table_rows_and_trial_accounting(study):
         assert (root / name).is_file()
     tuned = table.loc[("digits", "InDistill (tuned)")]
     assert 0 < tuned["cosine map"] <= 100 and 0 < tuned["best val map"] <= 100
+    # every student row over the two final seeds, teacher and auxiliary once; epochs and the tuned mark
+    assert table["n"].tolist() == [1, 1, 2, 2, 2, 2, 2]
+    assert table["epochs"].tolist() == ["1", "1+1", "4", "4", "2 (MKT's recipe)", "4", "4"]
+    assert table.loc[("digits", "InDistill (tuned)"), "tuned"] == "4 trials"
+    per_seed = pd.read_csv(root / "results_per_seed.csv")
+    assert sorted(per_seed[per_seed["network"] == "student (ce)"]["seed"]) == [0, 1]
+    ce = per_seed[per_seed["network"] == "student (ce)"].set_index("seed")["cosine map"]
+    ref = per_seed[per_seed["network"] == "InDistill (tuned)"].set_index("seed")["cosine map"]
+    assert table.loc[("digits", "student (ce)"), "diff mean"] == pytest.approx((ce - ref).mean())
+    assert "±" in (root / "results.md").read_text()
     import json
 
     trials = json.loads((root / "digits/search/trials.json").read_text())
@@ -98,9 +109,12 @@ def test_tensorboard_event_files_have_the_expected_tags(study):
         tags |= set(acc.Tags()["scalars"])
     assert {"loss", "lr", "phase", "val_map", "val/cosine/map"} <= tags
     assert any(t.startswith("loss/block") for t in tags)
-    final = EventAccumulator(str(root / "digits/tensorboard/final"), size_guidance={"tensors": 0})
+    final = EventAccumulator(str(root / "digits/tensorboard/final/indistill-tuned/seed-0"), size_guidance={"tensors": 0})
     final.Reload()
-    assert "final/pr_cosine" in final.Tags()["tensors"]
+    assert "final/pr_cosine" in final.Tags()["tensors"] and "test/cosine/map" in final.Tags()["scalars"]
+    baseline = EventAccumulator(str(root / "digits/tensorboard/final/student-ce/seed-1"))
+    baseline.Reload()
+    assert {"loss", "lr", "test/cosine/map"} <= set(baseline.Tags()["scalars"])
     tune_events = list((root / "ray/digits-search").rglob("events.out.tfevents*"))
     assert tune_events, "Tune writes its own event files"
     tune_tags: set = set()
@@ -123,16 +137,20 @@ def test_export_reproduces_the_tuned_map(study, tmp_path):
     best = tmp_path / "best" / "digits" / "best_config.yaml"
     assert best.is_file() and (tmp_path / "best" / "digits" / "student.pt").is_file()
     assert (tmp_path / "best" / "results.md").is_file()
+    assert yaml.safe_load(best.read_text())["threads"] == 1  # what the trial's worker ran with (1 CPU)
+    assert "--seeds 0,1" in best.read_text().splitlines()[1]
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # Ray workers run with one thread per CPU; the same reduction order
-    try:
-        assert indistill_main(["run", "--config", str(best), "--out", str(tmp_path / "runs")]) == 0
+    try:  # default flags: the exported config sets the threads itself
+        assert indistill_main(["run", "--config", str(best), "--out", str(tmp_path / "runs"), "--seeds", "0,1"]) == 0
     finally:
         torch.set_num_threads(threads)
-    ours = pd.read_csv(tmp_path / "runs" / "digits-seed0" / "results.csv", index_col=0)
-    tuned = table.loc[("digits", "InDistill (tuned)")]
-    for col in ("cosine map", "euclidean map", "cosine map_legacy"):
-        assert ours.loc["student (indistill)", col] == pytest.approx(tuned[col], abs=1e-6), col
+    ours = pd.read_csv(tmp_path / "runs" / "digits-seed0" / "results_per_seed.csv")
+    study_rows = pd.read_csv(root / "results_per_seed.csv")
+    for seed in (0, 1):
+        mine = ours[(ours["network"] == "student (indistill)") & (ours["seed"] == seed)].iloc[0]
+        theirs = study_rows[(study_rows["network"] == "InDistill (tuned)") & (study_rows["seed"] == seed)].iloc[0]
+        for col in ("cosine map", "euclidean map", "cosine map_legacy"):
+            assert mine[col] == pytest.approx(theirs[col], abs=1e-6), (seed, col)
 
 
 @pytest.mark.e2e
@@ -155,6 +173,9 @@ def test_table_and_tensorboard_commands(study):
         ({"curriculum": {**TINY_SPACE["curriculum"], "weights": {"mse": {"low": 0.0, "high": 1.0}}}}, "curriculum.weights.mse.low: must be > 0"),
         ({"curriculum": {**TINY_SPACE["curriculum"], "epochs": [{"low": 1, "high": 1}]}}, "the digits student has 3 curriculum layers"),
         ({"budget": {"trials": 0}}, "budget.trials: must be >= 1"),
+        ({"budget": {**TINY_SPACE["budget"], "epochs": 3}},
+         "budget.epochs: 3 student epochs per trial are too few: the longest curriculum this space samples lasts 3 epochs, "
+         "plus budget.grace_period = 1 embedding-phase epochs"),
     ],
 )
 def test_search_space_errors_are_one_line_exit_2(tmp_path, patch, message):
@@ -191,7 +212,8 @@ def test_reporter_re_reports_a_trial_restored_at_its_last_epoch(monkeypatch):
     history = [{"loss": 2.0, "epoch": 0}, {"loss": 1.0, "epoch": 1, "val/cosine/map": 0.5}]
     restored = workers.EpochReporter(None)
     restored.finish(history)  # nothing trained in this attempt: the last epoch is reported again
-    assert reports == [{"loss": 1.0, "epoch": 2, "val/cosine/map": 0.5, "val_map": 0.5, "loop_time_s": 0.0, "report_time_s": 0.0}]
+    assert reports == [{"loss": 1.0, "epoch": 2, "embedding_epoch": 2, "val/cosine/map": 0.5, "val_map": 0.5,
+                        "loop_time_s": 0.0, "report_time_s": 0.0}]
     import time
 
     fresh = workers.EpochReporter(None, started_at=time.time() - 10.0)
@@ -203,3 +225,90 @@ def test_reporter_re_reports_a_trial_restored_at_its_last_epoch(monkeypatch):
     fresh(2, {**history[1], "epoch_time_s": 1.0}, None)
     assert reports[2]["loop_time_s"] == 3.0 and reports[2]["startup_s"] == reports[1]["startup_s"]
     assert 0 < reports[2]["report_time_s"] < 1.0  # the first report's own cost
+
+
+@pytest.mark.e2e
+def test_optuna_study_is_persisted_with_honest_states(study):
+    import json
+
+    import optuna
+
+    _, _, root = study
+    trials = json.loads((root / "digits/search/trials.json").read_text())["trials"]
+    record = optuna.load_study(study_name="digits", storage=f"sqlite:///{root / 'digits/search/optuna.db'}")
+    states = sorted(t.state.name for t in record.trials)
+    status_to_state = {"completed": "COMPLETE", "stopped early": "PRUNED", "failed": "FAIL"}
+    assert states == sorted(status_to_state[t["status"]] for t in trials)
+    by_params = {json.dumps(t["params"], sort_keys=True): t for t in trials}
+    for ot in record.trials:
+        if ot.state.name == "FAIL":
+            continue
+        nested: dict = {}
+        for key, value in ot.params.items():
+            node = nested
+            *parents, leaf = key.split("/")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        ours = by_params[json.dumps(nested, sort_keys=True)]
+        assert sorted(ot.intermediate_values) == list(range(1, ours["epochs"] + 1))  # one value per epoch
+        assert ot.intermediate_values[ours["epochs"]] == pytest.approx(ours["val_map"])
+        if ot.state.name == "COMPLETE":
+            assert ot.value == pytest.approx(ours["val_map"]) and ours["epochs"] == 4
+    for t in trials:  # nothing was judged inside its curriculum
+        if t["status"] == "stopped early":
+            curriculum = sum(v for k, v in t["params"]["curriculum"].items() if k.startswith("epochs_"))
+            assert t["epochs"] - curriculum >= TINY_SPACE["budget"]["grace_period"], t
+
+
+class _Trial:
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+        self.config: dict = {}
+
+
+def test_asha_rungs_count_embedding_epochs_only():
+    """A long curriculum's low val mAP is never compared with a short one's embedding-phase mAP."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from study.cli import build_parser, make_plan
+    from study.runner import _early_stopping
+
+    space = {**TINY_SPACE, "budget": {**TINY_SPACE["budget"], "epochs": 6, "grace_period": 1, "reduction_factor": 2}}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "space.yaml"
+        path.write_text(yaml.safe_dump(space))
+        plan = make_plan(build_parser().parse_args(["run", "--search-space", str(path), "--storage", str(Path(tmp) / "s")]))
+    asha = _early_stopping(plan.benchmarks[0])
+    short, long_ = _Trial("short"), _Trial("long")
+    for t in (short, long_):
+        asha.on_trial_add(None, t)
+    # short curriculum (1 epoch): its second epoch is its first in the embedding phase, val mAP high
+    assert asha.on_trial_result(None, short, {"val_map": 0.1, "epoch": 1, "embedding_epoch": 0}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, short, {"val_map": 0.9, "epoch": 2, "embedding_epoch": 1}) == TrialScheduler.CONTINUE
+    # long curriculum (3 epochs): far below the short one during its curriculum, yet never stopped there
+    for epoch in (1, 2, 3):
+        assert asha.on_trial_result(None, long_, {"val_map": 0.2, "epoch": epoch, "embedding_epoch": 0}) == TrialScheduler.CONTINUE
+    # at equal embedding progress it is compared, and stopped when it is worse
+    assert asha.on_trial_result(None, long_, {"val_map": 0.5, "epoch": 4, "embedding_epoch": 1}) == TrialScheduler.STOP
+
+
+@pytest.mark.e2e
+def test_report_figures_decode_and_are_embedded(study):
+    import matplotlib.image as mpimg
+
+    _, _, root = study
+    proc = run_cli("report", str(root))
+    assert proc.returncode == 0, proc.stderr
+    report = root / "report"
+    expected = {"digits-trials.png", "digits-best-so-far.png", "digits-importance.png", "results.png"}
+    assert expected <= {p.name for p in report.glob("*.png")}
+    md = (report / "report.md").read_text()
+    for name in expected:
+        image = mpimg.imread(report / name)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, name
+        assert image[..., :3].std() > 0.01, name  # not a blank canvas
+        assert f"({name})" in md
+    assert "Trials: 4 (" in md and "InDistill (tuned)" in md

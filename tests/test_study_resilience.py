@@ -34,7 +34,7 @@ def test_two_node_cluster_with_logical_gpus_places_trials_on_both_nodes(tmp_path
     nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     # no early stopping: every trial runs all its epochs, so trials overlap in time
-    space = _space(tmp_path, trials=4, epochs=3, grace_period=3)
+    space = _space(tmp_path, trials=4, epochs=4, early_stopping=False)
     args = build_parser().parse_args(["run", "--search-space", str(space), "--storage", str(tmp_path / "studies"),
                                       "--name", "two-node", "--gpus-per-trial", "0.5", "--dist-backend", "gloo"])
     try:

@@ -1,0 +1,63 @@
+"""The Optuna side of a search: honest trial states, persisted where Optuna's own tools open it.
+
+Ray's ``OptunaSearch`` tells Optuna COMPLETE for every trial that reported a value, including the
+ones ASHA stopped early, so TPE would model truncated val mAPs as final. :class:`RecordedOptunaSearch`
+tells PRUNED for a trial that stopped before its full budget (its per-epoch intermediate values
+are already reported), FAIL for an errored one, and COMPLETE only for a trial that ran every epoch.
+
+The study lives in an SQLite file per benchmark (``<study>/<benchmark>/search/optuna.db``, study
+name = the benchmark), so ``optuna.load_study`` and ``optuna-dashboard`` open it. For a remote
+study directory the file is written in a local mirror and copied there when the search ends.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.result import TRAINING_ITERATION
+from ray.tune.search.optuna import OptunaSearch
+
+OPTUNA_FILE = "optuna.db"
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def optuna_storage(path: Path) -> optuna.storages.RDBStorage:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(sqlite_url(path))
+
+
+class RecordedOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna PRUNED / FAIL / COMPLETE as the trial really ended.
+
+    ``full_epochs``: the student epochs of a trial that ran its whole budget (``epoch`` in its last
+    report equals it).
+    """
+
+    def __init__(self, *args, full_epochs: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.full_epochs = full_epochs
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        value = (result or {}).get(self.metric)
+        finite = value is not None and not (isinstance(value, float) and math.isnan(value))
+        ot_trial = self._ot_trials[trial_id]
+        step = (result or {}).get(TRAINING_ITERATION)
+        if finite and step is not None:
+            # Tune hands a trial's last result (the one ASHA stopped it on, or its final epoch) only
+            # here, not to on_trial_result: record it, as PRUNED trials are modelled by it
+            ot_trial.report(value, step)
+        if error or not finite:
+            state, value = TrialState.FAIL, None
+        elif int((result or {}).get("epoch", 0)) < self.full_epochs:
+            state, value = TrialState.PRUNED, None  # Optuna keeps its last intermediate value
+        else:
+            state = TrialState.COMPLETE
+        self._ot_study.tell(ot_trial, value, state=state)
+        self._completed_trials.add(trial_id)

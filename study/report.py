@@ -1,0 +1,166 @@
+"""``indistill-study report``: figures of a study (PNG) and a ``report.md`` that embeds them.
+
+Per benchmark, from the persisted Optuna study (``<benchmark>/search/optuna.db``) and the tables:
+
+- ``<benchmark>-trials.png``: val mAP of every trial over its epochs; a dotted line where its
+  curriculum ends (the embedding phase starts), a cross where ASHA stopped it, a dot where it ran
+  its whole budget;
+- ``<benchmark>-best-so-far.png``: the best val mAP after each trial (in the order Optuna created them);
+- ``<benchmark>-importance.png``: Optuna's hyperparameter importance (fANOVA over the parameters
+  every finished trial has); with few trials it is noise, and the figure says so;
+- ``results.png``: the results table's cosine mAP per row, mean ± std over the final seeds.
+"""
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .optuna_record import OPTUNA_FILE, sqlite_url  # noqa: E402
+from .storage import Storage  # noqa: E402
+
+REPORT_DIR = "report"
+FEW_TRIALS = 20  # below this, importance estimates are dominated by noise
+
+
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+
+
+def _final_value(t: optuna.trial.FrozenTrial) -> float | None:
+    if t.value is not None:
+        return t.value
+    return t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+
+
+def _curriculum_length(t: optuna.trial.FrozenTrial) -> int:
+    return sum(int(v) for k, v in t.params.items() if k.startswith("curriculum/epochs_"))
+
+
+def plot_trials(study: optuna.Study, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, t in enumerate(study.trials):
+        if not t.intermediate_values:
+            continue
+        steps = sorted(t.intermediate_values)
+        values = [100 * t.intermediate_values[s] for s in steps]
+        color = f"C{i % 10}"
+        ax.plot(steps, values, color=color, lw=1.2, label=f"trial {t.number}")
+        end = _curriculum_length(t)
+        if end:
+            ax.axvline(end + 0.5, color=color, ls=":", lw=0.8)
+        marker = "x" if t.state == optuna.trial.TrialState.PRUNED else "o"
+        ax.plot(steps[-1], values[-1], marker=marker, color=color, ms=8, mew=2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val cosine mAP (%)")
+    ax.set_title(f"{study.study_name}: trials (dotted: curriculum ends; x: stopped by ASHA; o: full budget)", fontsize=9)
+    if len(study.trials) <= 12:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_best_so_far(study: optuna.Study, path: Path) -> None:
+    numbers, best, values = [], [], []
+    top = None
+    for t in study.trials:
+        v = _final_value(t) if t.state != optuna.trial.TrialState.FAIL else None
+        if v is not None:
+            top = v if top is None else max(top, v)
+        numbers.append(t.number)
+        values.append(None if v is None else 100 * v)
+        best.append(None if top is None else 100 * top)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.scatter(numbers, [v if v is not None else float("nan") for v in values], s=18, label="trial (last val mAP)")
+    ax.step(numbers, [b if b is not None else float("nan") for b in best], where="post", color="C3", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("val cosine mAP (%)")
+    ax.set_title(f"{study.study_name}: best so far", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_importance(study: optuna.Study, path: Path) -> str:
+    """Draws the importances; returns a one-line note for the report."""
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    note = ""
+    try:
+        importance = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError) as exc:
+        importance = {}
+        note = f"not computable: {exc}"
+    if importance:
+        names = list(importance)[::-1]
+        ax.barh(names, [importance[n] for n in names])
+        ax.set_xlabel("importance (fANOVA, share of val mAP variance)")
+        if len(finished) < FEW_TRIALS:
+            note = f"only {len(finished)} completed trials: these importances are mostly noise"
+    else:
+        ax.text(0.5, 0.5, note or "no importance", ha="center", va="center", wrap=True, fontsize=8)
+        ax.set_axis_off()
+    ax.set_title(f"{study.study_name}: hyperparameter importance" + (f" ({note})" if note else ""), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return note
+
+
+def plot_results(table: pd.DataFrame, path: Path, column: str = "cosine map") -> None:
+    table = table.reset_index()
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1.2))
+    labels = [f"{b} / {n}" for b, n in zip(table["benchmark"], table["network"])]
+    std = table.get(f"{column} std", pd.Series([0.0] * len(table))).fillna(0.0)
+    ax.barh(labels[::-1], table[column][::-1], xerr=std[::-1], capsize=3, color="C0")
+    ax.set_xlabel(f"test {column} (%), mean ± std over the final seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(storage: Storage) -> list[str]:
+    """Figures and ``report.md`` under ``<study>/report/``; returns the files written (relative)."""
+    benchmarks = storage.read_json("study.json")["benchmarks"]
+    lines = [f"# Study report: {storage.uri}", ""]
+    written = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for bench in benchmarks:
+            rel = f"{bench}/search/{OPTUNA_FILE}"
+            if not storage.exists(rel):
+                lines += [f"## {bench}", "", "No search record yet.", ""]
+                continue
+            db = out / f"{bench}.db"
+            db.write_bytes(storage.read_bytes(rel))
+            study = optuna.load_study(study_name=bench, storage=sqlite_url(db))
+            db_files = [f"{bench}-trials.png", f"{bench}-best-so-far.png", f"{bench}-importance.png"]
+            plot_trials(study, out / db_files[0])
+            plot_best_so_far(study, out / db_files[1])
+            note = plot_importance(study, out / db_files[2])
+            db.unlink()
+            states = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
+            lines += [f"## {bench}", "", f"Trials: {len(study.trials)} ({', '.join(f'{v} {k.lower()}' for k, v in states.items())}).", "",
+                      f"![val mAP per trial]({db_files[0]})", "", f"![best so far]({db_files[1]})", "",
+                      f"![importance]({db_files[2]})", ""]
+            if note:
+                lines += [f"Importance: {note}.", ""]
+            written += db_files
+        if storage.exists("results.csv"):
+            table = pd.read_csv(io.StringIO(storage.read_text("results.csv")), index_col=[0, 1])
+            plot_results(table, out / "results.png")
+            lines += ["## Results (test split)", "", "![results](results.png)", "", storage.read_text("results.md"), ""]
+            written.append("results.png")
+        (out / "report.md").write_text("\n".join(lines) + "\n")
+        written.append("report.md")
+        storage.upload(out, REPORT_DIR)
+    return [f"{REPORT_DIR}/{name}" for name in written]
