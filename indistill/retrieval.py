@@ -2,17 +2,26 @@
 
 Keys per metric: ``map`` (11-point interpolated, recall levels decided in integers), ``ap_full``
 (exact AP), ``p@K``, and ``map_legacy`` / ``p@K_legacy`` (the PKT / MKT / InDistill reference code's
-protocol, quirk included). Ranking is by ascending distance, ties broken by database index.
+protocol, quirk included). Ranking is by ascending float32 distance, ties broken by database index.
 
 Queries with no relevant item in the database (P = 0) count with AP = 0 in ``map``, ``ap_full`` and
 ``map_legacy`` (their precisions are 0 too), so every key is a mean over all queries. The reference code
 fails on them; with a database drawn from the same classes they do not occur.
 
-``evaluate`` / ``evaluate_all`` run in torch on the inputs' device, in query chunks; ``reference_evaluate``
-is a plain float64 numpy version of the same keys, for tests and as a brute-force baseline.
+``evaluate`` / ``evaluate_all`` run on the inputs' device, in query chunks: the distances are one
+float32 matmul per chunk in torch; then only each ranking's relevant positions are kept, since every
+key is a function of them. On CUDA (and any non-CPU device) the ranking is a stable ``torch.sort``
+and the keys are torch ops on the device. On the CPU each row is ranked by an LSD radix sort of the
+float32 keys' bits (two passes of numpy's 16-bit radix argsort, carrying only the relevance bits),
+and the keys are computed in numpy, rows split over ``torch.get_num_threads()`` threads: a fraction
+of the CPU time of a stable ``torch.sort`` with indices, which bounded the former version
+(benchmarks/RESULTS.md). Both paths give the same ranking, ties included, and the same keys. ``reference_evaluate`` is a plain float64 numpy version
+of the same keys (one query at a time), for tests and as a brute-force baseline.
 """
 from __future__ import annotations
 
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -24,9 +33,13 @@ METRICS = ("cosine", "euclidean")
 LEGACY_BATCH = 128  # query batch size of the reference code (its quirk depends on it)
 # Recall levels exactly as the reference code builds them (0.30000000000000004 etc.).
 LEGACY_LEVELS = np.arange(0, 1.01, 0.1)
-# Bytes of [chunk, N] work buffers per database entry, a generous bound on the peak in _chunk_stats.
+# Bytes per [chunk, N] entry: a generous bound on the peak of the device path (sort values and indices,
+# relevance, nonzero); the CPU path holds only the float32 keys per chunk plus per-thread row buffers.
 _BYTES_PER_ENTRY = 32
 _CHUNK_BYTES = 256 * 2**20
+_ROWS_PER_BLOCK = 16  # CPU path: rows ranked before their keys are computed together (bounds the buffers)
+# Whether CPU inputs take the numpy radix path (tests switch it off to run the torch path on the CPU).
+_NUMPY_ON_CPU = True
 
 
 def _keys(ks: Sequence[int]) -> list[str]:
@@ -65,20 +78,131 @@ def _default_chunk(n_db: int) -> int:
     return max(1, _CHUNK_BYTES // (_BYTES_PER_ENTRY * n_db))
 
 
+# ----------------------------------------------------------------------------- CPU: numpy
+
+
+def _radix_ranks(key: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """Ranks (0-based, increasing) of the ``relevant`` entries when 1-D float32 ``key`` is sorted ascending,
+    ties by position: what a stable sort would give, without sorting an index array or the floats.
+
+    The key becomes an unsigned 32-bit integer that sorts like it (+0.0 and -0.0 equal; the caller
+    makes every NaN the same positive NaN, which sorts last as in ``torch.sort``), split into two 16-bit
+    digits. Two stable passes of numpy's radix argsort, low digit first (an LSD radix sort), carry only
+    the high digit and the relevance bits. numpy releases the GIL in these calls.
+    """
+    lo, hi = (0, 1) if np.little_endian else (1, 0)
+    u = np.add(key, np.float32(0.0)).view(np.int32)  # -0.0 + 0.0 = +0.0
+    flip = u >> 31  # negative floats (sign bit set) flip every bit, the others only the sign bit
+    flip |= np.int32(-(2**31))
+    u ^= flip
+    digits = u.view(np.uint16).reshape(-1, 2)
+    order = np.argsort(digits[:, lo], kind="stable")
+    high = digits[:, hi].take(order)
+    rel = relevant.take(order)
+    order = np.argsort(high, kind="stable")
+    return np.flatnonzero(rel.take(order))
+
+
+def _keys_np(
+    cols: np.ndarray, p: np.ndarray, n: int, batch_sizes: np.ndarray, ks: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Per-query float64 values of every key for ``len(p)`` queries against ``n`` database items.
+
+    ``cols``: the ranks of each query's ``p[i]`` relevant items, concatenated by query, increasing
+    within a query. The numpy twin of ``_keys_torch`` (same operations, same float64 rounding).
+    """
+    m = len(p)
+    total = int(p.sum())
+    first = np.zeros(m, dtype=np.int64)  # offset of each query's first entry in cols
+    np.cumsum(p[:-1], out=first[1:])
+    row = np.repeat(np.arange(m), p)
+    hits = np.arange(1, total + 1) - first[row]  # hits at each relevant rank
+    prec = hits / (cols + 1.0)
+    pd = np.maximum(p, 1).astype(np.float64)
+
+    out: dict[str, np.ndarray] = {}
+    # 11-point: the max precision over ranks with 10*hits >= j*P is attained at a relevant rank; one
+    # with h hits counts for every level j <= (10*h) // P. Buckets are runs of cols (non-decreasing),
+    # so a max per run, then the suffix max over a query's 11 buckets.
+    bucket = row * 11 + (10 * hits) // p[row]
+    maxima = np.zeros(m * 11)
+    if total:
+        starts = np.flatnonzero(np.concatenate(([True], bucket[1:] != bucket[:-1])))
+        maxima[bucket[starts]] = np.maximum.reduceat(prec, starts)
+    out["map"] = np.maximum.accumulate(maxima.reshape(m, 11)[:, ::-1], axis=1)[:, ::-1].mean(1)
+    out["ap_full"] = np.bincount(row, weights=prec, minlength=m) / pd
+    hits_k: dict[int, np.ndarray] = {}
+    for k in ks:
+        kc = min(int(k), n)
+        hits_k[k] = np.bincount(row[cols < kc], minlength=m)
+        out[f"p@{k}"] = hits_k[k] / kc
+
+    # Legacy curve: raw precision, except the first b - 1 ranks (b = the query's legacy batch size)
+    # take the running max from the right over ranks [i, b).
+    head_len = min(LEGACY_BATCH, n)
+    in_head = cols < head_len
+    head_rel = np.zeros((m, head_len), dtype=np.int64)
+    head_rel[row[in_head], cols[in_head]] = 1
+    head = np.cumsum(head_rel, axis=1) / np.arange(1, head_len + 1, dtype=np.float64)
+    inside = np.arange(head_len)[None, :] < np.minimum(batch_sizes, n)[:, None]
+    smax = np.maximum.accumulate(np.where(inside, head, -1.0)[:, ::-1], axis=1)[:, ::-1]
+    quirked = np.where(inside, smax, head)
+
+    def legacy_at(idx: np.ndarray, h: np.ndarray) -> np.ndarray:
+        raw = h / (idx + 1.0)
+        curve = np.take_along_axis(quirked, np.minimum(idx, head_len - 1), axis=1)
+        return np.where(idx < head_len, curve, raw)
+
+    # The rank whose float64 recall hits/P is closest to each level (first on ties); see _keys_torch.
+    base = np.floor(LEGACY_LEVELS[None, :] * pd[:, None]).astype(np.int64)
+    cand = base[:, :, None] + np.arange(-1, 3)
+    cand = np.minimum(np.maximum(cand, head_rel[:, :1, None]), p[:, None, None])
+    err = np.abs(cand / pd[:, None, None] - LEGACY_LEVELS[None, :, None])
+    best = np.take_along_axis(cand, err.argmin(axis=2)[:, :, None], axis=2)[:, :, 0]  # [m, 11]
+    if total:
+        entry = np.clip(first[:, None] + best - 1, 0, total - 1)
+        idx = np.where(best > 0, cols[entry], 0)
+    else:
+        idx = np.zeros_like(best)
+    out["map_legacy"] = np.where(p > 0, legacy_at(idx, best).mean(1), 0.0)
+    for k in ks:
+        kc = min(int(k), n)
+        out[f"p@{k}_legacy"] = legacy_at(np.full((m, 1), kc - 1), hits_k[k][:, None])[:, 0]
+    return out
+
+
+def _score_rows_np(
+    key: np.ndarray,
+    q_codes: np.ndarray,
+    db_codes: np.ndarray,
+    class_sizes: np.ndarray,
+    batch_sizes: np.ndarray,
+    ks: Sequence[int],
+    out: dict[str, np.ndarray],
+    rows: range,
+) -> None:
+    """Every key of the queries ``rows`` of a chunk (``key`` [c, N], float32), into ``out[name][rows]``."""
+    n = key.shape[1]
+    for lo in range(rows.start, rows.stop, _ROWS_PER_BLOCK):
+        hi = min(lo + _ROWS_PER_BLOCK, rows.stop)
+        p = class_sizes[q_codes[lo:hi]]
+        cols = np.concatenate([_radix_ranks(key[i], db_codes == q_codes[i]) for i in range(lo, hi)])
+        for name, values in _keys_np(cols, p, n, batch_sizes[lo:hi], ks).items():
+            out[name][lo:hi] = values
+
+
+# ----------------------------------------------------------------------------- other devices: torch
+
+
 def _suffix_max(x: Tensor) -> Tensor:
     """Running maximum from the right along dim 1."""
     return torch.cummax(x.flip(1), dim=1).values.flip(1)
 
 
-def _chunk_stats(
-    key: Tensor,
-    q_labels: Tensor,
-    db_labels: Tensor,
-    batch_sizes: Tensor,
-    ks: Sequence[int],
-    levels: Tensor,
+def _keys_torch(
+    key: Tensor, q_labels: Tensor, db_labels: Tensor, batch_sizes: Tensor, ks: Sequence[int], levels: Tensor
 ) -> dict[str, Tensor]:
-    """Per-query float64 values of every key for one chunk; ``key`` [c, N] sorts like the distance.
+    """Per-query float64 values of every key for one chunk on the device; ``key`` [c, N] sorts like the distance.
 
     Only the ranking's relevant positions are kept after the sort: every key is a function of them
     (plus the first 128 ranks for the legacy curve), so no float work buffer [c, N] follows the sort.
@@ -125,8 +249,8 @@ def _chunk_stats(
 
     def legacy_at(idx: Tensor, hits: Tensor) -> Tensor:
         raw = hits.double() / (idx + 1).double()
-        in_head = quirked_head.gather(1, idx.clamp(max=head_len - 1))
-        return torch.where(idx < head_len, in_head, raw)
+        curve = quirked_head.gather(1, idx.clamp(max=head_len - 1))
+        return torch.where(idx < head_len, curve, raw)
 
     # The rank whose float64 recall hits/P is closest to each level (first on ties). |h/P - level| is
     # monotone on either side of the level, so the best hit count is next to floor(level*P);
@@ -148,6 +272,9 @@ def _chunk_stats(
         idx_k = torch.full((c, 1), kc - 1, device=device)
         out[f"p@{k}_legacy"] = legacy_at(idx_k, hits_k[k][:, None]).squeeze(1)
     return out
+
+
+# ----------------------------------------------------------------------------- entry points
 
 
 @torch.no_grad()
@@ -179,7 +306,6 @@ def evaluate_all(
     # The legacy batch size of every query: 128, or what is left in the last batch.
     starts = torch.arange(nq, device=device) // LEGACY_BATCH * LEGACY_BATCH
     batch_sizes = torch.clamp(nq - starts, max=LEGACY_BATCH)
-    levels = torch.from_numpy(LEGACY_LEVELS).to(device)
 
     if "cosine" in metrics:
         q_unit = F.normalize(q, dim=1)
@@ -195,27 +321,62 @@ def evaluate_all(
         # the rounding of adding |q|^2 (so no clamp at 0 is needed either).
         return torch.addmm(db_sq[None, :], q[start:stop], db_t, alpha=-2.0)
 
-    per_query: dict[str, dict[str, list[Tensor]]] = {m: {} for m in metrics}
     step = chunk_size or _default_chunk(n)
+    on_cpu = device.type == "cpu" and _NUMPY_ON_CPU
     # Full fp32 matmuls: TF32 (which training code may switch on) would blur the ranking.
     matmul_precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
     try:
-        for start in range(0, nq, step):
-            stop = min(start + step, nq)
-            for m in metrics:
-                # The key is passed without a local name so _chunk_stats can free it after sorting.
-                stats = _chunk_stats(sort_key(m, start, stop), ql[start:stop], dbl, batch_sizes[start:stop], ks, levels)
-                for name, values in stats.items():
-                    per_query[m].setdefault(name, []).append(values)
+        if on_cpu:
+            values = _evaluate_cpu(sort_key, ql.numpy(), dbl.numpy(), batch_sizes.numpy(), q, db, metrics, ks, step)
+        else:
+            values = _evaluate_torch(sort_key, ql, dbl, batch_sizes, metrics, ks, step)
     finally:
         torch.set_float32_matmul_precision(matmul_precision)
+    return {m: {name: min(max(values[m][name], 0.0), 1.0) for name in _keys(ks)} for m in metrics}
 
-    results: dict[str, dict[str, float]] = {}
-    for m in metrics:
-        means = {name: torch.cat(v).mean() for name, v in per_query[m].items()}
-        results[m] = {name: min(max(float(means[name]), 0.0), 1.0) for name in _keys(ks)}
-    return results
+
+def _evaluate_cpu(sort_key, q_codes, db_codes, batch_sizes, q, db, metrics, ks, step) -> dict[str, dict[str, float]]:
+    nq = len(q_codes)
+    class_sizes = np.bincount(db_codes, minlength=int(max(q_codes.max(), db_codes.max())) + 1)
+    # Finite inputs of moderate size give finite keys, so no chunk needs its NaNs made uniform.
+    qn, dbn = q.numpy(), db.numpy()
+    finite = bool(np.isfinite(qn).all() and np.isfinite(dbn).all() and np.abs(dbn).max() < 1e18)
+    threads = max(1, torch.get_num_threads())
+    out = {m: {name: np.empty(nq) for name in _keys(ks)} for m in metrics}
+    with ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext() as pool:
+        for start in range(0, nq, step):
+            stop = min(start + step, nq)
+            c = stop - start
+            for m in metrics:
+                key = sort_key(m, start, stop)
+                if not finite:
+                    key = torch.where(torch.isnan(key), torch.full_like(key, float("nan")), key)
+                args = (key.contiguous().numpy(), q_codes[start:stop], db_codes, class_sizes,
+                        batch_sizes[start:stop], ks, {name: v[start:stop] for name, v in out[m].items()})
+                if pool is None or c < 2:
+                    _score_rows_np(*args, range(c))
+                else:
+                    part = -(-c // threads)
+                    jobs = [pool.submit(_score_rows_np, *args, range(s, min(s + part, c))) for s in range(0, c, part)]
+                    for job in jobs:
+                        job.result()
+                del key, args
+    return {m: {name: float(v.mean()) for name, v in out[m].items()} for m in metrics}
+
+
+def _evaluate_torch(sort_key, ql, dbl, batch_sizes, metrics, ks, step) -> dict[str, dict[str, float]]:
+    nq = ql.shape[0]
+    levels = torch.from_numpy(LEGACY_LEVELS).to(ql.device)
+    per_query: dict[str, dict[str, list[Tensor]]] = {m: {} for m in metrics}
+    for start in range(0, nq, step):
+        stop = min(start + step, nq)
+        for m in metrics:
+            # The key is passed without a local name so _keys_torch can free it after sorting.
+            stats = _keys_torch(sort_key(m, start, stop), ql[start:stop], dbl, batch_sizes[start:stop], ks, levels)
+            for name, values in stats.items():
+                per_query[m].setdefault(name, []).append(values)
+    return {m: {name: float(torch.cat(v).mean()) for name, v in per_query[m].items()} for m in metrics}
 
 
 def evaluate(

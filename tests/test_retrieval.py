@@ -263,3 +263,89 @@ def test_cuda_matches_cpu_and_reference():
             assert abs(on_gpu[metric][key] - on_cpu[key]) < 1e-9, (metric, key)
             assert abs(small_chunks[metric][key] - on_cpu[key]) < 1e-9, (metric, key)
             assert abs(on_gpu[metric][key] - ref[key]) < 1e-6, (metric, key)
+
+
+# ----------------------------------------------------------------------------- the CPU radix path
+
+
+@pytest.fixture
+def torch_path(monkeypatch):
+    """Rank with torch.sort and compute the keys in torch on the CPU too (the path of other devices)."""
+    import indistill.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "_NUMPY_ON_CPU", False)
+
+
+@pytest.mark.parametrize("nq, n", [(1, 1), (5, 2), (129, 40), (260, 130), (300, 1000)])
+def test_torch_path_agrees_with_the_cpu_path(nq, n, request):
+    data = _dyadic_data(nq, n, classes=4, seed=nq + n)
+    ks = (1, 10, 500)
+    numpy_path = evaluate_all(*data, ks=ks, chunk_size=97)
+    request.getfixturevalue("torch_path")
+    torch_path = evaluate_all(*data, ks=ks, chunk_size=97)
+    for metric in METRICS:
+        for key, value in numpy_path[metric].items():
+            assert abs(value - torch_path[metric][key]) < 1e-12, (metric, key)
+
+
+def test_thread_count_does_not_change_results():
+    data = _integer_data(257, 700, seed=4)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = evaluate_all(*data)
+        torch.set_num_threads(3)
+        three = evaluate_all(*data, chunk_size=100)
+    finally:
+        torch.set_num_threads(previous)
+    for metric in METRICS:
+        for key, value in one[metric].items():
+            assert abs(value - three[metric][key]) < 1e-12, (metric, key)
+
+
+def test_radix_ranks_is_a_stable_sort_of_the_floats():
+    # Ties, +-0.0 (equal), +-inf, subnormals and NaN (one canonical NaN, as evaluate_all makes them):
+    # the ranks of the marked entries must be where a stable sort of the floats puts them.
+    from indistill.retrieval import _radix_ranks
+
+    rng = np.random.default_rng(0)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 3.4e38, -3.4e38], dtype=np.float32)
+    for trial in range(20):
+        n = int(rng.integers(1, 3000))
+        pool = np.concatenate([special, rng.standard_normal(50).astype(np.float32), np.float32([1.5, -2.25])])
+        scale = np.float32(10.0 ** rng.integers(-30, 30))
+        key = rng.choice(pool, n) if trial % 2 else rng.standard_normal(n).astype(np.float32) * scale
+        relevant = rng.random(n) < 0.3
+        expected = np.flatnonzero(relevant[np.argsort(key, kind="stable")])
+        assert np.array_equal(_radix_ranks(key.astype(np.float32), relevant), expected), trial
+
+
+def test_nan_embeddings_rank_last_by_index(request):
+    # A NaN database row has NaN distances to every query: it ranks after every number, NaN rows among
+    # themselves by index (as numpy's and torch's sorts order NaN). A NaN query ties everything.
+    q, ql, db, dbl = _integer_data(40, 120, classes=3, seed=5)
+    db[[3, 50, 51]] = float("nan")
+    q[7] = float("nan")
+    for metric in METRICS:
+        ref = reference_evaluate(q, ql, db, dbl, metric, ks=(10, 119, 120))
+        got = evaluate(q, ql, db, dbl, metric, ks=(10, 119, 120))
+        for key in ref:
+            assert abs(got[key] - ref[key]) < 1e-12, (metric, key)
+    request.getfixturevalue("torch_path")
+    for metric in METRICS:
+        ref = reference_evaluate(q, ql, db, dbl, metric, ks=(10, 119, 120))
+        got = evaluate(q, ql, db, dbl, metric, ks=(10, 119, 120))
+        for key in ref:
+            assert abs(got[key] - ref[key]) < 1e-12, (metric, key)
+
+
+def test_many_classes_and_arbitrary_label_values():
+    # 60 classes with labels far from 0..C-1 (some absent from the database), a database smaller than
+    # the legacy batch, ks beyond it.
+    q, ql, db, dbl = _dyadic_data(150, 90, classes=60, seed=9)
+    ql, dbl = ql * 1000 - 7, dbl * 1000 - 7
+    for metric in METRICS:
+        got = evaluate(q, ql, db, dbl, metric, ks=(1, 5, 200))
+        ref = reference_evaluate(q, ql, db, dbl, metric, ks=(1, 5, 200))
+        for key in ref:
+            assert abs(got[key] - ref[key]) < 1e-12, (metric, key)
