@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import pandas as pd
 
@@ -37,11 +38,13 @@ def diff_label(reference: str) -> str:
     return f"Δ {DIFF_COLUMN} vs {reference} (95% CI)"
 
 
-def aggregate(per_seed: pd.DataFrame, reference: str | None = None, by: tuple[str, ...] = ("network",)) -> pd.DataFrame:
+def aggregate(per_seed: pd.DataFrame, reference: str | None = None, by: tuple[str, ...] = ("network",),
+              compare: Iterable[str] | None = None) -> pd.DataFrame:
     """One row per ``by`` group of ``per_seed`` (rows: one network and seed each; first-seen order):
     ``params``, ``n`` (seeds), each metric's mean and ``<metric> std``; with ``reference``, the paired
-    difference of ``DIFF_COLUMN`` to that network (t-interval over the seeds both share, ``*`` when
-    it excludes 0)."""
+    difference of ``DIFF_COLUMN`` of each network in ``compare`` (default: all) to the reference
+    (t-interval over the seeds both share, ``*`` when it excludes 0)."""
+    compare = None if compare is None else set(compare)
     cols = metric_columns(per_seed)
     rows = []
     groups = per_seed.groupby(list(by), sort=False)
@@ -54,7 +57,8 @@ def aggregate(per_seed: pd.DataFrame, reference: str | None = None, by: tuple[st
             row[c], row[f"{c} std"] = mean_std(group[c].tolist())
         if reference is not None:
             ref = per_seed[(per_seed["network"] == reference) & _same(per_seed, row, by, skip="network")]
-            if row["network"] != reference and len(ref) and "seed" in per_seed:
+            wanted = compare is None or row["network"] in compare
+            if wanted and row["network"] != reference and len(ref) and "seed" in per_seed:
                 paired = group.merge(ref[["seed", DIFF_COLUMN]], on="seed", suffixes=("", " ref"))
                 if len(paired):
                     d = paired_difference(paired[DIFF_COLUMN], paired[f"{DIFF_COLUMN} ref"])

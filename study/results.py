@@ -113,7 +113,8 @@ def build_table(storage: Storage, benchmarks: list[str]) -> tuple[pd.DataFrame, 
     per_seed = pd.DataFrame(rows)
     per_seed["order"] = per_seed["network"].map({n: i for i, n in enumerate(ROW_ORDER)})
     per_seed = per_seed.sort_values(["benchmark", "order", "seed"], kind="stable").drop(columns="order")
-    table = aggregate(per_seed, reference=TUNED, by=("benchmark", "network"))
+    students = [label for label, _cfg, _method in final_rows(None, None)]
+    table = aggregate(per_seed, reference=TUNED, by=("benchmark", "network"), compare=students)
     table.insert(1, "epochs", "")
     table.insert(2, "tuned", "")
     for bench in benchmarks:

@@ -301,7 +301,7 @@ TUNED = "InDistill (tuned)"
 NETWORKS_FILE = "artifacts/networks.json"
 
 
-def final_rows(base: RunConfig, tuned: RunConfig) -> list[tuple[str, RunConfig, str]]:
+def final_rows(base: RunConfig | None, tuned: RunConfig | None) -> list[tuple[str, RunConfig | None, str]]:
     """(row label, config, method) of every student row: the baselines with the paper defaults, then
     the tuned InDistill."""
     labels = {**ROW_LABELS, "indistill": "InDistill (paper defaults)"}

@@ -36,7 +36,9 @@ def test_aggregate_pairs_by_seed() -> None:
         {"network": "B", "seed": 0, "params": 10, "cosine map": 53.0},
         {"network": "B", "seed": 1, "params": 10, "cosine map": 51.0},
     ])
-    table = aggregate(per_seed, reference="A")
+    assert aggregate(per_seed, reference="A").loc["teacher", "diff mean"] == pytest.approx(90.0 - 50.0)
+    table = aggregate(per_seed, reference="A", compare=["B"])  # the teacher is not a student: no difference
+    assert pd.isna(table.loc["teacher", "diff mean"])
     assert table.index.tolist() == ["teacher", "A", "B"]
     assert table["n"].tolist() == [1, 3, 3]
     assert table.loc["A", "cosine map"] == 52.0 and table.loc["A", "cosine map std"] == pytest.approx(2.0)

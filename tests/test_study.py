@@ -72,6 +72,7 @@ def test_study_table_rows_and_trial_accounting(study):
     ce = per_seed[per_seed["network"] == "student (ce)"].set_index("seed")["cosine map"]
     ref = per_seed[per_seed["network"] == "InDistill (tuned)"].set_index("seed")["cosine map"]
     assert table.loc[("digits", "student (ce)"), "diff mean"] == pytest.approx((ce - ref).mean())
+    assert pd.isna(table.loc[("digits", "teacher"), "diff mean"])  # only students are compared
     assert "±" in (root / "results.md").read_text()
     import json
 
