@@ -6,8 +6,8 @@ Per benchmark, from the persisted Optuna study (``<benchmark>/search/optuna.db``
   curriculum ends (the embedding phase starts), a cross where ASHA stopped it, a dot where it ran
   its whole budget;
 - ``<benchmark>-best-so-far.png``: the best val mAP after each trial (in the order Optuna created them);
-- ``<benchmark>-importance.png``: Optuna's hyperparameter importance (fANOVA over the parameters
-  every finished trial has); with few trials it is noise, and the figure says so;
+- ``<benchmark>-importance.png``: Optuna's hyperparameter importance (its default evaluator,
+  PED-ANOVA in Optuna 5, over the completed trials); with few trials it is noise, and the figure says so;
 - ``results.png``: the results table's cosine mAP per row, mean ± std over the final seeds.
 """
 from __future__ import annotations
@@ -103,14 +103,16 @@ def plot_importance(study: optuna.Study, path: Path) -> str:
     if importance:
         names = list(importance)[::-1]
         ax.barh(names, [importance[n] for n in names])
-        ax.set_xlabel("importance (fANOVA, share of val mAP variance)")
+        ax.set_xlabel("importance (Optuna's default evaluator: PED-ANOVA; normalised to sum 1)")
         if len(finished) < FEW_TRIALS:
             note = f"only {len(finished)} completed trials: these importances are mostly noise"
     else:
         ax.text(0.5, 0.5, note or "no importance", ha="center", va="center", wrap=True, fontsize=8)
         ax.set_axis_off()
-    ax.set_title(f"{study.study_name}: hyperparameter importance" + (f" ({note})" if note else ""), fontsize=8)
-    fig.tight_layout()
+    ax.set_title(f"{study.study_name}: hyperparameter importance", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06 if note else 0, 1, 1))
+    if note:
+        fig.text(0.5, 0.01, note, ha="center", va="bottom", fontsize=8, color="C3", wrap=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return note
