@@ -10,8 +10,12 @@ import torch
 
 from .config import RunConfig, save_config
 from .data import load_benchmark
+from .errors import CheckpointError, one_line
 from .evaluate import count_parameters
-from .io import atomic_write_text
+from .io import atomic_write_text, check_output_dir
+from .models.checkpoint import load_checkpoint
+from .models.zoo import create_network
+from .schema import ConfigError
 from .table import ROW_LABELS, aggregate, result_row, write_table
 from .train.runtime import resolve_device
 from .train.stages import (
@@ -34,8 +38,36 @@ def make_context(cfg: RunConfig, cache_root: Path, log: Callable[[str], None] = 
     """Load the benchmark, resolve the device and set torch's CPU threads for ``cfg``."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)  # no GPU for 'cuda' fails before the data is read
     data = load_benchmark(cfg.benchmark, data_root or cfg.data.root, download=cfg.data.download, options=cfg.data.options)
-    return Context(cfg, data, resolve_device(cfg.device), Path(cache_root), log)
+    return Context(cfg, data, device, Path(cache_root), log)
+
+
+def roles_needed(cfg: RunConfig) -> list[str]:
+    """The networks a run builds: the teacher (a table row), the auxiliary unless only CE students, the student."""
+    return ["teacher", *(["auxiliary"] if any(m != "ce" for m in cfg.methods) else []), "student"]
+
+
+def check_inputs(cfg: RunConfig, data) -> None:
+    """Build every network the run needs (on the CPU) and load the checkpoints the config gives.
+
+    A network option its architecture rejects is a ConfigError naming ``networks.<role>``; a
+    checkpoint that is not one, is truncated or does not fit is a one-line CheckpointError naming
+    the file. Called before anything is written.
+    """
+    c, h, _ = data.input_shape
+    for role in roles_needed(cfg):
+        try:
+            net = create_network(cfg.benchmark, role, num_classes=data.num_classes, in_channels=c, image_size=h,
+                                 overrides=getattr(cfg.networks, role))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"networks.{role}: {one_line(exc)}") from None
+        given = getattr(cfg, role).checkpoint if role in ("teacher", "auxiliary") else None
+        if given:
+            try:
+                load_checkpoint(net, given)
+            except CheckpointError as exc:
+                raise exc.prefixed(f"{role}.checkpoint") from None
 
 
 def run_pipeline(cfg: RunConfig, out: Path, log: Callable[[str], None] = print,
@@ -46,9 +78,11 @@ def run_pipeline(cfg: RunConfig, out: Path, log: Callable[[str], None] = print,
     seeds = list(seeds) if seeds else [cfg.student_seed]
     rdir = run_dir(out, cfg)
     t0 = time.perf_counter()
+    # every input is checked and loaded before anything is written: the output directory, the
+    # device, the data, the networks and the given checkpoints
+    check_output_dir(rdir, "--out")
     ctx = make_context(cfg, rdir / "stages", log)
-    rdir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, rdir / "config.yaml")
+    check_inputs(cfg, ctx.data)
     log(f"[run] {cfg.benchmark} seed {cfg.seed} on {ctx.device}: train {len(ctx.data.train) + len(ctx.data.val)}, "
         f"test {len(ctx.data.test)} images; student seeds {seeds}; stages cached in {ctx.cache_root}")
     rows = []
@@ -71,6 +105,8 @@ def run_pipeline(cfg: RunConfig, out: Path, log: Callable[[str], None] = print,
                                                     evaluate_stage(ctx, run.model, run.work_dir))})
     ctx.cfg = cfg
     per_seed = pd.DataFrame(rows)
+    # the config is written with the results it produced, so a failed run leaves both as they were
+    save_config(cfg, rdir / "config.yaml")
     atomic_write_text(rdir / "results_per_seed.csv", per_seed.to_csv(index=False))
     reference = ROW_LABELS["indistill"] if "indistill" in cfg.methods else None
     table = aggregate(per_seed, reference)

@@ -9,14 +9,17 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from indistill.errors import UserError
+from indistill.errors import add_debug_flag, debug_requested, run_command
 from indistill.schema import ConfigError
+
+PROG = "indistill-study"
 
 ALL = ("digits", "cifar10", "cifar100", "fashionmnist", "cub200", "imagenet")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="indistill-study", description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="run (or --resume) a study; with no arguments: the embedded digits study")
@@ -48,8 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     tb = sub.add_parser("tensorboard", help="print (or --start) the tensorboard command for a study")
     tb.add_argument("study_dir")
     tb.add_argument("--start", action="store_true", help="start tensorboard instead of printing the command")
-    tb.add_argument("--port", type=int, default=6006)
+    tb.add_argument("--port", type=_port, default=6006, help="TCP port, 1-65535 (default 6006)")
+    for sub_parser in sub.choices.values():
+        add_debug_flag(sub_parser, sub=True)
     return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
 
 
 def _benchmarks(text: str) -> list[str]:
@@ -112,26 +127,60 @@ def make_plan(args: argparse.Namespace, cluster: dict | None = None):
         plans.append(BenchmarkPlan(bench, space, str(path), base_config(space, bench, extra)))
     if args.artifact_workers < 1:
         raise ConfigError("--artifact-workers: must be >= 1")
+    if not args.name or args.name in (".", "..") or "/" in args.name or "\\" in args.name:
+        raise ConfigError(f"--name: {args.name!r} is not a study name (one directory name under --storage)")
     storage = Storage.create(args.storage).sub(args.name)
     return StudyPlan(args.name, storage, tuple(plans), resources, args.artifact_workers, args.data_root, args.resume)
 
 
 def _check_data(plan) -> None:
-    """Fail fast (before Ray) when a dataset is missing; downloads happen here with --download."""
+    """Fail fast (before Ray) when a dataset is missing or unreadable, or a network option or a
+    given checkpoint does not fit; downloads happen here with --download."""
     from indistill.data import load_benchmark
+    from indistill.pipeline import check_inputs
 
     for bp in plan.benchmarks:
-        load_benchmark(bp.benchmark, plan.data_root or bp.base.data.root, download=bp.base.data.download, options=bp.base.data.options)
+        data = load_benchmark(bp.benchmark, plan.data_root or bp.base.data.root, download=bp.base.data.download,
+                              options=bp.base.data.options)
+        check_inputs(bp.base, data)
+
+
+def _check_gpus(args: argparse.Namespace, plan) -> None:
+    """GPUs asked for on a local Ray (no --address): this machine must have them."""
+    if not plan.trial_resources.use_gpu or args.address or os.environ.get("RAY_ADDRESS"):
+        return  # a cluster's GPUs are known once Ray runs (its autoscaler may add them)
+    import math
+
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    need = math.ceil(plan.trial_resources.gpus)
+    if have < need:
+        found = f"only {have}" if have else "no CUDA GPU"
+        raise ConfigError(f"--gpus-per-trial: {plan.trial_resources.gpus:g} GPU(s) per trial on a local Ray, but this "
+                          f"machine has {found}; use --gpus-per-trial 0, or --address of a cluster with GPUs")
+
+
+def check_before_ray(args: argparse.Namespace, plan) -> None:
+    """Everything a study needs that can be checked without Ray, writing nothing: the study
+    directory (a directory, new or resumable with a valid state), GPUs, data, networks, checkpoints."""
+    from .runner import check_new_or_resume
+
+    plan.storage.check_writable("--storage")
+    check_new_or_resume(plan)
+    if plan.resume:
+        plan.storage.check_study()
+    _check_gpus(args, plan)
+    _check_data(plan)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    plan = make_plan(args)
+    check_before_ray(args, plan)
     import ray
 
-    plan = make_plan(args)
-    from .runner import check_new_or_resume, run_study
+    from .runner import run_study
 
-    check_new_or_resume(plan)
-    _check_data(plan)
     address = args.address or os.environ.get("RAY_ADDRESS")
     # the dashboard serves the State API that Ray Train uses to release the placement groups of stopped trials
     ray.init(address=address, log_to_driver=True,
@@ -161,23 +210,30 @@ def _print_summary(study: str, table) -> None:
     print(f"export configs  : indistill-study export {study} --out best/")
 
 
-def cmd_table(args: argparse.Namespace) -> int:
+def open_study(study_dir: str):
+    """The Storage of an existing study directory with a valid ``study.json``, else a one-line error."""
     from .storage import Storage
 
-    storage = Storage.create(args.study_dir)
+    storage = Storage.create(study_dir)
+    storage.check_study()
+    return storage
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    storage = open_study(args.study_dir)
     if not storage.exists("results.md"):
-        raise ConfigError(f"{args.study_dir}: no results table (is it a study directory, and has a benchmark finished?)")
+        raise ConfigError(f"{args.study_dir}: no results table yet (no benchmark of the study has finished)")
     print(storage.read_text("results.md"))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_study
-    from .storage import Storage
+    from indistill.io import check_output_dir
 
-    storage = Storage.create(args.study_dir)
-    if not storage.exists("study.json"):
-        raise ConfigError(f"{args.study_dir}: not a study directory (no study.json)")
+    from .export import export_study
+
+    storage = open_study(args.study_dir)
+    check_output_dir(args.out, "--out")
     for path in export_study(storage, args.out):
         print(path)
     return 0
@@ -188,11 +244,7 @@ def tensorboard_command(study_dir: str, port: int) -> list[str]:
 
 
 def cmd_tensorboard(args: argparse.Namespace) -> int:
-    from .storage import Storage
-
-    storage = Storage.create(args.study_dir)
-    if not storage.exists("study.json"):
-        raise ConfigError(f"{args.study_dir}: not a study directory (no study.json)")
+    storage = open_study(args.study_dir)
     cmd = tensorboard_command(storage.uri, args.port)
     print(" ".join(cmd))
     print("  per-trial curves: <benchmark>/tensorboard/trials/<trial>; Tune's scalars and HParams: ray/<benchmark>-search/")
@@ -203,11 +255,8 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
-    from .storage import Storage
 
-    storage = Storage.create(args.study_dir)
-    if not storage.exists("study.json"):
-        raise ConfigError(f"{args.study_dir}: not a study directory (no study.json)")
+    storage = open_study(args.study_dir)
     for rel in write_report(storage):
         print(storage.join(rel))
     return 0
@@ -222,11 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv:
         argv = ["run"]  # the embedded default: a digits study on a local Ray
     args = parser.parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except (UserError, FileNotFoundError) as exc:  # config, search space, dataset, checkpoint
-        print(f"indistill-study: error: {exc}", file=sys.stderr)
-        return 2
+    if args.command is None:  # only options such as --debug: the embedded default
+        args = parser.parse_args([*argv, "run"])
+    # one line and exit 2 for bad input (config, search space, dataset, checkpoint, study directory)
+    return run_command(PROG, lambda: COMMANDS[args.command](args), debug=debug_requested(args))
 
 
 if __name__ == "__main__":

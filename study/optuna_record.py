@@ -45,9 +45,14 @@ class RecordedOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
+        ot_trial = self._ot_trials[trial_id]
+        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            # a resumed study's searcher (restored from an older snapshot) may meet a trial the
+            # persisted record already holds as finished: that record stays as it is
+            self._completed_trials.add(trial_id)
+            return
         value = (result or {}).get(self.metric)
         finite = value is not None and not (isinstance(value, float) and math.isnan(value))
-        ot_trial = self._ot_trials[trial_id]
         step = (result or {}).get(TRAINING_ITERATION)
         if finite and step is not None:
             # Tune hands a trial's last result (the one ASHA stopped it on, or its final epoch) only

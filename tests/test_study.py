@@ -313,3 +313,39 @@ def test_report_figures_decode_and_are_embedded(study):
         assert image[..., :3].std() > 0.01, name  # not a blank canvas
         assert f"({name})" in md
     assert "Trials: 4 (" in md and "InDistill (tuned)" in md
+
+
+def test_recorded_optuna_search_states_and_resume(tmp_path):
+    """PRUNED / FAIL / COMPLETE as trials really ended, last results kept, a restored searcher tolerant."""
+    import pickle
+
+    import optuna
+
+    from study.optuna_record import RecordedOptunaSearch, optuna_storage, sqlite_url
+    from study.search_space import SearchSpace, define_by_run
+    from indistill.schema import from_dict
+
+    space = from_dict(SearchSpace, {k: v for k, v in TINY_SPACE.items() if k != "fixed"})
+    db = tmp_path / "optuna.db"
+    searcher = RecordedOptunaSearch(space=define_by_run(space), metric="val_map", mode="max", study_name="digits",
+                                    storage=optuna_storage(db), full_epochs=4)
+    for tid in ("stopped", "full", "broken"):
+        assert searcher.suggest(tid)
+    searcher.on_trial_result("stopped", {"val_map": 0.5, "training_iteration": 1, "epoch": 1})
+    searcher.on_trial_complete("stopped", {"val_map": 0.6, "training_iteration": 2, "epoch": 2})
+    for i in (1, 2, 3):
+        searcher.on_trial_result("full", {"val_map": 0.1 * i, "training_iteration": i, "epoch": i})
+    snapshot = pickle.dumps(searcher)  # what Tune checkpoints before the last completion
+    searcher.on_trial_complete("full", {"val_map": 0.8, "training_iteration": 4, "epoch": 4})
+    searcher.on_trial_complete("broken", {"val_map": 0.2, "training_iteration": 1, "epoch": 1}, error=True)
+    record = optuna.load_study(study_name="digits", storage=sqlite_url(db))
+    by_state = {t.state.name: t for t in record.trials}
+    assert sorted(by_state) == ["COMPLETE", "FAIL", "PRUNED"]
+    assert by_state["PRUNED"].intermediate_values == {1: 0.5, 2: 0.6}  # the value ASHA judged it on is kept
+    assert by_state["COMPLETE"].value == 0.8 and by_state["COMPLETE"].intermediate_values[4] == 0.8
+    assert by_state["FAIL"].value is None
+    # a resumed study restores the older snapshot and sees the finished trial complete again
+    restored = pickle.loads(snapshot)
+    restored.on_trial_complete("full", {"val_map": 0.8, "training_iteration": 4, "epoch": 4})
+    again = optuna.load_study(study_name="digits", storage=sqlite_url(db))
+    assert [t.state.name for t in again.trials] == [t.state.name for t in record.trials]

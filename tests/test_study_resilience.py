@@ -34,7 +34,7 @@ def test_two_node_cluster_with_logical_gpus_places_trials_on_both_nodes(tmp_path
     nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     # no early stopping: every trial runs all its epochs, so trials overlap in time
-    space = _space(tmp_path, trials=4, epochs=4, early_stopping=False)
+    space = _space(tmp_path, trials=4, epochs=4, early_stopping=False, final_seeds=1)
     args = build_parser().parse_args(["run", "--search-space", str(space), "--storage", str(tmp_path / "studies"),
                                       "--name", "two-node", "--gpus-per-trial", "0.5", "--dist-backend", "gloo"])
     try:
@@ -85,7 +85,7 @@ def _wait_for_group_exit(pgid: int, timeout: float) -> bool:
 
 @pytest.mark.e2e
 def test_killed_driver_resumes_without_losing_finished_trials(tmp_path):
-    space = _space(tmp_path, trials=4)
+    space = _space(tmp_path, trials=4, final_seeds=1)
     cmd = [sys.executable, "-m", "study.cli", "run", "--search-space", str(space),
            "--storage", str(tmp_path / "studies"), "--name", "killed"]
     # Tune snapshots its state at most every TUNE_GLOBAL_CHECKPOINT_S (>= 10 s by default); 1 s makes
