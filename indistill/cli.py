@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import METHOD_NAMES, dump_config, load_config
-from .errors import UserError
+from .errors import add_debug_flag, debug_requested, run_command
 
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
+PROG = "indistill"
 
 
 def _methods(text: str) -> list[str]:
@@ -31,7 +31,8 @@ def _seeds(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="indistill", description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="teacher -> auxiliary -> prune -> students, then the results table")
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("config", help="print a benchmark's complete default config as YAML, reference behaviours commented")
     show.add_argument("--benchmark", default="digits")
     show.add_argument("--config", type=Path, help="a YAML to merge over the default")
+    for sub_parser in (run, show):
+        add_debug_flag(sub_parser, sub=True)
     return parser
 
 
@@ -74,28 +77,29 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = load_config(args.config, benchmark=args.benchmark, overrides=overrides_from_args(args))
-        if args.command == "config":
-            from .config import REFERENCE_BENCHMARK, build_config, config_to_dict
-            from .fidelity import annotations
-
-            reference = config_to_dict(build_config(benchmark=REFERENCE_BENCHMARK))
-            sys.stdout.write(dump_config(cfg, notes=annotations(config_to_dict(cfg), reference)))
-            return 0
-        from .pipeline import run_pipeline
-
-        table = run_pipeline(cfg, args.out, seeds=args.seeds)
-        print()
-        from .table import to_markdown
-
-        print(to_markdown(table))
-        return 0
-    except USER_ERRORS as exc:
-        print(f"indistill: error: {exc}", file=sys.stderr)
-        return 2
+        return run_command(PROG, lambda: _command(args), debug=debug_requested(args))
     except KeyboardInterrupt:
         print("indistill: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def _command(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, benchmark=args.benchmark, overrides=overrides_from_args(args))
+    if args.command == "config":
+        from .config import REFERENCE_BENCHMARK, build_config, config_to_dict
+        from .fidelity import annotations
+
+        reference = config_to_dict(build_config(benchmark=REFERENCE_BENCHMARK))
+        sys.stdout.write(dump_config(cfg, notes=annotations(config_to_dict(cfg), reference)))
+        return 0
+    from .pipeline import run_pipeline
+
+    table = run_pipeline(cfg, args.out, seeds=args.seeds)
+    print()
+    from .table import to_markdown
+
+    print(to_markdown(table))
+    return 0
 
 
 if __name__ == "__main__":

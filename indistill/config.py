@@ -288,19 +288,11 @@ def deep_merge(base: Mapping, override: Mapping) -> dict:
     return out
 
 
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
+def read_yaml(path: str | Path, what: str = "config", *, required: bool = True) -> dict:
+    """A YAML mapping read strictly (:mod:`indistill.yamlio`): no empty file, duplicate key or tag."""
+    from .yamlio import load_yaml_file
+
+    return load_yaml_file(path, what, required=required).data
 
 
 def default_config_dict(benchmark: str) -> dict:
@@ -330,11 +322,18 @@ def build_config(overrides: Mapping | None = None, benchmark: str | None = None)
 
 
 def load_config(path: str | Path | None = None, benchmark: str | None = None, overrides: Mapping | None = None) -> RunConfig:
-    """Load a YAML config (merged over its benchmark's default), then apply ``overrides``."""
-    data = read_yaml(path) if path else {}
-    if overrides:
-        data = deep_merge(data, overrides)
-    return build_config(data, benchmark=benchmark)
+    """Load a YAML config (merged over its benchmark's default), then apply ``overrides``.
+
+    An error about a field the file sets names the file and its line (``c.yaml:3: student.epochs: ...``).
+    """
+    if not path:
+        return build_config(dict(overrides or {}), benchmark=benchmark)
+    from .yamlio import load_yaml_file
+
+    doc = load_yaml_file(path, "config")
+    data = deep_merge(doc.data, overrides) if overrides else doc.data
+    with doc.blame(unless=overrides):
+        return build_config(data, benchmark=benchmark)
 
 
 def config_to_dict(cfg: RunConfig) -> dict:
@@ -419,12 +418,31 @@ def validate_config(cfg: RunConfig) -> None:
             f"more than {where} = {indistill_epochs}"
         )
     for role in ROLES:
-        arch = getattr(cfg.networks, role).get("arch")
-        if arch is not None:
-            from .models import MODELS
+        _check_network_options(cfg, role)
 
-            if arch not in MODELS:
-                raise ConfigError(f"networks.{role}.arch: unknown model {arch!r}; choose from: {', '.join(MODELS.names())}")
+
+#: network arguments that come from the benchmark, not from ``networks.<role>``
+BENCHMARK_ARGS = ("num_classes", "in_channels", "image_size")
+
+
+def _check_network_options(cfg: RunConfig, role: str) -> None:
+    """Every key of ``networks.<role>`` must be an argument of its architecture."""
+    from .models import MODELS, model_options
+    from .models.zoo import BENCHMARK_NETWORKS
+
+    overrides = getattr(cfg.networks, role)
+    arch = overrides.get("arch", BENCHMARK_NETWORKS.get(cfg.benchmark, {}).get(role, {}).get("arch"))
+    if not isinstance(arch, str) or arch not in MODELS:
+        raise ConfigError(f"networks.{role}.arch: unknown model {arch!r}; choose from: {', '.join(MODELS.names())}")
+    allowed = [n for n in model_options(arch) if n not in BENCHMARK_ARGS]
+    for key in getattr(cfg.networks, role):
+        if key == "arch":
+            continue
+        if key in BENCHMARK_ARGS:
+            raise ConfigError(f"networks.{role}.{key}: set by the benchmark, not by the config")
+        if key not in allowed:
+            raise ConfigError(f"networks.{role}.{key}: unknown option {key!r} for the {arch} network; "
+                              f"allowed: {', '.join(allowed) or '(none)'}")
 
 
 def scale_schedule(optim: OptimConfig, old_epochs: int, new_epochs: int) -> OptimConfig:

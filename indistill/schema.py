@@ -42,11 +42,18 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{_name(path)}: expected a mapping, got {type(value).__name__}")
         hints = get_type_hints(tp)
         fields = {f.name: f for f in dataclasses.fields(tp) if f.init}
-        unknown = sorted(set(value) - set(fields))
+        unknown = sorted(set(value) - set(fields), key=str)
+        inside = f" in {path}" if path else " at the top level"
         if unknown:
+            where = f"{path}.{unknown[0]}" if path else str(unknown[0])
             raise ConfigError(
-                f"{_name(path)}: unknown key {unknown[0]!r}; allowed keys: {', '.join(fields)}"
+                f"{where}: unknown key {unknown[0]!r}{inside}; allowed keys: {', '.join(fields)}", where=where
             )
+        missing = [name for name, f in fields.items() if name not in value
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            where = f"{path}.{missing[0]}" if path else missing[0]
+            raise ConfigError(f"{where}: required key missing{inside}", where=where)
         kwargs = {k: _convert(hints[k], v, f"{path}.{k}" if path else k) for k, v in value.items()}
         try:
             return tp(**kwargs)

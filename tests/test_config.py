@@ -73,4 +73,5 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "indistill.cli", "run", "--config", str(bad), "--out", str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["indistill: error: student.curriculum.weights: must be >= 0, got [1.0, -1.0, 1.0]"]
+    assert proc.stderr.strip().splitlines() == [
+        f"indistill: error: {bad}:1: student.curriculum.weights: must be >= 0, got [1.0, -1.0, 1.0]"]

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from ..io import temporary_beside
 from .base import DatasetFormatError, Split
 
 
@@ -185,10 +186,9 @@ class CacheWriter:
     def stage(self, final: Path) -> Path:
         """A temporary path that becomes ``final`` on commit."""
         self.ensure_dir()
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-        os.close(fd)
-        self._staged.append((Path(tmp), final))
-        return Path(tmp)
+        tmp = temporary_beside(final)  # the project's one atomic-write helper, published by commit()
+        self._staged.append((tmp, final))
+        return tmp
 
     def scratch_dir(self, name: str) -> Path:
         """A new temporary folder in the cache folder, removed when the writer exits (either way)."""

@@ -11,16 +11,14 @@ Key formats are recognised by their names:
 """
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Callable, Mapping
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
+from ..io import read_torch
 from .cnn import CNN
 
 _CNN_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -60,13 +58,7 @@ KEY_FORMATS: tuple[tuple[type[nn.Module], Callable[[Mapping], bool], Callable[[M
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a checkpoint file: a stage checkpoint's ``model`` entry, or a bare state_dict."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or another format: {reason})") from None
+    obj = read_torch(path)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
@@ -91,7 +83,14 @@ def _listing(keys: list[str], limit: int = 4) -> str:
 
 def load_checkpoint(net: nn.Module, path: str | Path) -> nn.Module:
     """Load ``path`` into ``net`` (any supported key format); a mismatch is one line naming the keys."""
-    state = _translate(net, read_state_dict(path))
+    return load_state(net, _translate(net, read_state_dict(path)), path)
+
+
+def load_state(net: nn.Module, state: Mapping, path: str | Path) -> nn.Module:
+    """``net.load_state_dict(state)`` after checking that it fits: a state_dict that does not is a
+    :class:`CheckpointError` naming ``path`` and the missing, unexpected or wrong-shaped keys."""
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: not a state_dict (a mapping of parameter names to tensors)")
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -11,7 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from ..config import OptimConfig
-from ..io import atomic_torch_save, torch_load
+from ..errors import CheckpointError, one_line
+from ..io import atomic_torch_save, read_torch, recover
+from ..models.checkpoint import load_state
 from .runtime import all_reduce_sum, barrier, rank
 
 LAST = "last.pt"
@@ -48,6 +50,31 @@ def resets_at(optim: OptimConfig, epoch: int, phase_of: Callable[[int], int] | N
     if phase_of is None:  # "phase" for a method without curriculum phases
         return False
     return phase_of(epoch) != phase_of(epoch - 1)
+
+
+def _copy_state(model: nn.Module) -> dict[str, Tensor]:
+    """The model's weights as they are now, to restore if a checkpoint turns out to be corrupted."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _read_state(path: Path, keys: tuple[str, ...]) -> dict:
+    """A stage checkpoint: a mapping holding ``keys``, else a one-line :class:`CheckpointError`."""
+    state = read_torch(path, "stage checkpoint")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a stage checkpoint (holds a {type(state).__name__}, not a mapping)")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a stage checkpoint (no {', '.join(missing)} entry)")
+    return state
+
+
+def _history(state: dict, path: Path, epochs: int | None = None) -> list[dict[str, float]]:
+    history = state["history"]
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise CheckpointError(f"{path}: its history is not a list of per-epoch metrics")
+    if epochs is not None and len(history) != epochs:
+        raise CheckpointError(f"{path}: holds {len(history)} epochs of history for epoch {epochs}")
+    return list(history)
 
 
 def train_step(step: StepFn, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, epoch: int,
@@ -95,12 +122,21 @@ class Loop:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         final = self.work_dir / FINAL
         if final.exists():
-            state = torch_load(final)
-            self.model.load_state_dict(state["model"])
-            return state["history"]
+            initial = _copy_state(self.model)
+            try:
+                state = _read_state(final, ("model", "history"))
+                history = _history(state, final)
+                load_state(self.model, state["model"], final)
+                return history
+            except CheckpointError as exc:
+                self.model.load_state_dict(initial)
+                last = self.resume_from if self.resume_from is not None else self.work_dir / LAST
+                self._set_aside(final, exc, f"resuming from {last.name}" if last.exists() else "training it again")
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.optim)
         start, history = self._resume(optimizer)
+        if start == 0:
+            optimizer = build_optimizer(params, self.optim)  # nothing (or nothing usable) was resumed
         for epoch in range(start, self.epochs):
             if resets_at(self.optim, epoch, self.phase_of):
                 optimizer = build_optimizer(params, self.optim)
@@ -124,11 +160,30 @@ class Loop:
         path = self.resume_from if self.resume_from is not None else self.work_dir / LAST
         if not path.exists():
             return 0, []
-        state = torch_load(path)
-        self.model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        self.log(f"[{self.name}] resuming after epoch {state['epoch']} from {path}")
-        return int(state["epoch"]), list(state["history"])
+        initial = _copy_state(self.model)
+        try:
+            state = _read_state(path, ("epoch", "model", "optimizer", "history"))
+            epoch = state["epoch"]
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= self.epochs:
+                raise CheckpointError(f"{path}: epoch {epoch!r} is not between 0 and the stage's {self.epochs} epochs")
+            history = _history(state, path, epoch)
+            load_state(self.model, state["model"], path)
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+                raise CheckpointError(f"{path}: its optimizer state does not fit ({one_line(exc)[:200]})") from None
+        except CheckpointError as exc:
+            self.model.load_state_dict(initial)
+            self._set_aside(path, exc, "training this stage again from its first epoch")
+            return 0, []
+        self.log(f"[{self.name}] resuming after epoch {epoch} from {path}")
+        return epoch, history
+
+    def _set_aside(self, path: Path, exc: CheckpointError, then: str) -> None:
+        """Rename a corrupted checkpoint (kept for inspection) and say so in one line (rank 0 only)."""
+        if rank() != 0:
+            return
+        recover(path, exc, then, self.log, self.name)
 
     def _epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         lr = self.optim.lr_at(epoch)

@@ -15,7 +15,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu or auto")
+        from ..schema import ConfigError
+
+        raise ConfigError("device: 'cuda' was asked for but no CUDA GPU is visible; use --device cpu or auto")
     device = torch.device(name)
     if device.type == "cuda" and device.index is None and dist.is_available() and dist.is_initialized():
         device = torch.device("cuda", torch.cuda.current_device())

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from ..config import RunConfig, StageConfig
 from ..data import BenchmarkData, Split, normalize
 from ..evaluate import evaluate_network
-from ..io import atomic_torch_save, atomic_write_json, stable_hash, torch_load
+from ..errors import CheckpointError, UserError, one_line
+from ..io import atomic_torch_save, atomic_write_json, read_json_file, read_torch, recover, stable_hash
 from ..losses import LOSSES
 from ..models.base import EMBEDDING, TapNet, TapReader
 from ..models.checkpoint import load_checkpoint
@@ -22,7 +23,7 @@ from ..schema import to_dict
 from .batches import DeviceSplit
 from .loop import EpochHook, Loop
 from .methods import Method, StudentBatch, create_method
-from .runtime import autocast, is_distributed, seed_everything
+from .runtime import autocast, is_distributed, rank, seed_everything
 
 Protocol = Literal["test", "val"]
 
@@ -225,9 +226,12 @@ def prune_stage(ctx: Context, auxiliary: TapNet, student: TapNet | None = None, 
     """
     cfg = ctx.cfg
     path = ctx.stage_dir("prune", prune_key(cfg, protocol)) / "indices.pt"
-    if path.exists():
-        return PrunedTaps.from_state_dict(torch_load(path)).to(ctx.device)
     student = student or ctx.network("student")
+    if path.exists():
+        try:
+            return _read_indices(path, auxiliary, student_widths(student)).to(ctx.device)
+        except CheckpointError as exc:
+            _set_aside(ctx, "prune", path, exc, "selecting the channels again")
     spec = ctx.data.spec
     indices = select_channels(
         auxiliary, student_widths(student), cfg.prune.criterion,
@@ -240,6 +244,31 @@ def prune_stage(ctx: Context, auxiliary: TapNet, student: TapNet | None = None, 
     kept = ", ".join(f"{k}: {len(v)}/{auxiliary.tap(k).channels}" for k, v in indices.items())
     ctx.log(f"[prune] {cfg.prune.criterion}: kept {kept}")
     return pruned.to(ctx.device)
+
+
+def _read_indices(path: Path, auxiliary: TapNet, widths: dict[str, int]) -> PrunedTaps:
+    """Kept indices saved by :func:`prune_stage`, checked against the auxiliary and the student."""
+    state = read_torch(path, "kept-channel indices file")
+    if not isinstance(state, dict) or set(state) != set(widths):
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: kept indices for taps {got}, expected {sorted(widths)}")
+    try:
+        pruned = PrunedTaps.from_state_dict(state)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: {one_line(exc)[:200]}") from None
+    for name, idx in pruned.indices.items():
+        channels = auxiliary.tap(name).channels
+        if len(idx) != widths[name] or int(idx.min()) < 0 or int(idx.max()) >= channels:
+            raise CheckpointError(f"{path}: tap {name!r} keeps {len(idx)} of channels {int(idx.min())}..{int(idx.max())}, "
+                                  f"expected {widths[name]} of 0..{channels - 1}")
+    return pruned
+
+
+def _set_aside(ctx: Context, stage: str, path: Path, exc: Exception, then: str) -> None:
+    """Rename a corrupted cached file (kept for inspection) and say so in one line."""
+    if rank() != 0:
+        return
+    recover(path, exc, then, ctx.log, stage)
 
 
 @dataclass
@@ -309,13 +338,25 @@ def student_stage(
     return StudentRun(model.eval(), history, work_dir)
 
 
+def _read_eval(path: Path) -> dict[str, dict[str, float]]:
+    """Cached retrieval results: ``{metric: {key: number}}``, else a one-line UserError naming the file."""
+    res = read_json_file(path, "evaluation cache")
+    ok = isinstance(res, dict) and res and all(
+        isinstance(vals, dict) and vals and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals.values())
+        for vals in res.values())
+    if not ok:
+        raise UserError(f"{path}: not an evaluation cache ({{metric: {{key: number}}}})")
+    return res
+
+
 def evaluate_stage(ctx: Context, model: nn.Module, stage_dir: Path, protocol: Protocol = "test") -> dict[str, dict[str, float]]:
     """Retrieval results of ``model`` under ``protocol``, cached next to its checkpoint."""
     path = stage_dir / f"eval-{protocol}-{stable_hash(list(ctx.cfg.eval.ks), 6)}.json"
     if path.exists():
-        import json
-
-        return json.loads(path.read_text())
+        try:
+            return _read_eval(path)
+        except UserError as exc:
+            _set_aside(ctx, "eval", path, exc, "evaluating again")
     queries, database = ctx.eval_splits(protocol)
     res = evaluate_network(model, queries, database, ks=ctx.cfg.eval.ks, batch_size=ctx.cfg.eval.batch_size)
     atomic_write_json(path, res)
