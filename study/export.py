@@ -7,7 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from indistill.config import build_config, config_to_dict
+from indistill.config import build_config, config_to_dict, deep_merge
+from indistill.io import atomic_write_text, check_output_dir
+from indistill.yamlio import parse_yaml
 
 from .results import TABLE_FILES, per_seed_rows
 from .workers import TUNED
@@ -17,37 +19,39 @@ from .storage import Storage
 def export_study(storage: Storage, out: Path) -> list[Path]:
     """Per benchmark: ``<bench>/best_config.yaml``, ``<bench>/student.pt``; plus the study tables."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out, "--out")
     written: list[Path] = []
-    benchmarks = storage.read_json("study.json")["benchmarks"]
+    benchmarks = storage.check_study()["benchmarks"]
+    configs = {}  # every best config is read and validated before anything is written
     for bench in benchmarks:
         rel = f"{bench}/search/best_config.yaml"
         if not storage.exists(rel):
             print(f"[export] {bench}: no best config yet (search not finished)")
             continue
-        data = yaml.safe_load(storage.read_text(rel))
+        doc = parse_yaml(storage.read_text(rel), storage.join(rel), "best config")
         # what the tuned row is: the InDistill student on the test protocol, evaluated once at the end
-        data["methods"] = ["indistill"]
-        data["student"]["eval_every"] = 0
-        cfg = build_config(data, benchmark=bench)  # validates before writing
+        with doc.blame():
+            cfg = build_config(deep_merge(doc.data, {"methods": ["indistill"], "student": {"eval_every": 0}}), benchmark=bench)
+        check_output_dir(out / bench, "--out")
+        configs[bench] = (cfg, [r for r in per_seed_rows(storage, bench) if r["network"] == TUNED])
+    for bench, (cfg, tuned) in configs.items():
         target = out / bench
         target.mkdir(parents=True, exist_ok=True)
-        seeds = ",".join(str(r["seed"]) for r in per_seed_rows(storage, bench) if r["network"] == TUNED) or str(cfg.student_seed)
+        seeds = ",".join(str(r["seed"]) for r in tuned) or str(cfg.student_seed)
         header = (f"# Best InDistill config of study {storage.uri} ({bench}).\n"
                   f"# Reproduce the tuned row per seed: indistill run --config {target / 'best_config.yaml'} --seeds {seeds}\n")
-        (target / "best_config.yaml").write_text(header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        atomic_write_text(target / "best_config.yaml", header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         written.append(target / "best_config.yaml")
         if storage.exists(f"{bench}/final/run/final.pt"):
             storage.download(f"{bench}/final/run", target / "run")
             shutil.move(target / "run" / "final.pt", target / "student.pt")
             shutil.rmtree(target / "run")
             written.append(target / "student.pt")
-        tuned = [r for r in per_seed_rows(storage, bench) if r["network"] == TUNED]
         if tuned:  # the tuned row per seed: `indistill run --config best_config.yaml --seeds ...` reproduces it
-            (target / "result.json").write_text(json.dumps({"seeds": [r["seed"] for r in tuned], "rows": tuned}, indent=2) + "\n")
+            atomic_write_text(target / "result.json", json.dumps({"seeds": [r["seed"] for r in tuned], "rows": tuned}, indent=2) + "\n")
             written.append(target / "result.json")
     for name in TABLE_FILES:
         if storage.exists(name):
-            (out / name).write_text(storage.read_text(name))
+            atomic_write_text(out / name, storage.read_text(name))
             written.append(out / name)
     return written

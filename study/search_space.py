@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from indistill.config import RunConfig, build_config, deep_merge, read_yaml, validate_config, with_student_budget
+from indistill.config import RunConfig, build_config, deep_merge, validate_config, with_student_budget
 from indistill.schema import ConfigError, from_dict
+from indistill.yamlio import load_yaml_file
 
 PACKAGED = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -76,11 +77,11 @@ class CurriculumSpace:
         _require(len(self.overlap) > 0, "overlap", "needs at least one value")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SearchSpace:
     benchmark: str | None = None
     budget: Budget = field(default_factory=Budget)
-    curriculum: CurriculumSpace = field(default_factory=CurriculumSpace)
+    curriculum: CurriculumSpace  # required: a space without curriculum ranges searches nothing
     criteria: tuple[str, ...] = ("l1",)
     fixed: dict = field(default_factory=dict)  # config overrides for every trial (and the final retrain)
 
@@ -114,7 +115,15 @@ def validate_space(space: SearchSpace, benchmark: str) -> None:
             raise ConfigError(f"criteria[{i}]: unknown criterion {name!r}; choose from: {', '.join(CRITERIA.names())}")
     if space.benchmark is not None and space.benchmark != benchmark:
         raise ConfigError(f"benchmark: this search space is for {space.benchmark!r}, not {benchmark!r}")
-    base = base_config(space, benchmark)
+    try:
+        build_config(space.fixed, benchmark=benchmark)
+    except ConfigError as exc:  # the fixed overrides are a config: name the field under fixed
+        raise ConfigError(f"fixed.{exc}", where=f"fixed.{exc.where}" if exc.where else "fixed") from None
+    try:
+        base = base_config(space, benchmark)
+    except ConfigError as exc:  # only the budget is left to blame
+        raise ConfigError(f"budget.epochs: {space.budget.epochs} student epochs do not fit the {benchmark} config: {exc}",
+                          where="budget.epochs") from None
     n = len(base.student.curriculum.epochs)
     if len(space.curriculum.epochs) != n:
         raise ConfigError(f"curriculum.epochs: the {benchmark} student has {n} curriculum layers, the space gives {len(space.curriculum.epochs)} ranges")
@@ -138,12 +147,11 @@ def shortest_curriculum(space: SearchSpace) -> int:
 
 
 def load_space(path: str | Path, benchmark: str) -> SearchSpace:
-    """Read and validate a search-space YAML for ``benchmark``; errors name the file and the field."""
-    try:
-        space = from_dict(SearchSpace, read_yaml(path))
+    """Read and validate a search-space YAML for ``benchmark``; errors name the file, the line and the field."""
+    doc = load_yaml_file(path, "search space")
+    with doc.blame():
+        space = from_dict(SearchSpace, doc.data)
         validate_space(space, benchmark)
-    except ConfigError as exc:
-        raise ConfigError(exc if str(exc).startswith(str(path)) else f"{path}: {exc}") from None
     return space
 
 

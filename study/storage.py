@@ -6,13 +6,17 @@ and writes small files (state, tables, exported configs) through the same interf
 from __future__ import annotations
 
 import json
-import os
 import posixpath
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
+
+from indistill.errors import UserError
+from indistill.io import atomic_write_text, check_output_dir, parse_json
+
+#: the file that makes a directory a study (its name, benchmarks and search-space files)
+STUDY_STATE = "study.json"
 
 
 @dataclass(frozen=True)
@@ -62,21 +66,57 @@ class Storage:
         return self.read_bytes(rel).decode()
 
     def write_text(self, rel: str, text: str) -> None:
-        """Atomic on local disk (temporary file + rename); a single PUT on object stores."""
+        """Atomic on local disk (indistill.io's temporary file + rename); a single PUT on object stores."""
+        if self.is_local:
+            atomic_write_text(Path(self.uri) / rel, text)
+            return
         fs, base = self._fs()
         target = posixpath.join(base, rel)
         fs.create_dir(posixpath.dirname(target), recursive=True)
-        if self.is_local:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=posixpath.dirname(target))
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, target)
-        else:
-            with fs.open_output_stream(target) as f:
-                f.write(text.encode())
+        with fs.open_output_stream(target) as f:
+            f.write(text.encode())
 
     def read_json(self, rel: str) -> dict:
-        return json.loads(self.read_text(rel))
+        """A JSON file of the study; a damaged one is a one-line UserError naming it."""
+        return parse_json(self.read_bytes(rel).decode(errors="replace"), self.join(rel), "JSON file")
+
+    def check_writable(self, what: str = "--storage") -> None:
+        """Check, writing nothing, that the study directory is (or can become) a directory: locally,
+        no level of it is a file and the nearest existing one is writable; remotely, the store
+        answers and the location is not a file."""
+        if self.is_local:
+            check_output_dir(Path(self.uri), what)
+            return
+        info = self._info(what)
+        if info.type == pafs.FileType.File:
+            raise UserError(f"{self.uri}: is a file, not a directory; {what} must name a directory", where=what)
+
+    def check_study(self) -> dict:
+        """The study's state (``study.json``), checked: a readable study directory with a valid state."""
+        info = self._info("STUDY_DIR")
+        if info.type == pafs.FileType.NotFound:
+            raise UserError(f"{self.uri}: no such study directory", where=self.uri)
+        if info.type != pafs.FileType.Directory:
+            raise UserError(f"{self.uri}: is a file, not a study directory", where=self.uri)
+        if not self.exists(STUDY_STATE):
+            hint = ("; it looks like an `indistill run` directory (its table is results.md)"
+                    if self.exists("config.yaml") and self.exists("results.md") else "")
+            raise UserError(f"{self.uri}: not a study directory (no {STUDY_STATE}){hint}", where=self.uri)
+        state = self.read_json(STUDY_STATE)
+        benchmarks = state.get("benchmarks") if isinstance(state, dict) else None
+        if not isinstance(benchmarks, list) or not all(isinstance(b, str) for b in benchmarks):
+            raise UserError(f"{self.join(STUDY_STATE)}: not a study state (no list of benchmarks)",
+                            where=self.join(STUDY_STATE))
+        return state
+
+    def _info(self, what: str) -> pafs.FileInfo:
+        try:
+            fs, base = self._fs()
+            return fs.get_file_info(base)
+        except Exception as exc:  # pyarrow raises OSError/ArrowInvalid subclasses by back end
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise UserError(f"{self.uri}: cannot reach the {what} location: {' '.join(first.split())[:200]}",
+                            where=what) from None
 
     def write_json(self, rel: str, obj) -> None:
         self.write_text(rel, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
