@@ -109,7 +109,7 @@ def run_pipeline(cfg: RunConfig, out: Path, log: Callable[[str], None] = print,
     save_config(cfg, rdir / "config.yaml")
     atomic_write_text(rdir / "results_per_seed.csv", per_seed.to_csv(index=False))
     reference = ROW_LABELS["indistill"] if "indistill" in cfg.methods else None
-    table = aggregate(per_seed, reference)
+    table = aggregate(per_seed, reference, compare=ROW_LABELS.values())  # students only
     write_table(table, rdir / "results", title=f"{cfg.benchmark}, teacher/auxiliary seed {cfg.seed}, "
                 f"student seeds {', '.join(map(str, seeds))} (test split, values in %, mean ± std over seeds)")
     log(f"[run] done in {time.perf_counter() - t0:.1f}s; results in {rdir}")

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--benchmarks", default="digits", help=f"comma-separated, or 'all' ({','.join(ALL)}); default: digits")
     run.add_argument("--search-space", type=Path, help="search-space YAML (default: search_spaces/<benchmark>.yaml, else default.yaml)")
     run.add_argument("--trials", type=int, help="override the search space's number of trials")
-    run.add_argument("--epochs", type=int, help="override the student epochs per trial")
+    run.add_argument("--epochs", type=int, help="override budget.epochs: the student epochs of every trial and of every "
+                     "final student row (their lr drops move with it; MKT keeps its recipe's length)")
     run.add_argument("--final-seeds", type=int, help="student seeds of every row of the final table (default: budget.final_seeds, 3)")
     run.add_argument("--storage", default="studies", help="where studies live: a path (NFS for multi-node) or s3://bucket/prefix")
     run.add_argument("--name", default="default", help="the study's name (its directory under --storage)")
