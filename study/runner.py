@@ -18,7 +18,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from indistill.config import RunConfig, config_to_dict
-from indistill.io import stable_hash
+from indistill.io import atomic_write_bytes, stable_hash
 from indistill.schema import ConfigError
 
 from .resources import TrialResources
@@ -146,8 +146,7 @@ def _optuna_db(plan: StudyPlan, bp: BenchmarkPlan) -> Path:
         return plan.storage.local_path() / rel / OPTUNA_FILE
     mirror = Path.home() / ".cache" / "indistill" / "optuna" / stable_hash(plan.storage.uri) / bp.benchmark
     if plan.storage.exists(f"{rel}/{OPTUNA_FILE}") and not (mirror / OPTUNA_FILE).exists():
-        mirror.mkdir(parents=True, exist_ok=True)
-        (mirror / OPTUNA_FILE).write_bytes(plan.storage.read_bytes(f"{rel}/{OPTUNA_FILE}"))
+        atomic_write_bytes(mirror / OPTUNA_FILE, plan.storage.read_bytes(f"{rel}/{OPTUNA_FILE}"))
     return mirror / OPTUNA_FILE
 
 

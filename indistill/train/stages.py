@@ -1,6 +1,8 @@
 """The pipeline's stages, each cached in ``<cache_root>/<stage>-<key>/`` by the config that determines it."""
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -80,13 +82,25 @@ def _base_key(cfg: RunConfig, protocol: Protocol) -> dict:
             "protocol": protocol}
 
 
-def _file_id(path: str | None) -> list | None:
-    """A given checkpoint enters a key by path, size and mtime, so a replaced file is not shadowed."""
+def _file_id(path: str | None) -> str | None:
+    """A given checkpoint enters a key by its content, so a replaced file is never shadowed and
+    copies of the same file on different nodes give the same key."""
     if not path:
         return None
     p = Path(path).expanduser()
-    st = p.stat() if p.is_file() else None
-    return [str(p.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None]
+    if not p.is_file():
+        return str(p)
+    st = p.stat()
+    return _content_hash(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _content_hash(path: str, _size: int, _mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def teacher_key(cfg: RunConfig, protocol: Protocol = "test") -> str:
