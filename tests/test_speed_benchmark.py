@@ -191,3 +191,16 @@ def test_cli_writes_a_report(tmp_path, capsys):
             assert _positive_finite(row["images_per_s"])
         assert _positive_finite(phase["ratio_at_128"])
     assert "fast/reference" in capsys.readouterr().out
+
+
+def test_retrieval_profile_reports_every_stage():
+    from benchmarks.retrieval_profile import profile
+
+    previous = torch.get_num_threads()
+    try:
+        r = profile(n_query=20, n_database=500, repeats=1)
+    finally:
+        torch.set_num_threads(previous)
+    assert len(r["stages"]) == 8 and len(r["alternatives"]) == 3
+    assert all(v >= 0 and math.isfinite(v) for v in [*r["stages"].values(), *r["alternatives"].values()])
+    assert r["evaluate"] > 0
