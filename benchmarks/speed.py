@@ -10,7 +10,8 @@ public scripts' DataLoader/PIL distillation loop and the paper's scikit-learn re
 ``retrieval.py`` (``indistill.retrieval`` against the reference-style evaluation, per metric, at the
 issue's size and the CIFAR-10 protocol size, plus the float64 agreement check) and ``report.py``.
 That the benchmark's student step computes what the production one does is a test
-(``tests/test_speed_benchmark.py``), not part of a run.
+(``tests/test_speed_benchmark.py``), not part of a run. ``python -m benchmarks.retrieval_profile``
+splits retrieval's CPU time by stage. Measured figures: ``benchmarks/RESULTS.md``.
 """
 from __future__ import annotations
 
