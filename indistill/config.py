@@ -464,15 +464,13 @@ def with_student_budget(cfg: RunConfig, epochs: int) -> RunConfig:
     """
     s = cfg.student
     changes: dict[str, Any] = {"epochs": epochs, "optim": scale_schedule(s.optim, s.epochs, epochs)}
-    schedules = {}
-    for method in METHOD_NAMES:
+    own_lengths = {}  # budgeted methods with a length of their own: scaled like the shared schedule
+    for method in BUDGETED_SCHEDULES:
         own: Schedule = getattr(s.schedules, method)
-        if own.epochs is not None and method not in BUDGETED_SCHEDULES:
-            continue
         if own.epochs is not None:
             optim = scale_schedule(own.optim, own.epochs, epochs) if own.optim is not None else None
-            schedules[method] = Schedule(epochs=epochs, optim=optim)
-    changes["schedules"] = dataclasses.replace(s.schedules, **schedules)
+            own_lengths[method] = Schedule(epochs=epochs, optim=optim)
+    changes["schedules"] = dataclasses.replace(s.schedules, **own_lengths)
     return cfg.replace(student=dataclasses.replace(s, **changes))
 
 

@@ -61,6 +61,20 @@ def atomic_torch_save(obj: Any, path: Path) -> Path:
     return _atomic(path, lambda p: torch.save(obj, p))
 
 
+def read_named_file(path: Path, what: str, error: type[UserError], limit: int | None = None) -> bytes:
+    """The bytes (the first ``limit`` with one) of a file the user named; ``error`` in one line
+    naming it when it is missing, a directory or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit) if limit is not None else f.read()
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what} file", where=str(path)) from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, not a {what} file", where=str(path)) from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} file: {exc.strerror or exc}", where=str(path)) from None
+
+
 def read_torch(path: str | Path, what: str = "checkpoint") -> Any:
     """``torch.load`` (tensors and plain containers only) with one-line errors naming the file.
 
@@ -69,15 +83,7 @@ def read_torch(path: str | Path, what: str = "checkpoint") -> Any:
     holds Python objects other than tensors and plain containers (never executed).
     """
     path = Path(path).expanduser()
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such {what} file", where=str(path)) from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a directory, not a {what} file", where=str(path)) from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read the {what}: {exc.strerror or exc}", where=str(path)) from None
+    head = read_named_file(path, what, CheckpointError, limit=16)
     unreadable = f"{path}: not a readable torch {what}"
     if not head:
         raise CheckpointError(f"{unreadable}: the file is empty", where=str(path))

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
+from .io import read_named_file
 from .schema import ConfigError
 
 Key = tuple  # a path of mapping keys and sequence indices, e.g. ("student", "curriculum", "losses", 1)
@@ -112,14 +113,7 @@ def _syntax_error(path: Path, exc: yaml.YAMLError) -> ConfigError:
 def read_text_file(path: str | Path, what: str) -> str:
     """The UTF-8 text of a file the user named; one-line errors for anything else."""
     path = Path(path).expanduser()
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such {what} file", where=str(path)) from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a {what} file", where=str(path)) from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what} file: {exc.strerror or exc}", where=str(path)) from None
+    raw = read_named_file(path, what, ConfigError)
     nul = raw.find(b"\x00")
     if nul >= 0:
         raise ConfigError(f"{path}: a binary file, not a {what} (YAML text): byte {nul} is NUL", where=str(path))

@@ -11,7 +11,7 @@ from indistill.config import build_config
 from indistill.table import aggregate, display
 
 from .storage import Storage
-from .workers import NETWORKS_FILE, TUNED, final_rows
+from .workers import NETWORKS_FILE, STUDENT_ROWS, TUNED
 
 ROW_ORDER = ("teacher", "auxiliary", "student (ce)", "student (pkt)", "student (mkt)", "InDistill (paper defaults)", "InDistill (tuned)")
 TABLE_FILES = ("results.csv", "results.md", "results.tex", "results_per_seed.csv")
@@ -99,7 +99,7 @@ def _epochs(storage: Storage, benchmark: str) -> dict[str, str]:
     s = cfg.student
     out = {"teacher": str(cfg.teacher.epochs),
            "auxiliary": "checkpoint" if cfg.auxiliary.checkpoint else f"{cfg.auxiliary.ce.epochs}+{cfg.auxiliary.pkt.epochs}"}
-    for label, _cfg, method in final_rows(cfg, cfg):
+    for label, method, _tuned in STUDENT_ROWS:
         out[label] = str(s.schedule(method)[0]) + (" (MKT's recipe)" if method == "mkt" and s.schedules.mkt.epochs else "")
     return out
 
@@ -113,7 +113,7 @@ def build_table(storage: Storage, benchmarks: list[str]) -> tuple[pd.DataFrame, 
     per_seed = pd.DataFrame(rows)
     per_seed["order"] = per_seed["network"].map({n: i for i, n in enumerate(ROW_ORDER)})
     per_seed = per_seed.sort_values(["benchmark", "order", "seed"], kind="stable").drop(columns="order")
-    students = [label for label, _cfg, _method in final_rows(None, None)]
+    students = [label for label, _method, _tuned in STUDENT_ROWS]
     table = aggregate(per_seed, reference=TUNED, by=("benchmark", "network"), compare=students)
     table.insert(1, "epochs", "")
     table.insert(2, "tuned", "")

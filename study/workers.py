@@ -301,11 +301,18 @@ TUNED = "InDistill (tuned)"
 NETWORKS_FILE = "artifacts/networks.json"
 
 
-def final_rows(base: RunConfig | None, tuned: RunConfig | None) -> list[tuple[str, RunConfig | None, str]]:
-    """(row label, config, method) of every student row: the baselines with the paper defaults, then
-    the tuned InDistill."""
-    labels = {**ROW_LABELS, "indistill": "InDistill (paper defaults)"}
-    return [(labels[m], base, m) for m in ("ce", "pkt", "mkt", "indistill")] + [(TUNED, tuned, "indistill")]
+#: (row label, method, tuned?) of every student row of a study's table: the baselines with the
+#: paper defaults, then the tuned InDistill
+STUDENT_ROWS: tuple[tuple[str, str, bool], ...] = (
+    *((ROW_LABELS[m], m, False) for m in ("ce", "pkt", "mkt")),
+    ("InDistill (paper defaults)", "indistill", False),
+    (TUNED, "indistill", True),
+)
+
+
+def final_rows(base: RunConfig, tuned: RunConfig) -> list[tuple[str, RunConfig, str]]:
+    """(row label, config, method) of every student row (:data:`STUDENT_ROWS`)."""
+    return [(label, tuned if is_tuned else base, method) for label, method, is_tuned in STUDENT_ROWS]
 
 
 def _slug(label: str) -> str:
