@@ -1,4 +1,8 @@
-"""``indistill run``: every stage of one benchmark and seed, then the results table."""
+"""The stage graph (teacher -> auxiliary -> prune -> students -> evaluate) and ``indistill run``.
+
+:data:`STAGE_GRAPH` is the one description of the artifact stages, used by ``indistill run`` and
+by the study (its artifact run builds them, its trials and final runs load them).
+"""
 from __future__ import annotations
 
 import time
@@ -13,21 +17,29 @@ from .data import load_benchmark
 from .errors import CheckpointError, one_line
 from .evaluate import count_parameters
 from .io import atomic_write_text, check_output_dir
+from .models.base import TapNet
 from .models.checkpoint import load_checkpoint
 from .models.zoo import create_network
+from .pruning import PrunedTaps
 from .schema import ConfigError
 from .table import ROW_LABELS, aggregate, result_row, write_table
 from .train.runtime import resolve_device
+from .train.keys import Protocol, stage_dirname
 from .train.stages import (
+    STAGE_FILES,
     Context,
-    auxiliary_key,
+    StageResult,
     auxiliary_stage,
     evaluate_stage,
+    load_stage,
     prune_stage,
     student_stage,
-    teacher_key,
     teacher_stage,
 )
+
+#: the artifact stages in order, each with the stages it reads; students read ``auxiliary`` and
+#: ``prune`` (InDistill), then every network is evaluated
+STAGE_GRAPH: dict[str, tuple[str, ...]] = {"teacher": (), "auxiliary": ("teacher",), "prune": ("auxiliary",)}
 
 
 def run_dir(out: Path, cfg: RunConfig) -> Path:
@@ -46,6 +58,68 @@ def make_context(cfg: RunConfig, cache_root: Path, log: Callable[[str], None] = 
 def roles_needed(cfg: RunConfig) -> list[str]:
     """The networks a run builds: the teacher (a table row), the auxiliary unless only CE students, the student."""
     return ["teacher", *(["auxiliary"] if any(m != "ce" for m in cfg.methods) else []), "student"]
+
+
+def artifact_stages(cfg: RunConfig, protocol: Protocol) -> tuple[str, ...]:
+    """The artifact stages ``cfg.methods`` need under ``protocol``, in :data:`STAGE_GRAPH` order.
+
+    Under ``test`` the teacher is always built (a table row); under ``val`` (a search) only to
+    train the auxiliary. The auxiliary is needed unless every method is CE; pruning by InDistill.
+    """
+    needs_aux = any(m != "ce" for m in cfg.methods)
+    wanted = {"auxiliary"} if needs_aux else set()
+    if "indistill" in cfg.methods:
+        wanted.add("prune")
+    if protocol == "test" or (needs_aux and not cfg.auxiliary.checkpoint):
+        wanted.add("teacher")
+    return tuple(s for s in STAGE_GRAPH if s in wanted)
+
+
+def artifact_files(cfg: RunConfig, protocol: Protocol) -> list[str]:
+    """What a student run reads from the stage cache (paths relative to it): the auxiliary's final
+    weights (unless given as a checkpoint) and, for InDistill, the kept channel indices."""
+    stages = [s for s in artifact_stages(cfg, protocol) if s != "teacher"]
+    if cfg.auxiliary.checkpoint and "auxiliary" in stages:
+        stages.remove("auxiliary")
+    return [f"{stage_dirname(s, cfg, protocol)}/{STAGE_FILES[s]}" for s in stages]
+
+
+def build_artifacts(ctx: Context, protocol: Protocol, *, rows: bool = False,
+                    done: Callable[[str], None] = lambda _stage: None) -> tuple[dict[str, StageResult], list[dict]]:
+    """Build (or reuse) every artifact stage the config needs under ``protocol``, in graph order;
+    ``rows``: evaluate the teacher and the auxiliary on test too (their table rows). ``done`` is
+    called after each stage. Returns the stage results and the rows."""
+    results: dict[str, StageResult] = {}
+    table_rows: list[dict] = []
+    cfg = ctx.cfg
+    for stage in artifact_stages(cfg, protocol):
+        if stage == "teacher":
+            result = teacher_stage(ctx, protocol)
+        elif stage == "auxiliary":
+            teacher = results.get("teacher")
+            result = auxiliary_stage(ctx, teacher.network if teacher else None, protocol)
+        else:
+            result = prune_stage(ctx, results["auxiliary"].network, protocol=protocol)
+        results[stage] = result
+        if rows and result.network is not None:
+            directory = result.directory or ctx.stage_path(stage, protocol)
+            table_rows.append({"seed": cfg.seed, **result_row(stage, count_parameters(result.network),
+                                                               evaluate_stage(ctx, result.network, directory))})
+        done(stage)
+    return results, table_rows
+
+
+def student_inputs(ctx: Context, protocol: Protocol, *, pruning: bool = True) -> tuple[TapNet | None, PrunedTaps | None]:
+    """What a student run reads: the finished auxiliary (loaded, never trained, no data on the
+    device) and, with ``pruning`` and InDistill, the kept indices (read, else selected from that
+    auxiliary when this config's criterion has none cached: no training either)."""
+    cfg = ctx.cfg
+    if not any(m != "ce" for m in cfg.methods):
+        return None, None
+    auxiliary = load_stage(ctx, "auxiliary", protocol).network
+    if not pruning or "indistill" not in cfg.methods:
+        return auxiliary, None
+    return auxiliary, prune_stage(ctx, auxiliary, protocol=protocol).pruned
 
 
 def check_inputs(cfg: RunConfig, data) -> None:
@@ -85,18 +159,9 @@ def run_pipeline(cfg: RunConfig, out: Path, log: Callable[[str], None] = print,
     check_inputs(cfg, ctx.data)
     log(f"[run] {cfg.benchmark} seed {cfg.seed} on {ctx.device}: train {len(ctx.data.train) + len(ctx.data.val)}, "
         f"test {len(ctx.data.test)} images; student seeds {seeds}; stages cached in {ctx.cache_root}")
-    rows = []
-    teacher = teacher_stage(ctx)
-    rows.append({"seed": cfg.seed, **result_row("teacher", count_parameters(teacher),
-                 evaluate_stage(ctx, teacher, ctx.stage_dir("teacher", teacher_key(cfg))))})
-    needs_aux = any(m != "ce" for m in cfg.methods)
-    auxiliary = pruned = None
-    if needs_aux:
-        auxiliary = auxiliary_stage(ctx, teacher)
-        rows.append({"seed": cfg.seed, **result_row("auxiliary", count_parameters(auxiliary),
-                     evaluate_stage(ctx, auxiliary, ctx.stage_dir("auxiliary", auxiliary_key(cfg))))})
-    if "indistill" in cfg.methods:
-        pruned = prune_stage(ctx, auxiliary)
+    artifacts, rows = build_artifacts(ctx, "test", rows=True)
+    auxiliary = artifacts["auxiliary"].network if "auxiliary" in artifacts else None
+    pruned = artifacts["prune"].pruned if "prune" in artifacts else None
     for seed in seeds:
         ctx.cfg = cfg.with_student_seed(seed)
         for method in cfg.methods:

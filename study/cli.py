@@ -165,12 +165,11 @@ def _check_gpus(args: argparse.Namespace, plan) -> None:
 def check_before_ray(args: argparse.Namespace, plan) -> None:
     """Everything a study needs that can be checked without Ray, writing nothing: the study
     directory (a directory, new or resumable with a valid state), GPUs, data, networks, checkpoints."""
-    from .runner import check_new_or_resume
+    from .runner import check_new_or_resume, sync_config
 
+    sync_config()  # a malformed $INDISTILL_STATE_SYNC_S
     plan.storage.check_writable("--storage")
-    check_new_or_resume(plan)
-    if plan.resume:
-        plan.storage.check_study()
+    check_new_or_resume(plan)  # a resumed study: its state, benchmarks and inputs
     _check_gpus(args, plan)
     _check_data(plan)
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import yaml
@@ -42,10 +41,7 @@ def export_study(storage: Storage, out: Path) -> list[Path]:
                   f"# Reproduce the tuned row per seed: indistill run --config {target / 'best_config.yaml'} --seeds {seeds}\n")
         atomic_write_text(target / "best_config.yaml", header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         written.append(target / "best_config.yaml")
-        if storage.exists(f"{bench}/final/run/final.pt"):
-            storage.download(f"{bench}/final/run", target / "run")
-            shutil.move(target / "run" / "final.pt", target / "student.pt")
-            shutil.rmtree(target / "run")
+        if storage.fetch(f"{bench}/final/run/final.pt", target / "student.pt"):
             written.append(target / "student.pt")
         if tuned:  # the tuned row per seed: `indistill run --config best_config.yaml --seeds ...` reproduces it
             atomic_write_text(target / "result.json", json.dumps({"seeds": [r["seed"] for r in tuned], "rows": tuned}, indent=2) + "\n")

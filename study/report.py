@@ -8,7 +8,9 @@ Per benchmark, from the persisted Optuna study (``<benchmark>/search/optuna.db``
 - ``<benchmark>-best-so-far.png``: the best val mAP after each trial (in the order Optuna created them);
 - ``<benchmark>-importance.png``: Optuna's hyperparameter importance (its default evaluator,
   PED-ANOVA in Optuna 5, over the completed trials); with few trials it is noise, and the figure says so;
-- ``results.png``: the results table's cosine mAP per row, mean ± std over the final seeds.
+- ``results.png``: the results table's cosine mAP per row, mean ± std over the final seeds;
+- ``timeline.png``: each benchmark's phases (artifacts, search, final) over wall-clock time, from
+  ``<benchmark>/phases.json``, so what ran at once is visible (a table of the same in report.md).
 """
 from __future__ import annotations
 
@@ -130,6 +132,46 @@ def plot_results(table: pd.DataFrame, path: Path, column: str = "cosine map") ->
     plt.close(fig)
 
 
+PHASES = ("artifacts", "search", "final")
+
+
+def phase_intervals(storage: Storage, benchmarks: list[str]) -> list[tuple[str, str, float, float]]:
+    """(benchmark, phase, start, end) of every recorded phase attempt, in epoch seconds."""
+    out = []
+    for bench in benchmarks:
+        rel = f"{bench}/phases.json"
+        recorded = storage.read_json(rel).get("intervals", {}) if storage.exists(rel) else {}
+        out += [(bench, phase, span["start"], span["end"]) for phase in PHASES for span in recorded.get(phase, [])]
+    return out
+
+
+def timeline_table(intervals: list[tuple[str, str, float, float]]) -> list[str]:
+    """Markdown rows of the phase timeline: seconds from the study's first start."""
+    t0 = min(start for _b, _p, start, _e in intervals)
+    rows = ["| benchmark | phase | start (s) | end (s) | wall (s) |", "|---|---|---:|---:|---:|"]
+    for bench, phase, start, end in sorted(intervals, key=lambda i: (i[2], i[0])):
+        rows.append(f"| {bench} | {phase} | {start - t0:.0f} | {end - t0:.0f} | {end - start:.0f} |")
+    return rows
+
+
+def plot_timeline(intervals: list[tuple[str, str, float, float]], path: Path) -> None:
+    t0 = min(start for _b, _p, start, _e in intervals)
+    benchmarks = list(dict.fromkeys(b for b, *_ in intervals))
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(benchmarks) + 1.4))
+    for bench, phase, start, end in intervals:
+        y = len(benchmarks) - 1 - benchmarks.index(bench)
+        ax.barh(y, end - start, left=start - t0, color=f"C{PHASES.index(phase)}", edgecolor="white",
+                label=phase)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), loc="lower right", fontsize=8)
+    ax.set_yticks(range(len(benchmarks)), benchmarks[::-1])
+    ax.set_xlabel("seconds since the study started")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(storage: Storage) -> list[str]:
     """Figures and ``report.md`` under ``<study>/report/``; returns the files written (relative)."""
     benchmarks = storage.read_json("study.json")["benchmarks"]
@@ -162,6 +204,11 @@ def write_report(storage: Storage) -> list[str]:
             plot_results(table, out / "results.png")
             lines += ["## Results (test split)", "", "![results](results.png)", "", storage.read_text("results.md"), ""]
             written.append("results.png")
+        intervals = phase_intervals(storage, benchmarks)
+        if intervals:
+            plot_timeline(intervals, out / "timeline.png")
+            lines += ["## Timeline", "", "![phases over time](timeline.png)", "", *timeline_table(intervals), ""]
+            written.append("timeline.png")
         (out / "report.md").write_text("\n".join(lines) + "\n")
         written.append("report.md")
         storage.upload(out, REPORT_DIR)

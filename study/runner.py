@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,15 +19,25 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from indistill.config import RunConfig, config_to_dict
+from indistill.pipeline import artifact_stages
 from indistill.io import atomic_write_bytes, stable_hash
-from indistill.schema import ConfigError
+from indistill.schema import ConfigError, to_dict
 
 from .resources import TrialResources
 from .results import build_table, summarize_trials, write_study_table
 from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
-from .search_space import SearchSpace, apply_params, base_config, define_by_run, shortest_curriculum
+from .search_space import SearchSpace, apply_params, define_by_run, shortest_curriculum
 from .storage import Storage
-from .workers import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, final_seed, prepare_artifacts, read_placements, run_trial
+from .workers import (
+    EMBEDDING_EPOCH,
+    NETWORKS_FILE,
+    OBJECTIVE,
+    final_seed,
+    prepare_artifacts,
+    read_placements,
+    run_trial,
+    with_indistill,
+)
 
 STATE = "study.json"
 QUIET = ray.train.LoggingConfig(log_level="WARNING")  # our own per-epoch lines are the progress output
@@ -35,6 +46,20 @@ QUIET = ray.train.LoggingConfig(log_level="WARNING")  # our own per-epoch lines 
 # waits ~2 s per epoch (measured: 88 % of a digits trial's wall time). The controller inherits this
 # variable from the process that calls fit(); a value the user set wins.
 REPORT_POLL_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# On remote storage Tune uploads its experiment state (what --resume restores) at most every
+# SyncConfig.sync_period (Ray's default: 300 s, so a killed driver could lose 5 minutes of finished
+# trials); the study uploads it at most every INDISTILL_STATE_SYNC_S seconds (default 30).
+STATE_SYNC_ENV = ("INDISTILL_STATE_SYNC_S", "30")
+
+
+def sync_config() -> tune.SyncConfig:
+    """Tune's upload period of the experiment state (checked before Ray starts)."""
+    text = os.environ.get(STATE_SYNC_ENV[0], STATE_SYNC_ENV[1])
+    try:
+        period = float(text)
+    except ValueError:
+        raise ConfigError(f"${STATE_SYNC_ENV[0]}: expected seconds, got {text!r}") from None
+    return tune.SyncConfig(sync_period=period)
 
 
 def _fit(fn: Callable[[dict], None], config: dict, resources: TrialResources, name: str, storage_path: str,
@@ -95,6 +120,19 @@ def _scaling(resources: TrialResources) -> ray.train.ScalingConfig:
     )
 
 
+def _trainable(fn: Callable[[dict, object], None], name: str, spec: object):
+    """``fn`` as a Tune trainable registered under ``name``: Tune registers trainables by name
+    cluster-wide, so the concurrent searches of several benchmarks need one name each. The trial
+    function only launches a Ray Train run, whose workers hold the CPUs/GPUs; a placement group
+    may not be empty, so the trial reserves a sliver of memory instead."""
+
+    def trainable(params: dict, spec: object) -> None:
+        fn(params, spec)
+
+    trainable.__name__ = trainable.__qualname__ = name
+    return tune.with_resources(tune.with_parameters(trainable, spec=spec), {"CPU": 0, "memory": 32 * 1024**2})
+
+
 def tune_trial(params: dict, spec: TrialSpec) -> None:
     """The Tune function trainable: one Ray Train run of the student stage for ``params``."""
     ctx = tune.get_context()
@@ -121,10 +159,12 @@ def run_artifacts(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None]
     if plan.storage.exists(f"{bp.benchmark}/{NETWORKS_FILE}"):
         log(f"[study] {bp.benchmark}: artifacts already prepared")
         return
-    log(f"[study] {bp.benchmark}: preparing artifacts (teacher, auxiliary and pruning, without and with the val "
-        f"images) with {plan.artifact_workers} worker(s)")
+    cfg = with_indistill(_final_config(bp.base))
+    stages = [*artifact_stages(cfg, "val"), *artifact_stages(cfg, "test")]
+    log(f"[study] {bp.benchmark}: preparing artifacts: {len(stages)} stages ({', '.join(stages)}; first without, "
+        f"then with the val images) with {plan.artifact_workers} worker(s)")
     _train_run(prepare_artifacts, f"{bp.benchmark}-artifacts",
-               {"cfg": config_to_dict(_final_config(bp.base)), "storage": plan.storage.uri, "data_root": plan.data_root},
+               {"cfg": config_to_dict(cfg), "storage": plan.storage.uri, "data_root": plan.data_root},
                plan, plan.artifact_workers)
 
 
@@ -156,9 +196,7 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None], c
     exp_name = f"{bp.benchmark}-search"
     exp_path = plan.storage.join("ray", exp_name)
     spec = TrialSpec(bp, plan.storage.uri, _ray_storage(plan.storage), plan.trial_resources, plan.data_root, plan.faults)
-    # the trial function only launches a Ray Train run, whose workers hold the CPUs/GPUs; a
-    # placement group may not be empty, so the driver reserves a sliver of memory instead
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, spec=spec), {"CPU": 0, "memory": 32 * 1024**2})
+    trainable = _trainable(tune_trial, f"{bp.benchmark}_trial", spec)
     if plan.resume and tune.Tuner.can_restore(exp_path):
         log(f"[study] {bp.benchmark}: resuming the search from {exp_path}")
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -177,7 +215,7 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None], c
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                         num_samples=budget.trials, max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name=exp_name, storage_path=_ray_storage(plan.storage),
+            run_config=tune.RunConfig(name=exp_name, storage_path=_ray_storage(plan.storage), sync_config=sync_config(),
                                       failure_config=tune.FailureConfig(max_failures=budget.max_failures)),
         )
     grid = tuner.fit()
@@ -220,14 +258,13 @@ def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, log: Callable
         f"{concurrent} at a time (every student row per seed; teacher and auxiliary shared)")
     config = {"cfg": config_to_dict(_final_config(best)), "base": config_to_dict(_final_config(bp.base)),
               "storage": plan.storage.uri, "data_root": plan.data_root, "export_seed": seeds[0]}
-    trainable = tune.with_resources(tune.with_parameters(
-        final_trial, spec=FinalSpec(bp.benchmark, config, _ray_storage(plan.storage), plan.trial_resources)),
-                                    {"CPU": 0, "memory": 32 * 1024**2})
+    trainable = _trainable(final_trial, f"{bp.benchmark}_final",
+                           FinalSpec(bp.benchmark, config, _ray_storage(plan.storage), plan.trial_resources))
     grid = tune.Tuner(
         trainable, param_space={"seed": tune.grid_search(todo)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(name=f"{bp.benchmark}-final", storage_path=_ray_storage(plan.storage),
-                                  failure_config=tune.FailureConfig(max_failures=1)),
+                                  sync_config=sync_config(), failure_config=tune.FailureConfig(max_failures=1)),
     ).fit()
     for result in grid:
         if result.error is not None:
@@ -239,66 +276,168 @@ def _final_config(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, eval_every=0))
 
 
+#: base-config fields that say where or how fast a study runs: they may change on --resume
+RESUMABLE_FIELDS = ("data.root", "data.download", "threads", "device")
+
+
+def study_inputs(bp: BenchmarkPlan) -> dict[str, dict]:
+    """The inputs that define a benchmark's study: its resolved base config and search space."""
+    from indistill.train.keys import without
+
+    return {"base config": without(config_to_dict(bp.base), RESUMABLE_FIELDS), "search space": to_dict(bp.space)}
+
+
+def input_hashes(bp: BenchmarkPlan) -> dict[str, str]:
+    return {name: stable_hash(tree) for name, tree in study_inputs(bp).items()}
+
+
 def check_new_or_resume(plan: StudyPlan) -> None:
+    """A new study must not exist; a resumed one must, with the same benchmarks and inputs."""
     exists = plan.storage.exists(STATE)
     if exists and not plan.resume:
         raise ConfigError(f"--name: study {plan.storage.uri} already exists; add --resume to continue it or pick another --name")
     if plan.resume and not exists:
         raise ConfigError(f"--resume: no study at {plan.storage.uri} to resume")
+    if plan.resume:
+        check_same_inputs(plan, plan.storage.check_study())
+
+
+def check_same_inputs(plan: StudyPlan, state: dict) -> None:
+    """Refuse to resume with other benchmarks, base configs or search spaces than the study's,
+    naming the first difference."""
+    new_study = "start a new study with another --name to use them (or resume with the study's own inputs)"
+    names = [b.benchmark for b in plan.benchmarks]
+    if names != state["benchmarks"]:
+        raise ConfigError(f"--resume: study {plan.name} has benchmarks {','.join(state['benchmarks'])}, not "
+                          f"{','.join(names)}; {new_study}")
+    recorded = state.get("inputs", {})
+    for bp in plan.benchmarks:
+        for name, digest in input_hashes(bp).items():
+            if bp.benchmark in recorded and recorded[bp.benchmark].get(name) != digest:
+                where = _first_difference(plan.storage, bp, name)
+                raise ConfigError(f"--resume: {bp.benchmark}'s {name} differs from the one study {plan.name} was "
+                                  f"started with{where}; {new_study}")
+
+
+def _first_difference(storage: Storage, bp: BenchmarkPlan, name: str) -> str:
+    rel = f"{bp.benchmark}/{INPUT_FILES[name]}"
+    if not storage.exists(rel):
+        return ""
+    import yaml
+
+    try:
+        old = yaml.safe_load(storage.read_text(rel))
+    except yaml.YAMLError:
+        return ""
+    if name == "base config" and isinstance(old, dict):
+        from indistill.train.keys import without
+
+        old = without(old, RESUMABLE_FIELDS)
+    path, was, now = _diff(old, study_inputs(bp)[name])
+    return f" ({path}: {was!r} then, {now!r} now)" if path else ""
+
+
+def _diff(a, b, prefix: str = "") -> tuple[str, object, object]:
+    """The first dotted path where plain trees ``a`` and ``b`` differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            found = _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+            if found[0]:
+                return found
+        return "", None, None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = _diff(x, y, f"{prefix}{i}.")
+            if found[0]:
+                return found
+        return "", None, None
+    return (prefix.rstrip("."), a, b) if a != b else ("", None, None)
+
+
+#: where each input of a benchmark is kept in the study directory (resolved, as YAML)
+INPUT_FILES = {"base config": "base_config.yaml", "search space": "search_space.yaml"}
+
+
+def write_study_state(plan: StudyPlan) -> None:
+    """A new study's ``study.json`` (its benchmarks and the hashes of their inputs) and each
+    benchmark's complete resolved inputs, for the user and for naming a change on --resume."""
+    for bp in plan.benchmarks:
+        plan.storage.write_text(f"{bp.benchmark}/{INPUT_FILES['base config']}", _yaml(config_to_dict(bp.base)))
+        plan.storage.write_text(f"{bp.benchmark}/{INPUT_FILES['search space']}", _yaml(to_dict(bp.space)))
+    plan.storage.write_json(STATE, {
+        "name": plan.name, "benchmarks": [b.benchmark for b in plan.benchmarks], "created": time.time(),
+        "space_files": {b.benchmark: b.space_path for b in plan.benchmarks},
+        "inputs": {b.benchmark: input_hashes(b) for b in plan.benchmarks},
+    })
 
 
 def run_study(plan: StudyPlan, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run (or resume) every benchmark of the plan; returns the results table. Ray must be initialised."""
+    """Run (or resume) every benchmark of the plan at once, each in its own driver thread (its
+    artifacts, then its search, then its final runs, sharing the cluster with the others); returns
+    the results table. Ray must be initialised. A benchmark that fails does not stop the others:
+    the table holds what finished, then the first failure is raised."""
     t0 = time.perf_counter()
-    state = plan.storage.read_json(STATE) if plan.storage.exists(STATE) else {
-        "name": plan.name, "benchmarks": [b.benchmark for b in plan.benchmarks], "created": time.time(),
-        "space_files": {b.benchmark: b.space_path for b in plan.benchmarks},
-    }
-    plan.storage.write_json(STATE, state)
+    if not plan.storage.exists(STATE):
+        write_study_state(plan)
     cluster = ray.cluster_resources()
-    for bp in plan.benchmarks:
-        plan.storage.write_text(f"{bp.benchmark}/base_config.yaml", _yaml(config_to_dict(bp.base)))
-        phases = _PhaseTimer(plan.storage, f"{bp.benchmark}/phases.json")
-        with phases("artifacts"):
-            run_artifacts(plan, bp, log)
-        if not plan.storage.exists(f"{bp.benchmark}/search/trials.json"):
-            with phases("search"):
-                grid = run_search(plan, bp, log, cluster)
-            trials = summarize_trials(grid, bp)
-            placements = read_placements(plan.storage, bp.benchmark)
-            for trial in trials["trials"]:
-                trial["placement"] = placements.get(trial["trial_id"], [])
-            trials["max_concurrent"] = plan.trial_resources.max_concurrent(cluster)
-            plan.storage.write_json(f"{bp.benchmark}/search/trials.json", trials)
-        trials = plan.storage.read_json(f"{bp.benchmark}/search/trials.json")
-        if trials["best"] is None:
-            log(f"[study] {bp.benchmark}: no trial finished; skipping the final retrain")
-            continue
-        best_cfg = apply_params(bp.base, trials["best"]["params"], bp.space)
-        plan.storage.write_text(f"{bp.benchmark}/search/best_config.yaml", _yaml(config_to_dict(best_cfg)))
-        with phases("final"):
-            run_final(plan, bp, best_cfg, log, cluster)
+    errors: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=len(plan.benchmarks), thread_name_prefix="benchmark") as pool:
+        futures = {pool.submit(run_benchmark, plan, bp, log, cluster): bp for bp in plan.benchmarks}
+        for future in as_completed(futures):
+            exc = future.exception()
+            if exc is not None:
+                log(f"[study] {futures[future].benchmark}: failed: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__}")
+                errors.append(exc)
     table, per_seed = build_table(plan.storage, [b.benchmark for b in plan.benchmarks])
     write_study_table(plan.storage, table, per_seed)
     from .report import write_report
 
     write_report(plan.storage)
     log(f"[study] done in {time.perf_counter() - t0:.0f}s")
+    if errors:
+        raise errors[0]
     return table
 
 
+def run_benchmark(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None], cluster: dict) -> None:
+    """One benchmark's phases in order: artifacts, search, final runs (each skipped when done)."""
+    phases = _PhaseTimer(plan.storage, f"{bp.benchmark}/phases.json")
+    with phases("artifacts"):
+        run_artifacts(plan, bp, log)
+    if not plan.storage.exists(f"{bp.benchmark}/search/trials.json"):
+        with phases("search"):
+            grid = run_search(plan, bp, log, cluster)
+        trials = summarize_trials(grid, bp)
+        placements = read_placements(plan.storage, bp.benchmark)
+        for trial in trials["trials"]:
+            trial["placement"] = placements.get(trial["trial_id"], [])
+        trials["max_concurrent"] = plan.trial_resources.max_concurrent(cluster)
+        plan.storage.write_json(f"{bp.benchmark}/search/trials.json", trials)
+    trials = plan.storage.read_json(f"{bp.benchmark}/search/trials.json")
+    if trials["best"] is None:
+        log(f"[study] {bp.benchmark}: no trial finished; skipping the final retrain")
+        return
+    best_cfg = apply_params(bp.base, trials["best"]["params"], bp.space)
+    plan.storage.write_text(f"{bp.benchmark}/search/best_config.yaml", _yaml(config_to_dict(best_cfg)))
+    with phases("final"):
+        run_final(plan, bp, best_cfg, log, cluster)
+
+
 class _PhaseTimer:
-    """Wall seconds per study phase, accumulated across resumes in a JSON file."""
+    """Each phase's wall-clock intervals (epoch seconds, one per attempt, so overlap between
+    benchmarks is visible) and total seconds, accumulated across resumes in a JSON file."""
 
     def __init__(self, storage: Storage, rel: str) -> None:
         self.storage, self.rel = storage, rel
 
     @contextlib.contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        start = time.time()
         yield
+        end = time.time()
         times = self.storage.read_json(self.rel) if self.storage.exists(self.rel) else {}
-        times[f"{phase}_s"] = times.get(f"{phase}_s", 0.0) + time.perf_counter() - t0
+        times[f"{phase}_s"] = times.get(f"{phase}_s", 0.0) + end - start
+        times.setdefault("intervals", {}).setdefault(phase, []).append({"start": start, "end": end})
         self.storage.write_json(self.rel, times)
 
 

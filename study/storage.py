@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from indistill.errors import UserError
-from indistill.io import atomic_write_text, check_output_dir, parse_json
+from indistill.io import atomic_write_bytes, atomic_write_text, check_output_dir, parse_json
 
 #: the file that makes a directory a study (its name, benchmarks and search-space files)
 STUDY_STATE = "study.json"
@@ -128,12 +128,26 @@ class Storage:
         fs.create_dir(target, recursive=True)
         pafs.copy_files(str(local_dir), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
-    def download(self, rel: str, local_dir: Path) -> Path:
-        """Copy ``rel`` (a directory) to ``local_dir``; returns ``local_dir``."""
+    def upload_file(self, local: Path, rel: str) -> None:
+        """Copy one local file to ``rel``: atomically (a rename locally, a single PUT on object stores)."""
+        if self.is_local:
+            atomic_write_bytes(Path(self.uri) / rel, Path(local).read_bytes())
+            return
         fs, base = self._fs()
-        local_dir.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(posixpath.join(base, rel), str(local_dir), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        return local_dir
+        target = posixpath.join(base, rel)
+        fs.create_dir(posixpath.dirname(target), recursive=True)
+        pafs.copy_files(str(local), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+    def fetch(self, rel: str, local: Path) -> bool:
+        """Copy ``rel`` (a file, or a directory's files) to ``local`` if it exists; says whether it did."""
+        fs, base = self._fs()
+        info = fs.get_file_info(posixpath.join(base, rel) if rel else base)
+        if info.type == pafs.FileType.NotFound:
+            return False
+        target = local if info.type == pafs.FileType.Directory else local.parent
+        target.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(info.path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        return True
 
     def listdir(self, rel: str = "") -> list[str]:
         fs, base = self._fs()

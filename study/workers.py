@@ -13,28 +13,19 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import ray.train
 import torch
 
 from indistill.config import RunConfig, build_config
-from indistill.data import load_benchmark
 from indistill.evaluate import count_parameters, embed
-from indistill.pipeline import make_context
+from indistill.pipeline import artifact_files, artifact_stages, build_artifacts, make_context, student_inputs
 from indistill.table import ROW_LABELS, result_row
-from indistill.train.loop import LAST
+from indistill.train.keys import stage_dirname
+from indistill.train.loop import FINAL, LAST
 from indistill.train.runtime import is_distributed, rank, world_size
-from indistill.train.stages import (
-    Context,
-    auxiliary_key,
-    auxiliary_stage,
-    evaluate_stage,
-    prune_stage,
-    student_stage,
-    teacher_key,
-    teacher_stage,
-)
+from indistill.train.stages import Context, evaluate_stage, prune_stage, student_stage
 
 from .storage import Storage
 from .tblog import TensorBoardLogger
@@ -60,75 +51,73 @@ def _device_name(cfg: RunConfig) -> str:
     return "cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu"
 
 
+STAGES_DIR = "artifacts/stages"
+
+
 @contextlib.contextmanager
-def artifacts_root(storage: Storage, benchmark: str, *, writable: bool) -> Iterator[Path]:
-    """The benchmark's stage cache as a local directory (a scratch mirror for remote storage)."""
-    rel = f"{benchmark}/artifacts/stages"
+def stage_cache(storage: Storage, benchmark: str, fetch: Sequence[str] | None = None
+                ) -> Iterator[tuple[Path, Callable[[Path], None] | None]]:
+    """The benchmark's stage cache as a local directory, and how a written file reaches storage.
+
+    Local (or NFS) storage: the study's own directory, written in place (atomically). Remote
+    storage: a scratch directory holding ``fetch`` (paths relative to the cache, files or
+    directories, those that exist; None: the whole cache), each file written under it uploaded as
+    it is written (a finished stage and every epoch checkpoint), so a failure loses nothing finished.
+    """
+    rel = f"{benchmark}/{STAGES_DIR}"
     if storage.is_local:
         path = storage.local_path() / rel
         path.mkdir(parents=True, exist_ok=True)
-        yield path
+        yield path, None
         return
-    scratch = Path(tempfile.mkdtemp(prefix="indistill-artifacts-"))
+    scratch = Path(tempfile.mkdtemp(prefix="indistill-stages-"))
     try:
-        if storage.exists(rel):
-            storage.download(rel, scratch)
-        yield scratch
-        if writable and rank() == 0:
-            storage.upload(scratch, rel)
+        for item in ([""] if fetch is None else fetch):
+            storage.fetch(f"{rel}/{item}".rstrip("/"), scratch / item)
+
+        def persist(path: Path) -> None:
+            if path.is_relative_to(scratch):  # a trial's own scratch student is not a cache entry
+                storage.upload_file(path, f"{rel}/{path.relative_to(scratch).as_posix()}")
+
+        yield scratch, persist
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _context(cfg: RunConfig, root: Path, data_root: str | None) -> Context:
+def _context(cfg: RunConfig, root: Path, data_root: str | None, persist: Callable[[Path], None] | None) -> Context:
     cfg = cfg.replace(device=_device_name(cfg))
-    return make_context(cfg, root, log=print if rank() == 0 else (lambda _m: None), data_root=data_root)
+    ctx = make_context(cfg, root, log=print if rank() == 0 else (lambda _m: None), data_root=data_root)
+    ctx.persist = persist
+    return ctx
+
+
+def with_indistill(cfg: RunConfig) -> RunConfig:
+    """The study's artifacts always serve InDistill (the searched method) besides ``cfg.methods``."""
+    return cfg if "indistill" in cfg.methods else cfg.replace(methods=(*cfg.methods, "indistill"))
 
 
 def prepare_artifacts(config: dict) -> None:
-    """Teacher, auxiliary and pruning twice: without the val images (what the search's trials read)
-    and on the full train split (what the final runs read); the latter evaluated on test."""
+    """The artifact stages twice (:func:`indistill.pipeline.build_artifacts`): without the val
+    images (what the search's trials read) and on the full train split (what the final runs read,
+    teacher and auxiliary evaluated on test). A retried run continues from the last finished
+    stage and epoch."""
     _quiet_ray_train()
-    cfg = build_config(config["cfg"])
+    cfg = with_indistill(build_config(config["cfg"]))
     storage = Storage(config["storage"])
-    with artifacts_root(storage, cfg.benchmark, writable=True) as root:
-        ctx = _context(cfg, root, config.get("data_root"))
-        stage = 0
+    total = len(artifact_stages(cfg, "val")) + len(artifact_stages(cfg, "test"))
+    finished = 0
 
-        def done() -> None:
-            nonlocal stage
-            stage += 1
-            ray.train.report({"stage": stage, "epoch": stage})
+    def done(stage: str) -> None:
+        nonlocal finished
+        finished += 1
+        ray.train.report({"stage": finished, "stages": total, "epoch": finished})
 
-        search_aux = auxiliary_stage(ctx, None if cfg.auxiliary.checkpoint else teacher_stage(ctx, "val"), "val")
-        prune_stage(ctx, search_aux, protocol="val")
-        done()
-        teacher = teacher_stage(ctx)
-        rows = [{"seed": cfg.seed, **result_row("teacher", count_parameters(teacher),
-                 evaluate_stage(ctx, teacher, ctx.stage_dir("teacher", teacher_key(cfg))))}]
-        done()
-        aux = auxiliary_stage(ctx, teacher)
-        rows.append({"seed": cfg.seed, **result_row("auxiliary", count_parameters(aux),
-                     evaluate_stage(ctx, aux, ctx.stage_dir("auxiliary", auxiliary_key(cfg))))})
-        prune_stage(ctx, aux)
-        done()
+    with stage_cache(storage, cfg.benchmark) as (root, persist):
+        ctx = _context(cfg, root, config.get("data_root"), persist)
+        build_artifacts(ctx, "val", done=done)
+        _, rows = build_artifacts(ctx, "test", rows=True, done=done)
     if rank() == 0:
         storage.write_json(f"{cfg.benchmark}/{NETWORKS_FILE}", {"rows": rows})
-
-
-def _frozen_auxiliary(ctx: Context, protocol: str):
-    """The auxiliary of ``protocol`` from the artifacts (``val``: trained without the val images);
-    a trial or final run never trains it, nor the teacher."""
-    cfg = ctx.cfg
-    if cfg.auxiliary.checkpoint:
-        return auxiliary_stage(ctx, None, protocol)
-    needed = [("auxiliary", auxiliary_key(cfg, protocol))]
-    if not cfg.teacher.checkpoint:
-        needed.append(("teacher", teacher_key(cfg, protocol)))
-    for stage, key in needed:
-        if not (ctx.stage_dir(stage, key) / "final.pt").exists():
-            raise FileNotFoundError(f"artifact {stage}-{key} is missing: prepare the artifacts first")
-    return auxiliary_stage(ctx, teacher_stage(ctx, protocol), protocol)
 
 
 def _report_metrics(epoch: int, metrics: dict[str, float], curriculum_epochs: int = 0) -> dict[str, float]:
@@ -235,11 +224,10 @@ def run_trial(config: dict) -> None:
     try:
         if config.get("fail_with"):  # fault injection for tests: "nan" or "error"
             cfg = _inject_fault(cfg, config["fail_with"])
-        with artifacts_root(storage, cfg.benchmark, writable=False) as root:
-            ctx = _context(cfg, root, config.get("data_root"))
+        with stage_cache(storage, cfg.benchmark, fetch=artifact_files(cfg, "val")) as (root, persist):
+            ctx = _context(cfg, root, config.get("data_root"), persist)
             _record_placement(storage, cfg.benchmark, config["trial_id"], str(ctx.device))
-            aux = _frozen_auxiliary(ctx, "val")
-            pruned = prune_stage(ctx, aux, protocol="val")
+            aux, pruned = student_inputs(ctx, "val")
             reporter = EpochReporter(tb, config.get("started_at"), entered_at, sum(cfg.student.curriculum.epochs))
             run = student_stage(ctx, "indistill", aux, pruned, protocol="val", hooks=[reporter],
                                 work_dir=scratch / "student", resume_from=_restored_checkpoint(scratch))
@@ -270,12 +258,17 @@ def final_seed(config: dict) -> None:
     storage = Storage(config["storage"])
     bench = tuned.benchmark
     rows = []
-    with artifacts_root(storage, bench, writable=True) as root:
-        ctx = _context(base, root, config.get("data_root"))
-        aux = _frozen_auxiliary(ctx, "test")
-        for label, cfg, method in final_rows(base, tuned):
+    plan = final_rows(base, tuned)
+    # what the rows read: the auxiliary, the kept indices of both configs and each row's own
+    # student directory (a retried run resumes its epochs)
+    fetch = sorted({*artifact_files(base, "test"), *artifact_files(tuned, "test"),
+                    *(_student_dir(cfg, method) for _label, cfg, method in plan)})
+    with stage_cache(storage, bench, fetch=fetch) as (root, persist):
+        ctx = _context(base, root, config.get("data_root"), persist)
+        aux, _ = student_inputs(ctx, "test", pruning=False)
+        for label, cfg, method in plan:
             ctx.cfg = cfg.replace(device=ctx.cfg.device)
-            pruned = prune_stage(ctx, aux) if method == "indistill" else None
+            pruned = prune_stage(ctx, aux, protocol="test").pruned if method == "indistill" else None
             tb = TensorBoardLogger(storage, f"{bench}/tensorboard/final/{_slug(label)}/seed-{seed}") if rank() == 0 else None
             try:
                 run = student_stage(ctx, method, aux, pruned, protocol="test", hooks=[_TensorBoardHook(tb)])
@@ -290,9 +283,7 @@ def final_seed(config: dict) -> None:
             rows.append({"seed": seed, **result_row(label, count_parameters(run.model), results)})
             ray.train.report({"row": len(rows), "epoch": len(rows)})
             if label == TUNED and rank() == 0 and seed == config.get("export_seed"):
-                with tempfile.TemporaryDirectory() as tmp:
-                    shutil.copy2(run.work_dir / "final.pt", Path(tmp) / "final.pt")
-                    storage.upload(Path(tmp), f"{bench}/final/run")
+                storage.upload_file(run.work_dir / FINAL, f"{bench}/final/run/{FINAL}")
     if rank() == 0:
         storage.write_json(f"{bench}/final/seed-{seed}.json", {"rows": rows})
 
@@ -311,8 +302,14 @@ STUDENT_ROWS: tuple[tuple[str, str, bool], ...] = (
 
 
 def final_rows(base: RunConfig, tuned: RunConfig) -> list[tuple[str, RunConfig, str]]:
-    """(row label, config, method) of every student row (:data:`STUDENT_ROWS`)."""
-    return [(label, tuned if is_tuned else base, method) for label, method, is_tuned in STUDENT_ROWS]
+    """(row label, config, method) of every student row (:data:`STUDENT_ROWS`); baselines that
+    the base config's ``methods`` leave out are left out."""
+    return [(label, tuned if is_tuned else base, method) for label, method, is_tuned in STUDENT_ROWS
+            if method == "indistill" or method in base.methods]
+
+
+def _student_dir(cfg: RunConfig, method: str) -> str:
+    return stage_dirname("student", cfg, "test", method)
 
 
 def _slug(label: str) -> str:

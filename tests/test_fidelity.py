@@ -427,7 +427,8 @@ def test_dataclass_defaults_are_the_reference() -> None:
 
 def test_search_networks_never_see_the_val_images(tmp_path: Path) -> None:
     from indistill.pipeline import make_context
-    from indistill.train.stages import auxiliary_stage, prune_stage, teacher_key, teacher_stage
+    from indistill.train.keys import stage_key
+    from indistill.train.stages import auxiliary_stage, prune_stage, teacher_stage
 
     cfg = build_config({"device": "cpu", "teacher": {"epochs": 1}, "auxiliary": {"ce": {"epochs": 1}, "pkt": {"epochs": 1}},
                         "prune": {"criterion": "activation"}}, benchmark="digits")
@@ -445,14 +446,14 @@ def test_search_networks_never_see_the_val_images(tmp_path: Path) -> None:
         return net
 
     ctx.network = network
-    aux = auxiliary_stage(ctx, teacher_stage(ctx, "val"), "val")
+    aux = auxiliary_stage(ctx, teacher_stage(ctx, "val").network, "val").network
     prune_stage(ctx, aux, protocol="val")
     assert seen and not any(seen)
     # the final runs' networks do train on them (the check above can fail), cached apart
     seen.clear()
     teacher_stage(ctx, "test")
     assert any(seen)
-    assert teacher_key(cfg, "val") != teacher_key(cfg, "test")
+    assert stage_key("teacher", cfg, "val") != stage_key("teacher", cfg, "test")
 
 
 def test_a_study_budget_scales_every_student_schedule() -> None:

@@ -67,7 +67,7 @@ class Interrupt(Exception):
 def _student(tmp_path, name, hooks=()):
     cfg = build_config(SHORT, benchmark="digits")
     ctx = make_context(cfg, tmp_path / "shared", log=lambda _m: None)
-    teacher = teacher_stage(ctx)  # the teacher as the distillation source keeps this test short
+    teacher = teacher_stage(ctx).network  # the teacher as the distillation source keeps this test short
     return ctx, student_stage(ctx, "mkt", teacher, protocol="val", work_dir=tmp_path / name, hooks=list(hooks))
 
 

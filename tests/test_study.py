@@ -93,7 +93,11 @@ def test_study_table_rows_and_trial_accounting(study):
             assert t["timing"] is None  # diverged in its first epoch: never reported
     assert trials["max_concurrent"] == 2
     phases = json.loads((root / "digits/phases.json").read_text())
-    assert set(phases) == {"artifacts_s", "search_s", "final_s"} and all(v > 0 for v in phases.values())
+    assert set(phases) == {"artifacts_s", "search_s", "final_s", "intervals"}
+    assert all(phases[f"{p}_s"] > 0 for p in phases["intervals"])
+    spans = [phases["intervals"][p] for p in ("artifacts", "search", "final")]  # one attempt each, in order
+    assert [len(s) for s in spans] == [1, 1, 1]
+    assert spans[0][0]["end"] <= spans[1][0]["start"] and spans[1][0]["end"] <= spans[2][0]["start"]
 
 
 @pytest.mark.e2e

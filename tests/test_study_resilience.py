@@ -10,60 +10,88 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .s3 import BUCKET, S3
 from .test_study import TINY_SPACE
 
 
-def _space(tmp_path: Path, **budget) -> Path:
-    space = {**TINY_SPACE, "budget": {**TINY_SPACE["budget"], **budget}}
+def _space(tmp_path: Path, benchmark: str | None = "digits", fixed: dict | None = None, **budget) -> Path:
+    space = {**TINY_SPACE, "benchmark": benchmark, "fixed": fixed or TINY_SPACE["fixed"],
+             "budget": {**TINY_SPACE["budget"], **budget}}
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space))
     return path
 
 
+#: three benchmarks at once: digits plus tiny fabricated datasets in their real on-disk formats; a
+#: small CNN teacher everywhere and one retrieval cut-off keep them short
+MULTI = ("digits", "fashionmnist", "cifar10")
+MULTI_FIXED = {"networks": {"teacher": {"arch": "cnn", "widths": [16, 32, 64], "embedding_dim": 64}}, "eval": {"ks": [10]}}
+
+
 @pytest.mark.e2e
-def test_two_node_cluster_with_logical_gpus_places_trials_on_both_nodes(tmp_path):
+def test_two_node_cluster_runs_three_benchmarks_at_once(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
     from study.cli import build_parser, make_plan
     from study.runner import run_study
 
-    # head: the Tune driver only; two worker nodes with one CPU and one logical GPU each, so two
-    # concurrent trials (1 CPU + 0.5 GPU) cannot share a node
+    from .data_fixtures import write_cifar10, write_fashionmnist
+
+    data = tmp_path / "data"
+    write_cifar10(data, per_batch=40, test=40)
+    write_fashionmnist(data, train=200, test=40)
+    # head: the drivers only; two worker nodes with two CPUs and one logical GPU each: trials
+    # (1 CPU + 0.5 GPU) of all benchmarks share them, and each benchmark's trials land on both
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True})
-    nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    nodes = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
-    # no early stopping: every trial runs all its epochs, so trials overlap in time
-    # two trials at once, one CPU per node: they cannot share a node
-    space = _space(tmp_path, trials=2, epochs=4, early_stopping=False, final_seeds=1)
-    args = build_parser().parse_args(["run", "--search-space", str(space), "--storage", str(tmp_path / "studies"),
-                                      "--name", "two-node", "--gpus-per-trial", "0.5", "--dist-backend", "gloo"])
+    space = _space(tmp_path, trials=2, epochs=4, early_stopping=False, final_seeds=1, benchmark=None,
+                   fixed={**TINY_SPACE["fixed"], **MULTI_FIXED})
+    args = build_parser().parse_args(["run", "--benchmarks", ",".join(MULTI), "--search-space", str(space),
+                                      "--data-root", str(data), "--storage", str(tmp_path / "studies"),
+                                      "--name", "multi", "--gpus-per-trial", "0.5", "--dist-backend", "gloo"])
     try:
         ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
         assert ray.cluster_resources()["GPU"] == 2
         plan = make_plan(args, ray.cluster_resources())
-        assert plan.trial_resources.max_concurrent(ray.cluster_resources()) == 2
         table = run_study(plan, log=lambda _m: None)
     finally:
         ray.shutdown()
         cluster.shutdown()
-    trials = json.loads((tmp_path / "studies/two-node/digits/search/trials.json").read_text())
-    assert trials["counts"] == {"completed": 2, "stopped early": 0, "failed": 0}
-    placements = [rank for t in trials["trials"] for rank in t["placement"]]
-    assert len(placements) == 2  # one rank per trial, each recorded
-    assert {p["node_id"] for p in placements} == {n.node_id for n in nodes}
-    assert {p["device"] for p in placements} == {"cpu"}  # logical GPUs: the worker falls back to CPU
-    assert table.loc[("digits", "InDistill (tuned)"), "cosine map"] > 0
+    root = tmp_path / "studies/multi"
+    rows = {bench: [n for b, n in table.index if b == bench] for bench in MULTI}
+    assert all(rows[b] == rows["digits"] and "InDistill (tuned)" in rows[b] for b in MULTI), rows
+    for bench in MULTI:
+        trials = json.loads((root / bench / "search/trials.json").read_text())
+        assert trials["counts"] == {"completed": 2, "stopped early": 0, "failed": 0}, bench
+        placements = [rank for t in trials["trials"] for rank in t["placement"]]
+        assert len(placements) == 2 and {p["device"] for p in placements} == {"cpu"}  # logical GPUs: CPU fallback
+    placed = {p["node_id"] for b in MULTI for t in json.loads((root / b / "search/trials.json").read_text())["trials"]
+              for p in t["placement"]}
+    assert placed == {n.node_id for n in nodes}
+    # the benchmarks advanced at once: every pair's active spans (artifacts to final) overlap
+    spans = {}
+    for bench in MULTI:
+        intervals = json.loads((root / bench / "phases.json").read_text())["intervals"]
+        assert set(intervals) == {"artifacts", "search", "final"}, bench
+        spans[bench] = (min(i["start"] for v in intervals.values() for i in v), max(i["end"] for v in intervals.values() for i in v))
+    for a in MULTI:
+        for b in MULTI:
+            assert spans[a][0] < spans[b][1], (a, b, spans)
+    # the artifact runs started together
+    starts = [json.loads((root / b / "phases.json").read_text())["intervals"]["artifacts"][0]["start"] for b in MULTI]
+    assert max(starts) - min(starts) < 5.0, starts
 
 
-def _snapshot(search_dir: Path) -> dict[str, dict]:
-    """Tune's last persisted experiment state: trial id -> {status, last_result}."""
-    files = sorted(search_dir.glob("experiment_state-*.json"))
+def _snapshot(s3: S3, prefix: str) -> dict[str, dict]:
+    """Tune's last experiment state in the bucket: trial id -> {status, last_result}."""
+    files = [k for k in s3.keys(prefix) if k.rsplit("/", 1)[-1].startswith("experiment_state-") and k.endswith(".json")]
     if not files:
         return {}
     try:
-        state = json.loads(files[-1].read_text())
-    except (json.JSONDecodeError, OSError):  # caught mid-write: try again
+        state = json.loads(s3.read(sorted(files)[-1]))
+    except (json.JSONDecodeError, KeyError):  # replaced while read: try again
         return {}
     out = {}
     for trial_json, meta_json in state["trial_data"]:
@@ -85,28 +113,31 @@ def _wait_for_group_exit(pgid: int, timeout: float) -> bool:
 
 
 @pytest.mark.e2e
-def test_killed_driver_resumes_without_losing_finished_trials(tmp_path):
+def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3):
+    """A study on S3 (moto on 127.0.0.1, through AWS_ENDPOINT_URL): SIGKILL the driver once
+    trials have finished, resume, and find the table, configs and TensorBoard files in the bucket."""
     space = _space(tmp_path, trials=4, final_seeds=1)
     cmd = [sys.executable, "-m", "study.cli", "run", "--search-space", str(space),
-           "--storage", str(tmp_path / "studies"), "--name", "killed"]
-    # Tune snapshots its state at most every TUNE_GLOBAL_CHECKPOINT_S (>= 10 s by default); 1 s makes
-    # the kill land soon after the first trials finish
-    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    search_dir = tmp_path / "studies/killed/ray/digits-search"
+           "--storage", f"s3://{BUCKET}/studies", "--name", "killed"]
+    # Tune snapshots its state at most every TUNE_GLOBAL_CHECKPOINT_S (>= 10 s by default) and the
+    # study uploads it every INDISTILL_STATE_SYNC_S: 1 s each makes the kill land soon after the
+    # first trials finish
+    env = {**os.environ, **s3.env, "TUNE_GLOBAL_CHECKPOINT_S": "1", "INDISTILL_STATE_SYNC_S": "1"}
+    search = "studies/killed/ray/digits-search/"
     with open(tmp_path / "first.log", "w") as log:
         driver = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         finished: dict[str, dict] = {}
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and driver.poll() is None:
-            snap = _snapshot(search_dir)
+            snap = _snapshot(s3, search)
             finished = {k: v for k, v in snap.items() if v["status"] == "TERMINATED"}
             if finished and len(finished) < 4:
                 break
             time.sleep(0.5)
         assert driver.poll() is None, "the study ended before it could be killed:\n" + (tmp_path / "first.log").read_text()[-3000:]
         assert finished, "no trial finished in time"
-        results_before = {tid: len(_trial_results(search_dir, tid)) for tid in finished}
+        results_before = {tid: len(_trial_results(s3, search, tid)) for tid in finished}
         driver.send_signal(signal.SIGKILL)  # the driver alone; its local Ray shares its fate
         driver.wait(30)
     finally:
@@ -121,17 +152,32 @@ def test_killed_driver_resumes_without_losing_finished_trials(tmp_path):
     resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming the search" in resumed.stdout and "artifacts already prepared" in resumed.stdout
-    trials = {t["trial_id"]: t for t in json.loads((tmp_path / "studies/killed/digits/search/trials.json").read_text())["trials"]}
+    trials = {t["trial_id"]: t for t in json.loads(s3.read("studies/killed/digits/search/trials.json"))["trials"]}
     assert len(trials) == 4  # the budget, neither lost nor repeated
     for tid, before in finished.items():
         after = trials[tid]
         assert after["status"] in ("completed", "stopped early"), after
         assert after["epochs"] == before["last_result"]["epoch"]
         assert after["val_map"] == before["last_result"]["val_map"]
-        assert len(_trial_results(search_dir, tid)) == results_before[tid]  # kept, not re-run
-    assert "InDistill (tuned)" in (tmp_path / "studies/killed/results.md").read_text()
+        assert len(_trial_results(s3, search, tid)) == results_before[tid]  # kept, not re-run
+    # everything a user reads is in the bucket: the table, the configs, TensorBoard's files
+    keys = s3.keys("studies/killed/")
+    assert "InDistill (tuned)" in s3.read("studies/killed/results.md").decode()
+    assert {"studies/killed/digits/search/best_config.yaml", "studies/killed/digits/base_config.yaml",
+            "studies/killed/digits/search_space.yaml", "studies/killed/digits/final/run/final.pt"} <= set(keys)
+    events = [k for k in keys if "/tensorboard/" in k and "tfevents" in k]
+    assert {k.split("/tensorboard/")[1].split("/")[0] for k in events} >= {"trials", "final"}
+    # and the export command reads it back from S3
+    out = tmp_path / "export"
+    exported = subprocess.run([sys.executable, "-m", "study.cli", "export", f"s3://{BUCKET}/studies/killed", "--out", str(out)],
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    best = yaml.safe_load((out / "digits" / "best_config.yaml").read_text())
+    tuned = yaml.safe_load(s3.read("studies/killed/digits/search/best_config.yaml"))
+    assert (best["student"]["curriculum"], best["prune"]) == (tuned["student"]["curriculum"], tuned["prune"])
+    assert (out / "digits" / "student.pt").read_bytes() == s3.read("studies/killed/digits/final/run/final.pt")
 
 
-def _trial_results(search_dir: Path, trial_id: str) -> list[dict]:
-    (trial_dir,) = [d for d in search_dir.iterdir() if d.is_dir() and f"_{trial_id}_" in d.name]
-    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+def _trial_results(s3: S3, search: str, trial_id: str) -> list[dict]:
+    (key,) = [k for k in s3.keys(search) if f"_{trial_id}_" in k and k.endswith("/result.json")]
+    return [json.loads(line) for line in s3.read(key).decode().splitlines() if line.strip()]

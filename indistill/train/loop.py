@@ -77,6 +77,14 @@ def _history(state: dict, path: Path, epochs: int | None = None) -> list[dict[st
     return list(history)
 
 
+def load_final(path: Path, model: nn.Module) -> list[dict[str, float]]:
+    """Load a finished loop's ``final.pt`` into ``model``; returns its history (CheckpointError if unusable)."""
+    state = _read_state(path, ("model", "history"))
+    history = _history(state, path)
+    load_state(model, state["model"], path)
+    return history
+
+
 def train_step(step: StepFn, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, epoch: int,
                sums: dict[str, Tensor]) -> None:
     """One optimisation step; adds the batch-weighted loss and its parts to ``sums``, on the device.
@@ -116,6 +124,7 @@ class Loop:
     log: Callable[[str], None] = print
     resume_from: Path | None = None
     phase_of: Callable[[int], int] | None = None
+    saved: Callable[[Path], None] = lambda _path: None  # called with every checkpoint written (rank 0)
 
     def run(self) -> list[dict[str, float]]:
         """Train (or resume) to the end; returns the per-epoch metrics history."""
@@ -124,10 +133,7 @@ class Loop:
         if final.exists():
             initial = _copy_state(self.model)
             try:
-                state = _read_state(final, ("model", "history"))
-                history = _history(state, final)
-                load_state(self.model, state["model"], final)
-                return history
+                return load_final(final, self.model)
             except CheckpointError as exc:
                 self.model.load_state_dict(initial)
                 last = self.resume_from if self.resume_from is not None else self.work_dir / LAST
@@ -149,10 +155,11 @@ class Loop:
                      "history": history},
                     self.work_dir / LAST,
                 )
+                self.saved(ckpt)
             for hook in self.hooks:
                 hook(epoch, metrics, ckpt)
         if rank() == 0:
-            atomic_torch_save({"model": self.model.state_dict(), "history": history}, final)
+            self.saved(atomic_torch_save({"model": self.model.state_dict(), "history": history}, final))
         barrier()
         return history
 

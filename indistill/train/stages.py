@@ -1,11 +1,9 @@
 """The pipeline's stages, each cached in ``<cache_root>/<stage>-<key>/`` by the config that determines it."""
 from __future__ import annotations
 
-import functools
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +19,11 @@ from ..models.base import EMBEDDING, TapNet, TapReader
 from ..models.checkpoint import load_checkpoint
 from ..models.zoo import create_network
 from ..pruning import PrunedTaps, create_target, select_channels
-from ..schema import to_dict
 from .batches import DeviceSplit
-from .loop import EpochHook, Loop
+from .keys import Protocol, stage_dirname, stage_key
+from .loop import FINAL, EpochHook, Loop, load_final
 from .methods import Method, StudentBatch, create_method
 from .runtime import autocast, is_distributed, rank, seed_everything
-
-Protocol = Literal["test", "val"]
-
 
 @dataclass
 class Context:
@@ -39,7 +34,14 @@ class Context:
     device: torch.device
     cache_root: Path
     log: Callable[[str], None] = print
+    #: called (rank 0) with every file a stage writes under ``cache_root``, as it is written: the
+    #: study mirrors a remote stage cache this way
+    persist: Callable[[Path], None] | None = None
     _splits: dict[str, DeviceSplit] = field(default_factory=dict)
+
+    def saved(self, path: Path) -> None:
+        if self.persist is not None and rank() == 0:
+            self.persist(path)
 
     def split(self, name: str) -> DeviceSplit:
         """``train`` (minus val), ``val``, ``test`` or ``train_full`` on the device."""
@@ -71,70 +73,9 @@ class Context:
     def stage_dir(self, stage: str, key: str) -> Path:
         return self.cache_root / f"{stage}-{key}"
 
-
-# ----------------------------------------------------------------------------- cache keys
-# Every key holds the protocol: a search ("val") trains teacher, auxiliary and pruning without the
-# val images, the final runs ("test") on the full train split, so each is cached separately.
-
-
-def _base_key(cfg: RunConfig, protocol: Protocol) -> dict:
-    return {"benchmark": cfg.benchmark, "data": cfg.data.options, "seed": cfg.seed, "precision": cfg.precision,
-            "protocol": protocol}
-
-
-def _file_id(path: str | None) -> str | None:
-    """A given checkpoint enters a key by its content, so a replaced file is never shadowed and
-    copies of the same file on different nodes give the same key."""
-    if not path:
-        return None
-    p = Path(path).expanduser()
-    if not p.is_file():
-        return str(p)
-    st = p.stat()
-    return _content_hash(str(p.resolve()), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=32)
-def _content_hash(path: str, _size: int, _mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def teacher_key(cfg: RunConfig, protocol: Protocol = "test") -> str:
-    return stable_hash({**_base_key(cfg, protocol), "net": cfg.networks.teacher, "train": to_dict(cfg.teacher),
-                        "file": _file_id(cfg.teacher.checkpoint)})
-
-
-def auxiliary_key(cfg: RunConfig, protocol: Protocol = "test") -> str:
-    if cfg.auxiliary.checkpoint:  # the user's weights: no teacher, no training
-        return stable_hash({**_base_key(cfg, protocol), "net": cfg.networks.auxiliary, "file": _file_id(cfg.auxiliary.checkpoint)})
-    return stable_hash({"teacher": teacher_key(cfg, protocol), "net": cfg.networks.auxiliary, "train": to_dict(cfg.auxiliary)})
-
-
-def prune_key(cfg: RunConfig, protocol: Protocol = "test") -> str:
-    return stable_hash({"auxiliary": auxiliary_key(cfg, protocol), "student": cfg.networks.student, "prune": to_dict(cfg.prune)})
-
-
-def student_key(cfg: RunConfig, method: str, protocol: Protocol) -> str:
-    s = cfg.student
-    epochs, optim = s.schedule(method)
-    key = {
-        "method": method, "protocol": protocol, "auxiliary": auxiliary_key(cfg, protocol), "net": cfg.networks.student,
-        "seed": cfg.student_seed,
-        "epochs": epochs, "batch_size": s.batch_size, "optim": to_dict(optim),
-        "ce_weight": s.ce_weight if method != "ce" else None,
-    }
-    if method == "indistill":
-        key.update(curriculum=to_dict(s.curriculum), prune=prune_key(cfg, protocol))
-    if method == "mkt":
-        key.update(mkt=to_dict(s.mkt))
-    if method == "ce":
-        key.pop("auxiliary")
-        key["base"] = _base_key(cfg, protocol)
-    return stable_hash(key)
+    def stage_path(self, stage: str, protocol: Protocol = "test", method: str | None = None) -> Path:
+        """The cache directory of ``stage`` for the current config (``student``: of ``method``)."""
+        return self.cache_root / stage_dirname(stage, self.cfg, protocol, method)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -173,7 +114,7 @@ def _ce_loop(ctx: Context, name: str, model: TapNet, stage: StageConfig, work_di
         return F.cross_entropy(logits.float(), y), {}
 
     return Loop(work_dir, model, stage.optim, stage.epochs, step, _batches(ctx, ctx.train_split(protocol), stage, ctx.cfg.seed),
-                name=name, log=ctx.log)
+                name=name, log=ctx.log, saved=ctx.saved)
 
 
 def _load_given(ctx: Context, model: TapNet, role: str, path: str) -> TapNet:
@@ -185,29 +126,49 @@ def _load_given(ctx: Context, model: TapNet, role: str, path: str) -> TapNet:
 # ----------------------------------------------------------------------------- stages
 
 
-def teacher_stage(ctx: Context, protocol: Protocol = "test") -> TapNet:
+@dataclass
+class StageResult:
+    """A finished stage: its network (``pruned``: the kept indices, for ``prune``), its cache
+    directory (None for a given checkpoint) and its per-epoch training history."""
+
+    stage: str
+    directory: Path | None
+    network: TapNet | None = None
+    pruned: PrunedTaps | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+INDICES = "indices.pt"
+#: the file a finished stage leaves in its directory: what :func:`load_stage` reads
+STAGE_FILES = {"teacher": FINAL, "auxiliary": FINAL, "prune": INDICES}
+
+
+def teacher_stage(ctx: Context, protocol: Protocol = "test") -> StageResult:
     """Train the teacher with cross-entropy on the protocol's train split, or load the user's checkpoint."""
     cfg = ctx.cfg
     seed_everything(cfg.seed)
     model = ctx.network("teacher")
     if cfg.teacher.checkpoint:
-        return _load_given(ctx, model, "teacher", cfg.teacher.checkpoint)
-    _ce_loop(ctx, "teacher", model, cfg.teacher, ctx.stage_dir("teacher", teacher_key(cfg, protocol)), protocol).run()
-    return _freeze(model)
+        return StageResult("teacher", None, _load_given(ctx, model, "teacher", cfg.teacher.checkpoint))
+    work_dir = ctx.stage_path("teacher", protocol)
+    history = _ce_loop(ctx, "teacher", model, cfg.teacher, work_dir, protocol).run()
+    return StageResult("teacher", work_dir, _freeze(model), history=history)
 
 
-def auxiliary_stage(ctx: Context, teacher: TapNet | None, protocol: Protocol = "test") -> TapNet:
+def auxiliary_stage(ctx: Context, teacher: TapNet | None, protocol: Protocol = "test") -> StageResult:
     """Cross-entropy, then PKT from the teacher's embedding, starting from the CE weights
     (or the user's ``auxiliary.checkpoint``, when given: then ``teacher`` is not read)."""
     cfg = ctx.cfg
     seed_everything(cfg.seed + 1)
     model = ctx.network("auxiliary")
     if cfg.auxiliary.checkpoint:
-        return _load_given(ctx, model, "auxiliary", cfg.auxiliary.checkpoint)
+        return StageResult("auxiliary", None, _load_given(ctx, model, "auxiliary", cfg.auxiliary.checkpoint))
     if teacher is None:
         raise ValueError("the auxiliary stage needs the teacher (no auxiliary.checkpoint given)")
-    key = auxiliary_key(cfg, protocol)
-    _ce_loop(ctx, "auxiliary/ce", model, cfg.auxiliary.ce, ctx.stage_dir("auxiliary-ce", key), protocol).run()
+    work_dir = ctx.stage_path("auxiliary", protocol)
+    ce_dir = ctx.stage_dir("auxiliary-ce", stage_key("auxiliary", cfg, protocol))
+    if not (work_dir / FINAL).exists():  # a finished auxiliary needs neither its CE start nor the teacher
+        _ce_loop(ctx, "auxiliary/ce", model, cfg.auxiliary.ce, ce_dir, protocol).run()
     trainable = _maybe_compile(_ddp(model, ctx.device), cfg)
     t_reader = TapReader(teacher, (EMBEDDING,))
     a_reader = TapReader(trainable, (EMBEDDING,))
@@ -222,28 +183,54 @@ def auxiliary_stage(ctx: Context, teacher: TapNet | None, protocol: Protocol = "
         return loss, {"loss/embedding": loss.detach()}
 
     stage = cfg.auxiliary.pkt
-    Loop(ctx.stage_dir("auxiliary", key), model, stage.optim, stage.epochs, step,
-         _batches(ctx, ctx.train_split(protocol), stage, cfg.seed + 1), name="auxiliary/pkt", log=ctx.log).run()
-    t_reader.close()
-    a_reader.close()
-    return _freeze(model)
+    try:
+        history = Loop(work_dir, model, stage.optim, stage.epochs, step,
+                       _batches(ctx, ctx.train_split(protocol), stage, cfg.seed + 1), name="auxiliary/pkt",
+                       log=ctx.log, saved=ctx.saved).run()
+    finally:
+        t_reader.close()
+        a_reader.close()
+    return StageResult("auxiliary", work_dir, _freeze(model), history=history)
+
+
+def load_stage(ctx: Context, stage: str, protocol: Protocol = "test", auxiliary: TapNet | None = None) -> StageResult:
+    """A finished artifact stage (teacher | auxiliary | prune) read from its cache directory (or
+    the given checkpoint), without a training loop and without data on the device; ``prune``
+    checks its indices against ``auxiliary``. A stage that never finished is a UserError."""
+    cfg = ctx.cfg
+    given = getattr(cfg, stage).checkpoint if stage in ("teacher", "auxiliary") else None
+    if given:
+        return StageResult(stage, None, _load_given(ctx, ctx.network(stage), stage, given))
+    work_dir = ctx.stage_path(stage, protocol)
+    path = work_dir / STAGE_FILES[stage]
+    if not path.exists():
+        raise UserError(f"{path}: the {stage} stage ({protocol} protocol) has not finished; run it first")
+    if stage == "prune":
+        if auxiliary is None:
+            raise ValueError("loading the prune stage needs the auxiliary network")
+        pruned = _read_indices(path, auxiliary, student_widths(ctx.network("student")))
+        return StageResult(stage, work_dir, pruned=pruned.to(ctx.device))
+    model = ctx.network(stage)
+    history = load_final(path, model)
+    return StageResult(stage, work_dir, _freeze(model), history=history)
 
 
 def student_widths(student: TapNet) -> dict[str, int]:
     return {t.name: t.channels for t in student.intermediate_taps}
 
 
-def prune_stage(ctx: Context, auxiliary: TapNet, student: TapNet | None = None, protocol: Protocol = "test") -> PrunedTaps:
+def prune_stage(ctx: Context, auxiliary: TapNet, student: TapNet | None = None, protocol: Protocol = "test") -> StageResult:
     """Kept channel indices of every intermediate auxiliary tap (the student's widths).
 
     Data-driven criteria read the protocol's train split only (never the val images in a search).
     """
     cfg = ctx.cfg
-    path = ctx.stage_dir("prune", prune_key(cfg, protocol)) / "indices.pt"
+    work_dir = ctx.stage_path("prune", protocol)
+    path = work_dir / INDICES
     student = student or ctx.network("student")
     if path.exists():
         try:
-            return _read_indices(path, auxiliary, student_widths(student)).to(ctx.device)
+            return StageResult("prune", work_dir, pruned=_read_indices(path, auxiliary, student_widths(student)).to(ctx.device))
         except CheckpointError as exc:
             _set_aside(ctx, "prune", path, exc, "selecting the channels again")
     spec = ctx.data.spec
@@ -254,10 +241,10 @@ def prune_stage(ctx: Context, auxiliary: TapNet, student: TapNet | None = None, 
         batches=cfg.prune.batches, seed=cfg.seed, device=ctx.device,
     )
     pruned = PrunedTaps(indices)
-    atomic_torch_save(pruned.state_dict(), path)
+    ctx.saved(atomic_torch_save(pruned.state_dict(), path))
     kept = ", ".join(f"{k}: {len(v)}/{auxiliary.tap(k).channels}" for k, v in indices.items())
     ctx.log(f"[prune] {cfg.prune.criterion}: kept {kept}")
-    return pruned.to(ctx.device)
+    return StageResult("prune", work_dir, pruned=pruned.to(ctx.device))
 
 
 def _read_indices(path: Path, auxiliary: TapNet, widths: dict[str, int]) -> PrunedTaps:
@@ -313,7 +300,7 @@ def student_stage(
         raise ValueError("method 'indistill' needs the pruned auxiliary taps")
     if impl.needs_source and auxiliary is None:
         raise ValueError(f"method {method!r} needs the auxiliary network")
-    work_dir = work_dir or ctx.stage_dir(f"student-{method}-{protocol}", student_key(cfg, method, protocol))
+    work_dir = work_dir or ctx.stage_path("student", protocol, method)
     trainable = _maybe_compile(_ddp(model, ctx.device, find_unused=True), cfg)
     all_taps = tuple(t.name for t in model.taps)
     s_reader = TapReader(trainable, all_taps)
@@ -341,7 +328,7 @@ def student_stage(
         work_dir, model, optim, epochs, step,
         _batches(ctx, ctx.train_split(protocol), cfg.student, cfg.student_seed + 2),
         name=f"student/{method}", evaluate=evaluate, eval_every=cfg.student.eval_every,
-        hooks=list(hooks or []), log=ctx.log, resume_from=resume_from, phase_of=impl.phase,
+        hooks=list(hooks or []), log=ctx.log, resume_from=resume_from, phase_of=impl.phase, saved=ctx.saved,
     )
     try:
         history = loop.run()
@@ -374,4 +361,5 @@ def evaluate_stage(ctx: Context, model: nn.Module, stage_dir: Path, protocol: Pr
     queries, database = ctx.eval_splits(protocol)
     res = evaluate_network(model, queries, database, ks=ctx.cfg.eval.ks, batch_size=ctx.cfg.eval.batch_size)
     atomic_write_json(path, res)
+    ctx.saved(path)
     return res

@@ -1,0 +1,113 @@
+"""Cache keys of the pipeline's stages.
+
+A stage's key hashes the whole config (``to_dict``) with the retrieval protocol, minus the dotted
+paths its exclude list names: a field added to the config later enters every key unless it is
+excluded here, so a new field can never silently reuse a stale cache. Given checkpoints enter by
+their content, not their path.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+from ..config import RunConfig
+from ..io import stable_hash
+from ..schema import to_dict
+
+Protocol = Literal["test", "val"]
+
+#: fields that say where, how fast or what else a run executes, never what a stage computes
+EXECUTION: tuple[str, ...] = ("device", "compile", "threads", "channels_last", "methods", "eval",
+                              "data.root", "data.download", "data.options.workers", "student.eval_every")
+
+#: what each artifact stage does not read (besides :data:`EXECUTION`)
+STAGE_EXCLUDES: dict[str, tuple[str, ...]] = {
+    "teacher": ("networks.auxiliary", "networks.student", "auxiliary", "prune", "student"),
+    "auxiliary": ("networks.student", "prune", "student"),
+    # the kept indices depend on the auxiliary and the student's widths; the target only on how a
+    # student reads them (it enters the InDistill student's key)
+    "prune": ("student", "prune.target"),
+}
+#: a given auxiliary checkpoint replaces the teacher and the auxiliary's training
+GIVEN_AUXILIARY: tuple[str, ...] = ("teacher", "networks.teacher", "auxiliary.ce", "auxiliary.pkt")
+
+#: the student's shared schedule fields, replaced in its key by the method's resolved schedule
+SCHEDULE_FIELDS: tuple[str, ...] = ("student.epochs", "student.optim", "student.schedules")
+#: student-config sections only one method reads
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"indistill": ("student.curriculum",), "mkt": ("student.mkt",)}
+#: what a student without a distillation source (cross-entropy) does not read
+NO_SOURCE: tuple[str, ...] = ("teacher", "auxiliary", "networks.teacher", "networks.auxiliary", "student.ce_weight")
+
+
+def file_id(path: str | None) -> str | None:
+    """A given checkpoint by its content, so a replaced file is never shadowed and copies of the
+    same file on different nodes give the same key (a missing file: its path)."""
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        return str(p)
+    st = p.stat()
+    return _content_hash(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _content_hash(path: str, _size: int, _mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def config_tree(cfg: RunConfig) -> dict[str, Any]:
+    """The config as a plain tree, given checkpoints replaced by their content hash."""
+    tree = to_dict(cfg)
+    for role in ("teacher", "auxiliary"):
+        tree[role]["checkpoint"] = file_id(getattr(cfg, role).checkpoint)
+    return tree
+
+
+def without(tree: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
+    """A copy of ``tree`` without the dotted ``paths`` (missing ones are ignored)."""
+    out = copy.deepcopy(tree)
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
+def excluded(stage: str, cfg: RunConfig, method: str | None = None) -> tuple[str, ...]:
+    """The dotted config paths that cannot change ``stage`` (``student``: of ``method``)."""
+    given_aux = GIVEN_AUXILIARY if cfg.auxiliary.checkpoint else ()
+    if stage != "student":
+        return (*EXECUTION, *STAGE_EXCLUDES[stage], *(given_aux if stage != "teacher" else ()))
+    from .methods import METHODS
+
+    impl = METHODS.get(method)
+    others = tuple(p for m, paths in METHOD_SECTIONS.items() if m != method for p in paths)
+    return (*EXECUTION, *SCHEDULE_FIELDS, *others, *given_aux,
+            *(() if impl.needs_source else NO_SOURCE), *(() if impl.needs_pruning else ("prune",)))
+
+
+def stage_key(stage: str, cfg: RunConfig, protocol: Protocol = "test", method: str | None = None) -> str:
+    """The cache key of ``stage`` (teacher | auxiliary | prune | student of ``method``) under ``protocol``."""
+    tree = without(config_tree(cfg), excluded(stage, cfg, method))
+    extra: dict[str, Any] = {}
+    if stage == "student":
+        epochs, optim = cfg.student.schedule(method)
+        extra = {"method": method, "schedule": {"epochs": epochs, "optim": to_dict(optim)}}
+    return stable_hash({"stage": stage, "protocol": protocol, "config": tree, **extra})
+
+
+def stage_dirname(stage: str, cfg: RunConfig, protocol: Protocol = "test", method: str | None = None) -> str:
+    """The stage's directory name in the stage cache: ``<stage>-<key>`` (students: ``student-<method>-<protocol>-<key>``)."""
+    name = f"student-{method}-{protocol}" if stage == "student" else stage
+    return f"{name}-{stage_key(stage, cfg, protocol, method)}"
