@@ -21,7 +21,7 @@ from indistill.config import RunConfig, config_to_dict
 from indistill.io import atomic_write_bytes, stable_hash
 from indistill.schema import ConfigError
 
-from .resources import TrialResources
+from .resources import REPORT_POLL_ENV, TrialResources
 from .results import build_table, summarize_trials, write_study_table
 from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
 from .search_space import SearchSpace, apply_params, base_config, define_by_run, shortest_curriculum
@@ -30,11 +30,6 @@ from .workers import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, final_seed, prep
 
 STATE = "study.json"
 QUIET = ray.train.LoggingConfig(log_level="WARNING")  # our own per-epoch lines are the progress output
-# Ray Train's controller collects a worker's report once per health-check poll (default 2 s) and a
-# worker's next report blocks until then, so a trial whose epochs are shorter than the poll interval
-# waits ~2 s per epoch (measured: 88 % of a digits trial's wall time). The controller inherits this
-# variable from the process that calls fit(); a value the user set wins.
-REPORT_POLL_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 def _fit(fn: Callable[[dict], None], config: dict, resources: TrialResources, name: str, storage_path: str,
