@@ -235,16 +235,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(study: str, table) -> None:
-    from .results import markdown
+    """The table's key columns (fits 100 columns), then where everything is."""
+    from .results import summary
 
     print()
-    print(markdown(table) if len(table) else "(no rows yet)")
+    print("\n".join(summary(table)))
     print()
     print(f"study directory : {study}")
-    print(f"results table   : {study}/results.md (and .csv, .tex, results_per_seed.csv)")
+    print(f"results table   : {study}/results.md (all columns; also .csv, .tex, results_per_seed.csv)")
     print(f"report          : {study}/report/report.md (figures: indistill-study report {study})")
     print(f"optuna record   : optuna-dashboard sqlite:///{study}/<benchmark>/search/optuna.db")
-    print(f"tensorboard     : indistill-study tensorboard {study}")
+    print(f"tensorboard     : indistill-study tensorboard {study} --start")
     print(f"export configs  : indistill-study export {study} --out best/")
 
 
