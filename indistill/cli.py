@@ -1,4 +1,4 @@
-"""``indistill``: run the InDistill pipeline on one benchmark, or show a default config."""
+"""The ``indistill`` command: run the InDistill pipeline on one benchmark, or show a default config."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .clihelp import COMMON_ENVIRONMENT, HelpFormatter, add_command, environment_epilog
 from .config import METHOD_NAMES, dump_config, load_config
 from .errors import add_debug_flag, debug_requested, run_command
 
@@ -30,27 +31,39 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    add_debug_flag(parser)
-    sub = parser.add_subparsers(dest="command", required=True)
+DESCRIPTION = """\
+indistill: run the InDistill pipeline on one benchmark (teacher, auxiliary, pruning, students,
+retrieval mAP), or print a benchmark's default config."""
 
-    run = sub.add_parser("run", help="teacher -> auxiliary -> prune -> students, then the results table")
-    run.add_argument("--benchmark", help="digits, cifar10, cifar100, fashionmnist, cub200 or imagenet (default: the config's, else digits)")
-    run.add_argument("--config", type=Path, help="YAML merged over the benchmark's default config (e.g. an exported best config)")
-    run.add_argument("--out", type=Path, default=Path("runs"), help="output directory (default: runs/)")
-    run.add_argument("--seed", type=int, help="random seed (overrides the config)")
-    run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="training device (default: auto)")
-    run.add_argument("--data-root", help="where datasets live (default: $INDISTILL_DATA or ~/.cache/indistill/data)")
+EPILOG = environment_epilog(COMMON_ENVIRONMENT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
+    add_debug_flag(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = add_command(sub, "run", "teacher -> auxiliary -> prune -> students, then the results table", epilog=EPILOG)
+    run.add_argument("--benchmark", help="digits, cifar10, cifar100, fashionmnist, cub200 or imagenet "
+                     "(default: the --config's benchmark, else digits)")
+    run.add_argument("--config", type=Path, help="YAML merged over the benchmark's default config, e.g. an exported "
+                     "best config (default: none, the benchmark's default config)")
+    run.add_argument("--out", type=Path, default=Path("runs"), help="output directory; a run writes <out>/<benchmark>-seed<N>/")
+    run.add_argument("--seed", type=int, help="random seed of the teacher and auxiliary, and of the students unless "
+                     "--seeds is given (default: the config's seed, 0)")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="training device; auto: cuda when available "
+                     "(default: the config's device, auto)")
+    run.add_argument("--data-root", help="where datasets live (default: $INDISTILL_DATA, else ~/.cache/indistill/data)")
     run.add_argument("--download", action="store_true", help="download the dataset when torchvision can (cifar10, cifar100, fashionmnist)")
-    run.add_argument("--methods", type=_methods, help=f"comma-separated student methods out of {','.join(METHOD_NAMES)}")
+    run.add_argument("--methods", type=_methods, help=f"comma-separated student methods out of {','.join(METHOD_NAMES)} "
+                     "(default: the config's methods, all four)")
     run.add_argument("--seeds", type=_seeds, help="comma-separated student seeds, e.g. 0,1,2: every student method is trained "
                      "once per seed (teacher and auxiliary once), the table shows mean ± std and paired 95%% CIs "
                      "against InDistill (default: one seed, the config's)")
 
-    show = sub.add_parser("config", help="print a benchmark's complete default config as YAML, reference behaviours commented")
-    show.add_argument("--benchmark", default="digits")
-    show.add_argument("--config", type=Path, help="a YAML to merge over the default")
+    show = add_command(sub, "config", "print a benchmark's complete default config as YAML, reference behaviours commented")
+    show.add_argument("--benchmark", default="digits", help="the benchmark whose default config is printed")
+    show.add_argument("--config", type=Path, help="a YAML merged over the default before printing (default: none)")
     for sub_parser in (run, show):
         add_debug_flag(sub_parser, sub=True)
     return parser
@@ -75,7 +88,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # no sub-command (at most --debug): say what there is
+        parser.print_help()
+        return 0
     try:
         return run_command(PROG, lambda: _command(args), debug=debug_requested(args))
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ from .models.checkpoint import load_checkpoint
 from .models.zoo import create_network
 from .pruning import PrunedTaps
 from .schema import ConfigError
-from .table import ROW_LABELS, aggregate, result_row, write_table
+from .table import ROW_LABELS, aggregate, integer_counts, result_row, write_table
 from .train.runtime import resolve_device
 from .train.keys import Protocol, stage_dirname
 from .train.stages import (
@@ -172,7 +172,7 @@ def run_pipeline(cfg: RunConfig, out: Path, log: Callable[[str], None] = print,
     per_seed = pd.DataFrame(rows)
     # the config is written with the results it produced, so a failed run leaves both as they were
     save_config(cfg, rdir / "config.yaml")
-    atomic_write_text(rdir / "results_per_seed.csv", per_seed.to_csv(index=False))
+    atomic_write_text(rdir / "results_per_seed.csv", integer_counts(per_seed).to_csv(index=False))
     reference = ROW_LABELS["indistill"] if "indistill" in cfg.methods else None
     table = aggregate(per_seed, reference, compare=ROW_LABELS.values())  # students only
     write_table(table, rdir / "results", title=f"{cfg.benchmark}, teacher/auxiliary seed {cfg.seed}, "

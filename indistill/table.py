@@ -18,6 +18,8 @@ ROW_LABELS = {
 TABLE_KEYS = ("map", "map_legacy", "p@100")
 #: the column whose paired differences to the reference row the tables report
 DIFF_COLUMN = "cosine map"
+#: columns that count things: integers in every file
+COUNT_COLUMNS = ("params", "n", "seed")
 
 
 def result_row(name: str, params: int, results: dict[str, dict[str, float]], keys=TABLE_KEYS) -> dict:
@@ -99,17 +101,41 @@ def _pm(mean: float, std: float, fmt: str) -> str:
     return format(mean, fmt) if pd.isna(std) else f"{format(mean, fmt)} ± {format(std, fmt)}"
 
 
+def integer_counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its count columns (params, n, seed, ``trials <status>``) as integers, blank where
+    missing, so a CSV says ``12345``, never ``12345.0``."""
+    out = frame.copy()
+    for c in out.columns:
+        if c in COUNT_COLUMNS or str(c).startswith("trials "):
+            values = pd.to_numeric(out[c], errors="coerce")
+            if values.notna().any() and (values.dropna() % 1 == 0).all():
+                out[c] = values.astype("Int64")
+    return out
+
+
+#: non-ASCII characters of the tables, as LaTeX writes them without extra packages
+LATEX_SYMBOLS = {"±": r"$\pm$", "Δ": r"$\Delta$"}
+
+
+def latex(table: pd.DataFrame) -> str:
+    """The table for people (:func:`display`) as a LaTeX tabular with booktabs rules: index levels as
+    columns, and the LaTeX specials of labels, headers and cells escaped."""
+    text = display(table).reset_index().to_latex(index=False, escape=True, na_rep="--")
+    for char, command in LATEX_SYMBOLS.items():
+        text = text.replace(char, command)
+    return "% a tabular: needs \\usepackage{booktabs}\n" + text
+
+
 def to_markdown(table: pd.DataFrame, floatfmt: str = ".2f") -> str:
     return display(table, floatfmt).to_markdown()
 
 
-def write_table(table: pd.DataFrame, stem: Path, title: str | None = None, latex: bool = False) -> list[Path]:
+def write_table(table: pd.DataFrame, stem: Path, title: str | None = None, tex: bool = False) -> list[Path]:
     """Write ``stem``.csv (numbers) and ``stem``.md (and ``.tex``: mean ± std) atomically."""
     stem = Path(stem)
-    paths = [atomic_write_text(stem.with_suffix(".csv"), table.to_csv())]
+    paths = [atomic_write_text(stem.with_suffix(".csv"), integer_counts(table).to_csv())]
     md = (f"# {title}\n\n" if title else "") + to_markdown(table) + "\n"
     paths.append(atomic_write_text(stem.with_suffix(".md"), md))
-    if latex:
-        shown = display(table)
-        paths.append(atomic_write_text(stem.with_suffix(".tex"), shown.to_latex()))
+    if tex:
+        paths.append(atomic_write_text(stem.with_suffix(".tex"), latex(table)))
     return paths

@@ -1,58 +1,90 @@
-"""``indistill-study``: a Ray Tune + Optuna study of InDistill, its table, TensorBoard and export."""
+"""The ``indistill-study`` command: a Ray Tune + Optuna study of InDistill, its table, TensorBoard and export."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
-import shutil
-import subprocess
+import shlex
+import socket
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from indistill.errors import add_debug_flag, debug_requested, run_command
+from indistill.clihelp import COMMON_ENVIRONMENT, HelpFormatter, add_command, environment_epilog
+from indistill.errors import UserError, add_debug_flag, debug_requested, run_command
 from indistill.schema import ConfigError
+
+from .resources import REPORT_POLL_ENV, STATE_SYNC_ENV
 
 PROG = "indistill-study"
 
+LOCALHOST = "127.0.0.1"
 ALL = ("digits", "cifar10", "cifar100", "fashionmnist", "cub200", "imagenet")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    add_debug_flag(parser)
-    sub = parser.add_subparsers(dest="command")
+DESCRIPTION = """\
+indistill-study: a Ray Tune + Optuna study of InDistill. "run" prepares each benchmark's teacher and
+auxiliary, searches the student's curriculum and pruning, retrains the best config and the baselines
+with several seeds and writes the results table; the other commands read a study directory.
+Start with: indistill-study run (the embedded digits study on a local Ray, CPU is fine)."""
 
-    run = sub.add_parser("run", help="run (or --resume) a study; with no arguments: the embedded digits study")
-    run.add_argument("--benchmarks", default="digits", help=f"comma-separated, or 'all' ({','.join(ALL)}); default: digits")
-    run.add_argument("--search-space", type=Path, help="search-space YAML (default: search_spaces/<benchmark>.yaml, else default.yaml)")
-    run.add_argument("--trials", type=int, help="override the search space's number of trials")
-    run.add_argument("--epochs", type=int, help="override budget.epochs: the student epochs of every trial and of every "
-                     "final student row (their lr drops move with it; MKT keeps its recipe's length)")
-    run.add_argument("--final-seeds", type=int, help="student seeds of every row of the final table (default: budget.final_seeds, 3)")
+#: the environment variables the study reads (and the libraries it drives), for the --help epilog
+ENVIRONMENT: tuple[tuple[str, str], ...] = (
+    ("RAY_ADDRESS", "the Ray cluster to join when --address is not given (else a local Ray)"),
+    *COMMON_ENVIRONMENT,
+    (REPORT_POLL_ENV[0], f"Ray Train's report poll in seconds; the study sets {REPORT_POLL_ENV[1]} unless it is set"),
+    ("TUNE_GLOBAL_CHECKPOINT_S", "read by Ray Tune: seconds between snapshots of the search's state (--resume)"),
+    (STATE_SYNC_ENV[0], f"on s3:// --storage, seconds between uploads of that state (default {STATE_SYNC_ENV[1]})"),
+    ("AWS_ENDPOINT_URL", "read by pyarrow for s3:// --storage: the S3 endpoint (e.g. a MinIO server)"),
+    ("AWS_ACCESS_KEY_ID", "read by pyarrow for s3:// --storage: credentials (else ~/.aws, or the instance's role)"),
+    ("AWS_SECRET_ACCESS_KEY", "read by pyarrow for s3:// --storage: credentials, with AWS_ACCESS_KEY_ID"),
+    ("AWS_DEFAULT_REGION", "read by pyarrow for s3:// --storage: the bucket's region"),
+)
+EPILOG = environment_epilog(ENVIRONMENT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
+    add_debug_flag(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = add_command(sub, "run", "run (or --resume) a study; with no options: the embedded digits study", epilog=EPILOG)
+    run.add_argument("--benchmarks", default="digits", help=f"comma-separated benchmarks, or 'all' ({','.join(ALL)})")
+    run.add_argument("--search-space", type=Path, help="search-space YAML (default: search_spaces/<benchmark>.yaml, "
+                     "else search_spaces/default.yaml)")
+    run.add_argument("--trials", type=int, help="how many trials Optuna proposes per benchmark "
+                     "(default: the search space's budget.trials)")
+    run.add_argument("--epochs", type=int, help="the student epochs of every trial and of every final student row; "
+                     "their lr drops move with it, MKT keeps its recipe's length (default: the search space's "
+                     "budget.epochs, else the benchmark config's student epochs)")
+    run.add_argument("--final-seeds", type=int, help="student seeds of every row of the final table "
+                     "(default: the search space's budget.final_seeds, 3)")
     run.add_argument("--storage", default="studies", help="where studies live: a path (NFS for multi-node) or s3://bucket/prefix")
-    run.add_argument("--name", default="default", help="the study's name (its directory under --storage)")
+    run.add_argument("--name", default="default", help="the study's name: its directory under --storage")
     run.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP) per trial")
-    run.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractional for one-worker trials; default 0.25 on GPU clusters, else 0)")
-    run.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
+    run.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractional for one-worker trials (default: on a "
+                     "cluster with GPUs 0.25 for one-worker trials, one per worker for DDP trials; else 0)")
+    run.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial")
     run.add_argument("--dist-backend", choices=("auto", "nccl", "gloo"), default="auto",
-                     help="torch.distributed backend of the Ray Train runs (auto: nccl when trials use GPUs, else gloo)")
-    run.add_argument("--artifact-workers", type=int, default=1, help="Ray Train workers for the teacher/auxiliary/baselines run")
-    run.add_argument("--address", help="Ray cluster to join ('auto' or host:port; default: $RAY_ADDRESS, else a local Ray)")
-    run.add_argument("--data-root", help="dataset root (default: $INDISTILL_DATA or ~/.cache/indistill/data)")
+                     help="torch.distributed backend of the Ray Train runs; auto: nccl when trials use GPUs, else gloo")
+    run.add_argument("--artifact-workers", type=int, default=1, help="Ray Train workers for the teacher/auxiliary/pruning run")
+    run.add_argument("--address", help="Ray cluster to join, 'auto' or host:port (default: $RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--data-root", help="dataset root (default: $INDISTILL_DATA, else ~/.cache/indistill/data)")
     run.add_argument("--download", action="store_true", help="download cifar10/cifar100/fashionmnist with torchvision before starting")
     run.add_argument("--resume", action="store_true", help="continue an interrupted study with the same --storage and --name")
 
-    table = sub.add_parser("table", help="print a study's results table")
-    table.add_argument("study_dir")
-    export = sub.add_parser("export", help="write the best configs, student checkpoints and tables")
-    export.add_argument("study_dir")
-    export.add_argument("--out", type=Path, required=True)
-    report = sub.add_parser("report", help="write the study's figures (PNG) and report.md under STUDY_DIR/report/")
-    report.add_argument("study_dir")
-    tb = sub.add_parser("tensorboard", help="print (or --start) the tensorboard command for a study")
-    tb.add_argument("study_dir")
-    tb.add_argument("--start", action="store_true", help="start tensorboard instead of printing the command")
-    tb.add_argument("--port", type=_port, default=6006, help="TCP port, 1-65535 (default 6006)")
+    table = add_command(sub, "table", "print a study's results table (all columns)")
+    table.add_argument("study_dir", metavar="STUDY_DIR", help="the study directory (a path or s3:// URI)")
+    export = add_command(sub, "export", "write the best configs, student checkpoints and tables")
+    export.add_argument("study_dir", metavar="STUDY_DIR", help="the study directory (a path or s3:// URI)")
+    export.add_argument("--out", type=Path, required=True, help="the directory to write them to (required)")
+    report = add_command(sub, "report", "write the study's figures (PNG) and report.md under STUDY_DIR/report/")
+    report.add_argument("study_dir", metavar="STUDY_DIR", help="the study directory (a path or s3:// URI)")
+    tb = add_command(sub, "tensorboard", "print (or --start) the TensorBoard command for a study")
+    tb.add_argument("study_dir", metavar="STUDY_DIR", help="the study directory (a path or s3:// URI)")
+    tb.add_argument("--start", action="store_true", help="start TensorBoard (this environment's) instead of printing the command")
+    tb.add_argument("--port", type=_port, default=6006, help="TCP port, 1-65535")
+    tb.add_argument("--host", type=_host, default=LOCALHOST, help="address to bind; 0.0.0.0 serves every network interface")
     for sub_parser in sub.choices.values():
         add_debug_flag(sub_parser, sub=True)
     return parser
@@ -66,6 +98,12 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
     return port
+
+
+def _host(text: str) -> str:
+    if not text or any(c.isspace() or c == "/" for c in text):
+        raise argparse.ArgumentTypeError(f"expected an address or host name to bind, e.g. {LOCALHOST} or 0.0.0.0, got {text!r}")
+    return text
 
 
 def _benchmarks(text: str) -> list[str]:
@@ -197,16 +235,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(study: str, table) -> None:
-    from .results import markdown
+    """The table's key columns (fits 100 columns), then where everything is."""
+    from .results import summary
 
     print()
-    print(markdown(table) if len(table) else "(no rows yet)")
+    print("\n".join(summary(table)))
     print()
     print(f"study directory : {study}")
-    print(f"results table   : {study}/results.md (and .csv, .tex, results_per_seed.csv)")
+    print(f"results table   : {study}/results.md (all columns; also .csv, .tex, results_per_seed.csv)")
     print(f"report          : {study}/report/report.md (figures: indistill-study report {study})")
     print(f"optuna record   : optuna-dashboard sqlite:///{study}/<benchmark>/search/optuna.db")
-    print(f"tensorboard     : indistill-study tensorboard {study}")
+    print(f"tensorboard     : indistill-study tensorboard {study} --start")
     print(f"export configs  : indistill-study export {study} --out best/")
 
 
@@ -239,18 +278,49 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def tensorboard_command(study_dir: str, port: int) -> list[str]:
-    return [shutil.which("tensorboard") or "tensorboard", "--logdir", study_dir, "--port", str(port), "--bind_all"]
+#: where the study's TensorBoard logs are, printed with the command
+TENSORBOARD_LOGS = ("  per-trial curves: <benchmark>/tensorboard/trials/<trial>; final runs: <benchmark>/tensorboard/final/; "
+                    "Tune's scalars and HParams: ray/<benchmark>-search/")
+
+
+def tensorboard_command(study_dir: str, port: int, host: str = LOCALHOST) -> list[str]:
+    """This environment's TensorBoard (its module, run by this interpreter, never one on PATH) on ``study_dir``."""
+    return [sys.executable, "-m", "tensorboard.main", "--logdir", study_dir, "--host", host, "--port", str(port)]
+
+
+def tensorboard_url(host: str, port: int) -> str:
+    """Where a browser finds TensorBoard bound to ``host`` (this machine's name when it binds every interface)."""
+    if host in ("0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def check_bindable(host: str, port: int) -> None:
+    """A one-line error, before TensorBoard starts, when ``host:port`` cannot be bound: the port is in
+    use (or privileged), or the host is not an address of this machine."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TensorBoard's server does
+            probe.bind((host, port))
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise UserError(f"--port: cannot listen on {host}:{port}: {why}; choose another --port") from None
+        raise UserError(f"--host: cannot listen on {host}:{port}: {why}") from None
 
 
 def cmd_tensorboard(args: argparse.Namespace) -> int:
     storage = open_study(args.study_dir)
-    cmd = tensorboard_command(storage.uri, args.port)
-    print(" ".join(cmd))
-    print("  per-trial curves: <benchmark>/tensorboard/trials/<trial>; Tune's scalars and HParams: ray/<benchmark>-search/")
-    if args.start:
-        return subprocess.call(cmd)
-    return 0
+    cmd = tensorboard_command(storage.uri, args.port, args.host)
+    if not args.start:
+        print(shlex.join(cmd))
+        print(TENSORBOARD_LOGS)
+        return 0
+    check_bindable(args.host, args.port)
+    print(f"TensorBoard of {storage.uri} at {tensorboard_url(args.host, args.port)} (Ctrl-C stops it)")
+    print(TENSORBOARD_LOGS, flush=True)
+    os.execv(sys.executable, cmd)  # TensorBoard takes this process's place: Ctrl-C and signals reach it directly
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -267,12 +337,10 @@ COMMANDS = {"run": cmd_run, "table": cmd_table, "export": cmd_export, "report": 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        argv = ["run"]  # the embedded default: a digits study on a local Ray
     args = parser.parse_args(argv)
-    if args.command is None:  # only options such as --debug: the embedded default
-        args = parser.parse_args([*argv, "run"])
+    if args.command is None:  # no sub-command (at most --debug): say what there is
+        parser.print_help()
+        return 0
     # one line and exit 2 for bad input (config, search space, dataset, checkpoint, study directory)
     return run_command(PROG, lambda: COMMANDS[args.command](args), debug=debug_requested(args))
 

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+import textwrap
 
 import pandas as pd
 
 import yaml
 
 from indistill.config import build_config
-from indistill.table import aggregate, display
+from indistill.table import aggregate, display, integer_counts, latex
 
 from .storage import Storage
 from .workers import NETWORKS_FILE, STUDENT_ROWS, TUNED
@@ -126,11 +127,12 @@ def build_table(storage: Storage, benchmarks: list[str]) -> tuple[pd.DataFrame, 
             best = trials["best"]
             key = (bench, TUNED)
             table.loc[key, "tuned"] = f"{sum(trials['counts'].values())} trials"
+            table.loc[key, "best trial"] = best["trial_id"] if best else ""
             table.loc[key, "best val map"] = 100.0 * best["val_map"] if best else float("nan")
             for k, v in trials["counts"].items():
                 table.loc[key, f"trials {k}"] = v
             table.loc[key, "best config"] = _key_values(best["params"]) if best else ""
-    return table, per_seed.reset_index(drop=True)
+    return integer_counts(table), per_seed.reset_index(drop=True)
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -138,11 +140,61 @@ def markdown(table: pd.DataFrame) -> str:
     return display(table.reset_index().set_index("benchmark")).to_markdown().replace(" nan ", "     ")
 
 
+#: the columns of the summary printed at the end of a study (the files hold every column)
+SUMMARY_COLUMNS = ("cosine map", "euclidean map", "params")
+
+
+def summary(table: pd.DataFrame, width: int = 100) -> list[str]:
+    """The end-of-study summary in lines of at most ``width`` columns: benchmark, network, cosine and
+    euclidean mAP and params per row (long labels wrapped), then each tuned row's best trial and config."""
+    if not len(table):
+        return ["(no rows yet)"]
+    shown = display(table).reset_index()
+    columns = ["benchmark", "network", *(c for c in SUMMARY_COLUMNS if c in shown)]
+    lines = _fitted(shown[columns], width)
+    for (bench, network), row in table.iterrows():
+        if network == TUNED and isinstance(row.get("best trial"), str) and row["best trial"]:
+            lines.append("")
+            lines.extend(_tuned_notes(bench, row, width))
+    return lines
+
+
+def _fitted(frame: pd.DataFrame, width: int) -> list[str]:
+    """``frame`` as a plain-text table whose label columns (the first two) wrap so that it fits ``width``."""
+    from tabulate import tabulate
+
+    rows = frame.astype(str).values.tolist()
+    align = ["left", "left", *["right"] * (frame.shape[1] - 2)]
+    label_widths = [max(len(str(v)) for v in [c, *frame[c]]) for c in frame.columns[:2]]
+    while True:
+        text = tabulate(rows, headers=list(frame.columns), tablefmt="simple", colalign=align, disable_numparse=True,
+                        maxcolwidths=[*label_widths, *[None] * (frame.shape[1] - 2)])
+        lines = text.splitlines()
+        over = max(len(line) for line in lines) - width
+        if over <= 0 or max(label_widths) <= 8:
+            return lines
+        widest = label_widths.index(max(label_widths))  # shrink the wider label column first
+        label_widths[widest] = max(8, label_widths[widest] - over)
+
+
+def _tuned_notes(bench: str, row: pd.Series, width: int) -> list[str]:
+    """Which trial the tuned row of ``bench`` retrained, how it scored on val, and its key values, wrapped."""
+    counts = ", ".join(f"{int(row[f'trials {k}'])} {k}" for k in ("completed", "stopped early", "failed")
+                       if pd.notna(row.get(f"trials {k}")))
+    head = f"{bench}, {TUNED}: best trial {row['best trial']}"
+    if pd.notna(row.get("best val map")):
+        head += f", val map {row['best val map']:.2f}"
+    if counts:
+        head += f" ({row['tuned']}: {counts})"
+    wrap = dict(width=width, subsequent_indent="    ", break_on_hyphens=False)
+    return [*textwrap.wrap(head, **wrap), *textwrap.wrap(f"  config: {row.get('best config') or '?'}", **wrap)]
+
+
 def write_study_table(storage: Storage, table: pd.DataFrame, per_seed: pd.DataFrame) -> None:
-    storage.write_text("results.csv", table.to_csv())
-    storage.write_text("results_per_seed.csv", per_seed.to_csv(index=False))
+    storage.write_text("results.csv", integer_counts(table).to_csv())
+    storage.write_text("results_per_seed.csv", integer_counts(per_seed).to_csv(index=False))
     title = ("# InDistill study: test split (values in %)\n\nStudents: mean ± std over the final seeds (teacher and "
              "auxiliary shared); Δ: paired difference to the tuned InDistill over the seeds, 95% t-interval, "
              "* when it excludes 0.\n\n")
     storage.write_text("results.md", title + markdown(table) + "\n")
-    storage.write_text("results.tex", display(table).to_latex(na_rep="--"))
+    storage.write_text("results.tex", latex(table))

@@ -23,7 +23,7 @@ from indistill.pipeline import artifact_stages
 from indistill.io import atomic_write_bytes, stable_hash
 from indistill.schema import ConfigError, to_dict
 
-from .resources import TrialResources
+from .resources import REPORT_POLL_ENV, STATE_SYNC_ENV, TrialResources
 from .results import build_table, summarize_trials, write_study_table
 from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
 from .search_space import SearchSpace, apply_params, define_by_run, shortest_curriculum
@@ -41,15 +41,6 @@ from .workers import (
 
 STATE = "study.json"
 QUIET = ray.train.LoggingConfig(log_level="WARNING")  # our own per-epoch lines are the progress output
-# Ray Train's controller collects a worker's report once per health-check poll (default 2 s) and a
-# worker's next report blocks until then, so a trial whose epochs are shorter than the poll interval
-# waits ~2 s per epoch (measured: 88 % of a digits trial's wall time). The controller inherits this
-# variable from the process that calls fit(); a value the user set wins.
-REPORT_POLL_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-# On remote storage Tune uploads its experiment state (what --resume restores) at most every
-# SyncConfig.sync_period (Ray's default: 300 s, so a killed driver could lose 5 minutes of finished
-# trials); the study uploads it at most every INDISTILL_STATE_SYNC_S seconds (default 30).
-STATE_SYNC_ENV = ("INDISTILL_STATE_SYNC_S", "30")
 
 
 def sync_config() -> tune.SyncConfig:
