@@ -391,7 +391,7 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(
             f"prune.criterion: unknown criterion {cfg.prune.criterion!r}; choose from: {', '.join(CRITERIA.names())}"
         )
-    feature_losses = [n for n in LOSSES.names() if n != "kd"]
+    feature_losses = LOSSES.names()
     for i, name in enumerate(cfg.student.curriculum.losses):
         if name not in feature_losses:
             raise ConfigError(

@@ -102,7 +102,7 @@ def validate_space(space: SearchSpace, benchmark: str) -> None:
     from indistill.losses import LOSSES
     from indistill.pruning import CRITERIA
 
-    feature_losses = [n for n in LOSSES.names() if n != "kd"]
+    feature_losses = LOSSES.names()
     for i, name in enumerate(space.curriculum.losses):
         if name not in feature_losses:
             raise ConfigError(f"curriculum.losses[{i}]: unknown loss {name!r}; choose from: {', '.join(feature_losses)}")

@@ -41,6 +41,10 @@ def test_save_load_round_trip(tmp_path):
         ({"student": {"epochs": 0}}, "student.epochs: must be >= 1"),
         ({"student": {"curriculum": {"epochs": [1, 2]}}}, "student.curriculum.losses: needs 2 entries"),
         ({"student": {"curriculum": {"losses": ["mse", "l2", "mse"]}}}, "student.curriculum.losses[1]: unknown loss 'l2'"),
+        # kd compares logits, not the features of a tap
+        ({"student": {"curriculum": {"losses": ["mse", "kd", "mse"]}}},
+         "student.curriculum.losses[1]: unknown loss 'kd'; choose from: mse, pkt, cosine"),
+        ({"student": {"curriculum": {"embedding_loss": "kd"}}}, "student.curriculum.embedding_loss: unknown loss 'kd'"),
         ({"prune": {"criterion": "l3"}}, "prune.criterion: unknown criterion 'l3'; choose from: l1, l2"),
         ({"device": "tpu"}, "device: 'tpu' is not allowed; choose from: auto, cpu, cuda"),
         ({"student": {"batch_size": "big"}}, "student.batch_size: expected an integer"),
