@@ -42,10 +42,5 @@ def evaluate_network(
     return evaluate_all(q, queries.labels, db, database.labels, metrics=METRICS, ks=tuple(ks))
 
 
-def flatten_metrics(results: dict[str, dict[str, float]], prefix: str) -> dict[str, float]:
-    """``{"val/cosine/map": ..., ...}`` from nested results."""
-    return {f"{prefix}/{metric}/{key}": value for metric, values in results.items() for key, value in values.items()}
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in unwrap(model).parameters())
