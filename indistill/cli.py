@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import METHOD_NAMES, dump_config, load_config
+from .config import METHOD_NAMES, dump_config
+from .configure import load_config
 from .errors import add_debug_flag, debug_requested, run_command
 
 PROG = "indistill"
@@ -31,12 +32,14 @@ def _seeds(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import BENCHMARKS
+
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="teacher -> auxiliary -> prune -> students, then the results table")
-    run.add_argument("--benchmark", help="digits, cifar10, cifar100, fashionmnist, cub200 or imagenet (default: the config's, else digits)")
+    run.add_argument("--benchmark", help=f"one of {', '.join(BENCHMARKS)} (default: the config's, else digits)")
     run.add_argument("--config", type=Path, help="YAML merged over the benchmark's default config (e.g. an exported best config)")
     run.add_argument("--out", type=Path, default=Path("runs"), help="output directory (default: runs/)")
     run.add_argument("--seed", type=int, help="random seed (overrides the config)")
@@ -86,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, benchmark=args.benchmark, overrides=overrides_from_args(args))
     if args.command == "config":
-        from .config import REFERENCE_BENCHMARK, build_config, config_to_dict
+        from .config import REFERENCE_BENCHMARK, config_to_dict
+        from .configure import build_config
         from .fidelity import annotations
 
         reference = config_to_dict(build_config(benchmark=REFERENCE_BENCHMARK))

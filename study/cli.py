@@ -14,16 +14,16 @@ from indistill.schema import ConfigError
 
 PROG = "indistill-study"
 
-ALL = ("digits", "cifar10", "cifar100", "fashionmnist", "cub200", "imagenet")
-
 
 def build_parser() -> argparse.ArgumentParser:
+    from indistill.data import BENCHMARKS
+
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="run (or --resume) a study; with no arguments: the embedded digits study")
-    run.add_argument("--benchmarks", default="digits", help=f"comma-separated, or 'all' ({','.join(ALL)}); default: digits")
+    run.add_argument("--benchmarks", default="digits", help=f"comma-separated, or 'all' ({','.join(BENCHMARKS)}); default: digits")
     run.add_argument("--search-space", type=Path, help="search-space YAML (default: search_spaces/<benchmark>.yaml, else default.yaml)")
     run.add_argument("--trials", type=int, help="override the search space's number of trials")
     run.add_argument("--epochs", type=int, help="override budget.epochs: the student epochs of every trial and of every "
@@ -69,9 +69,9 @@ def _port(text: str) -> int:
 
 
 def _benchmarks(text: str) -> list[str]:
-    names = list(ALL) if text == "all" else [b.strip() for b in text.split(",") if b.strip()]
     from indistill.data import BENCHMARKS
 
+    names = BENCHMARKS.names() if text == "all" else [b.strip() for b in text.split(",") if b.strip()]
     for name in names:
         if name not in BENCHMARKS:
             raise ConfigError(f"--benchmarks: unknown benchmark {name!r}; choose from: {', '.join(BENCHMARKS.names())}, all")

@@ -7,7 +7,7 @@ import pandas as pd
 
 import yaml
 
-from indistill.config import build_config
+from indistill.configure import build_config
 from indistill.table import aggregate, display
 
 from .storage import Storage

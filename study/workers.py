@@ -18,7 +18,8 @@ from typing import Iterator
 import ray.train
 import torch
 
-from indistill.config import RunConfig, build_config
+from indistill.config import RunConfig
+from indistill.configure import build_config
 from indistill.data import load_benchmark
 from indistill.evaluate import count_parameters, embed
 from indistill.pipeline import make_context
