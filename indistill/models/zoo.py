@@ -19,6 +19,7 @@ from .base import TapNet
 #: network arguments that come from the benchmark, not from ``networks.<role>``
 BENCHMARK_ARGS = ("num_classes", "in_channels", "image_size")
 
+
 def network_entry(benchmark: str, role: str, overrides: Mapping | None = None) -> dict:
     """The entry of ``role`` on registered ``benchmark`` with ``overrides`` merged in (a fresh dict).
 
