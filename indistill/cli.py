@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .clihelp import COMMON_ENVIRONMENT, HelpFormatter, add_command, environment_epilog
-from .config import METHOD_NAMES, dump_config, load_config
+from .config import METHOD_NAMES, dump_config
+from .configure import load_config
 from .errors import add_debug_flag, debug_requested, run_command
 
 PROG = "indistill"
@@ -39,12 +40,14 @@ EPILOG = environment_epilog(COMMON_ENVIRONMENT)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import BENCHMARKS
+
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
     add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = add_command(sub, "run", "teacher -> auxiliary -> prune -> students, then the results table", epilog=EPILOG)
-    run.add_argument("--benchmark", help="digits, cifar10, cifar100, fashionmnist, cub200 or imagenet "
+    run.add_argument("--benchmark", help=f"one of {', '.join(BENCHMARKS)} "
                      "(default: the --config's benchmark, else digits)")
     run.add_argument("--config", type=Path, help="YAML merged over the benchmark's default config, e.g. an exported "
                      "best config (default: none, the benchmark's default config)")
@@ -103,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, benchmark=args.benchmark, overrides=overrides_from_args(args))
     if args.command == "config":
-        from .config import REFERENCE_BENCHMARK, build_config, config_to_dict
+        from .config import REFERENCE_BENCHMARK, config_to_dict
+        from .configure import build_config
         from .fidelity import annotations
 
         reference = config_to_dict(build_config(benchmark=REFERENCE_BENCHMARK))

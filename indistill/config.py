@@ -1,7 +1,9 @@
 """The run configuration: typed, frozen dataclasses loaded from plain YAML.
 
-A user's YAML is merged over the benchmark's default (``indistill/configs/<benchmark>.yaml``);
-``save_config`` writes the complete, merged config, which ``load_config`` reads back unchanged.
+The lowest layer: it knows no registry. :mod:`indistill.configure` merges a user's YAML over the
+benchmark's default (``indistill/configs/<benchmark>.yaml``) and checks the names it holds
+(benchmark, criterion, losses, networks) against their registries; ``save_config`` writes the
+complete, merged config, which ``load_config`` reads back unchanged.
 """
 from __future__ import annotations
 
@@ -13,12 +15,11 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from .schema import ConfigError, from_dict, to_dict
+from .schema import ConfigError, to_dict
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 #: the benchmark whose default config is the reference code's recipe (the others are our protocol)
 REFERENCE_BENCHMARK = "cifar10"
-ROLES = ("teacher", "auxiliary", "student")
 
 
 def _require(ok: bool, field_name: str, message: str) -> None:
@@ -219,6 +220,10 @@ class NetworksConfig:
     student: dict = field(default_factory=dict)
 
 
+#: the three networks of a benchmark (DESIGN.md section 2)
+ROLES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(NetworksConfig))
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Retrieval protocol: ``test`` = db train, queries test; ``val`` = db train minus val, queries val."""
@@ -288,54 +293,6 @@ def deep_merge(base: Mapping, override: Mapping) -> dict:
     return out
 
 
-def read_yaml(path: str | Path, what: str = "config", *, required: bool = True) -> dict:
-    """A YAML mapping read strictly (:mod:`indistill.yamlio`): no empty file, duplicate key or tag."""
-    from .yamlio import load_yaml_file
-
-    return load_yaml_file(path, what, required=required).data
-
-
-def default_config_dict(benchmark: str) -> dict:
-    """The benchmark's default config as a plain dict."""
-    path = CONFIG_DIR / f"{benchmark}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError(f"benchmark: unknown benchmark {benchmark!r}; choose from: {', '.join(known)}")
-    data = read_yaml(path)
-    data.setdefault("benchmark", benchmark)
-    return data
-
-
-def build_config(overrides: Mapping | None = None, benchmark: str | None = None) -> RunConfig:
-    """Merge ``overrides`` over the default of its benchmark and validate the result."""
-    overrides = dict(overrides or {})
-    name = benchmark or overrides.get("benchmark") or "digits"
-    if not isinstance(name, str):
-        raise ConfigError(f"benchmark: expected a string, got {name!r}")
-    if benchmark and overrides.get("benchmark") not in (None, benchmark):
-        raise ConfigError(f"benchmark: the config says {overrides['benchmark']!r} but {benchmark!r} was asked for")
-    merged = deep_merge(default_config_dict(name), overrides)
-    merged["benchmark"] = name
-    cfg = from_dict(RunConfig, merged)
-    validate_config(cfg)
-    return cfg
-
-
-def load_config(path: str | Path | None = None, benchmark: str | None = None, overrides: Mapping | None = None) -> RunConfig:
-    """Load a YAML config (merged over its benchmark's default), then apply ``overrides``.
-
-    An error about a field the file sets names the file and its line (``c.yaml:3: student.epochs: ...``).
-    """
-    if not path:
-        return build_config(dict(overrides or {}), benchmark=benchmark)
-    from .yamlio import load_yaml_file
-
-    doc = load_yaml_file(path, "config")
-    data = deep_merge(doc.data, overrides) if overrides else doc.data
-    with doc.blame(unless=overrides):
-        return build_config(data, benchmark=benchmark)
-
-
 def config_to_dict(cfg: RunConfig) -> dict:
     return to_dict(cfg)
 
@@ -378,38 +335,8 @@ def save_config(cfg: RunConfig, path: str | Path) -> Path:
     return atomic_write_text(Path(path), dump_config(cfg))
 
 
-def validate_config(cfg: RunConfig) -> None:
-    """Cross-field checks against the registries (benchmarks, criteria, losses, networks)."""
-    from .data import BENCHMARKS, validate_options
-    from .losses import LOSSES
-    from .pruning import CRITERIA
-
-    if cfg.benchmark not in BENCHMARKS:
-        raise ConfigError(f"benchmark: unknown benchmark {cfg.benchmark!r}; choose from: {', '.join(BENCHMARKS.names())}")
-    validate_options(cfg.benchmark, cfg.data.options)
-    if cfg.prune.criterion not in CRITERIA:
-        raise ConfigError(
-            f"prune.criterion: unknown criterion {cfg.prune.criterion!r}; choose from: {', '.join(CRITERIA.names())}"
-        )
-    feature_losses = [n for n in LOSSES.names() if n != "kd"]
-    for i, name in enumerate(cfg.student.curriculum.losses):
-        if name not in feature_losses:
-            raise ConfigError(
-                f"student.curriculum.losses[{i}]: unknown loss {name!r}; choose from: {', '.join(feature_losses)}"
-            )
-    if cfg.student.curriculum.embedding_loss not in feature_losses:
-        raise ConfigError(
-            f"student.curriculum.embedding_loss: unknown loss {cfg.student.curriculum.embedding_loss!r}; "
-            f"choose from: {', '.join(feature_losses)}"
-        )
-    from .models.zoo import BENCHMARK_NETWORKS
-
-    n_taps = _student_intermediate_taps(cfg, BENCHMARK_NETWORKS)
-    if n_taps is not None and len(cfg.student.curriculum.epochs) != n_taps:
-        raise ConfigError(
-            f"student.curriculum.epochs: the student has {n_taps} intermediate taps, "
-            f"so the curriculum needs {n_taps} entries, got {len(cfg.student.curriculum.epochs)}"
-        )
+def check_schedules(cfg: RunConfig) -> None:
+    """The curriculum fits in InDistill's student epochs (a check across sections, needing no registry)."""
     indistill_epochs, _ = cfg.student.schedule("indistill")
     if sum(cfg.student.curriculum.epochs) > indistill_epochs and "indistill" in cfg.methods:
         where = "student.schedules.indistill.epochs" if cfg.student.schedules.indistill.epochs else "student.epochs"
@@ -417,32 +344,6 @@ def validate_config(cfg: RunConfig) -> None:
             f"student.curriculum.epochs: the curriculum lasts {sum(cfg.student.curriculum.epochs)} epochs, "
             f"more than {where} = {indistill_epochs}"
         )
-    for role in ROLES:
-        _check_network_options(cfg, role)
-
-
-#: network arguments that come from the benchmark, not from ``networks.<role>``
-BENCHMARK_ARGS = ("num_classes", "in_channels", "image_size")
-
-
-def _check_network_options(cfg: RunConfig, role: str) -> None:
-    """Every key of ``networks.<role>`` must be an argument of its architecture."""
-    from .models import MODELS, model_options
-    from .models.zoo import BENCHMARK_NETWORKS
-
-    overrides = getattr(cfg.networks, role)
-    arch = overrides.get("arch", BENCHMARK_NETWORKS.get(cfg.benchmark, {}).get(role, {}).get("arch"))
-    if not isinstance(arch, str) or arch not in MODELS:
-        raise ConfigError(f"networks.{role}.arch: unknown model {arch!r}; choose from: {', '.join(MODELS.names())}")
-    allowed = [n for n in model_options(arch) if n not in BENCHMARK_ARGS]
-    for key in getattr(cfg.networks, role):
-        if key == "arch":
-            continue
-        if key in BENCHMARK_ARGS:
-            raise ConfigError(f"networks.{role}.{key}: set by the benchmark, not by the config")
-        if key not in allowed:
-            raise ConfigError(f"networks.{role}.{key}: unknown option {key!r} for the {arch} network; "
-                              f"allowed: {', '.join(allowed) or '(none)'}")
 
 
 def scale_schedule(optim: OptimConfig, old_epochs: int, new_epochs: int) -> OptimConfig:
@@ -477,8 +378,3 @@ def with_student_budget(cfg: RunConfig, epochs: int) -> RunConfig:
 #: methods whose own schedule follows a study's student budget (MKT keeps its recipe's length)
 BUDGETED_SCHEDULES = ("indistill", "ce", "pkt")
 
-
-def _student_intermediate_taps(cfg: RunConfig, zoo: Mapping) -> int | None:
-    entry = deep_merge(zoo.get(cfg.benchmark, {}).get("student", {}), cfg.networks.student)
-    widths = entry.get("widths")
-    return len(widths) if widths is not None else None

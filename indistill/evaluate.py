@@ -1,20 +1,49 @@
-"""Retrieval evaluation of a network's embedding (DESIGN.md section 4) on the training device."""
+"""Retrieval evaluation of a network's embedding (DESIGN.md section 4) on the training device.
+
+Below the training code: it reads a network and a split, and imports nothing from ``indistill.train``.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .models.base import EMBEDDING, TapReader, unwrap
 from .retrieval import evaluate_all
-from .train.batches import DeviceSplit
-from .train.runtime import fp32, frozen
 
 METRICS = ("cosine", "euclidean")
 
 
-def embed(model: nn.Module, split: DeviceSplit, *, batch_size: int = 1024) -> Tensor:
+class EvalSplit(Protocol):
+    """A split on the device that yields normalised image batches in order (``train.batches.DeviceSplit``)."""
+
+    labels: Tensor
+
+    def eval_batches(self, batch_size: int) -> Iterator[Tensor]: ...
+
+
+@contextlib.contextmanager
+def fp32() -> Iterator[None]:
+    """Turns off any enclosing autocast (CUDA and CPU): what runs inside computes in float32."""
+    with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+        yield
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no autograd for a network that is only read."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def embed(model: nn.Module, split: EvalSplit, *, batch_size: int = 1024) -> Tensor:
     """The embedding of every image in ``split``, float32 ``[N, D]`` on the split's device.
 
     Always computed in float32, whatever precision the network was trained in: retrieval ranks
@@ -30,8 +59,8 @@ def embed(model: nn.Module, split: DeviceSplit, *, batch_size: int = 1024) -> Te
 
 def evaluate_network(
     model: nn.Module,
-    queries: DeviceSplit,
-    database: DeviceSplit,
+    queries: EvalSplit,
+    database: EvalSplit,
     *,
     ks: Sequence[int] = (10, 50, 100),
     batch_size: int = 1024,
@@ -40,11 +69,6 @@ def evaluate_network(
     q = embed(model, queries, batch_size=batch_size)
     db = embed(model, database, batch_size=batch_size)
     return evaluate_all(q, queries.labels, db, database.labels, metrics=METRICS, ks=tuple(ks))
-
-
-def flatten_metrics(results: dict[str, dict[str, float]], prefix: str) -> dict[str, float]:
-    """``{"val/cosine/map": ..., ...}`` from nested results."""
-    return {f"{prefix}/{metric}/{key}": value for metric, values in results.items() for key, value in values.items()}
 
 
 def count_parameters(model: nn.Module) -> int:

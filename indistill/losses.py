@@ -1,7 +1,9 @@
-"""Feature losses for distillation: PKT, MSE, cosine and Hinton KD (DESIGN.md section 2).
+"""Distillation losses (DESIGN.md section 2): feature losses (MSE, PKT, cosine) and logit losses (Hinton KD).
 
-Every loss in ``LOSSES`` has the signature ``fn(teacher, student) -> scalar Tensor``; the teacher
-side is always detached, and computation runs in at least float32 (bf16/fp16 inputs are cast up).
+``LOSSES`` holds the feature losses, which compare the features at a tap (what a curriculum layer or
+the embedding phase may use); ``LOGIT_LOSSES`` holds the losses on class logits. Every loss has the
+signature ``fn(teacher, student) -> scalar Tensor``; the teacher side is always detached, and
+computation runs in at least float32 (bf16/fp16 inputs are cast up).
 """
 from __future__ import annotations
 
@@ -14,8 +16,12 @@ from torch import Tensor
 from .registry import Registry
 
 FeatureLoss = Callable[[Tensor, Tensor], Tensor]
+LogitLoss = Callable[[Tensor, Tensor], Tensor]
 
+#: losses on the features of a tap (curriculum layers, the embedding)
 LOSSES: Registry[FeatureLoss] = Registry("loss")
+#: losses on class logits
+LOGIT_LOSSES: Registry[LogitLoss] = Registry("logit loss")
 
 
 def _cast_pair(teacher: Tensor, student: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,12 +125,12 @@ def cosine(teacher: Tensor, student: Tensor) -> Tensor:
     return 1.0 - F.cosine_similarity(s, t, dim=1).mean()
 
 
-@LOSSES.register("kd")
+@LOGIT_LOSSES.register("kd")
 def kd(teacher: Tensor, student: Tensor) -> Tensor:
     """Hinton KD on logits with temperature 4."""
     return kd_loss(teacher, student)
 
 
 def get_loss(name: str) -> FeatureLoss:
-    """The registered loss ``name``; unknown names raise ``UnknownNameError`` listing the choices."""
+    """The registered feature loss ``name``; unknown names raise ``UnknownNameError`` listing the choices."""
     return LOSSES.get(name)

@@ -19,7 +19,6 @@ from .resources import REPORT_POLL_ENV, STATE_SYNC_ENV
 PROG = "indistill-study"
 
 LOCALHOST = "127.0.0.1"
-ALL = ("digits", "cifar10", "cifar100", "fashionmnist", "cub200", "imagenet")
 
 
 DESCRIPTION = """\
@@ -44,12 +43,14 @@ EPILOG = environment_epilog(ENVIRONMENT)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from indistill.data import BENCHMARKS
+
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
     add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = add_command(sub, "run", "run (or --resume) a study; with no options: the embedded digits study", epilog=EPILOG)
-    run.add_argument("--benchmarks", default="digits", help=f"comma-separated benchmarks, or 'all' ({','.join(ALL)})")
+    run.add_argument("--benchmarks", default="digits", help=f"comma-separated benchmarks, or 'all' ({','.join(BENCHMARKS)})")
     run.add_argument("--search-space", type=Path, help="search-space YAML (default: search_spaces/<benchmark>.yaml, "
                      "else search_spaces/default.yaml)")
     run.add_argument("--trials", type=int, help="how many trials Optuna proposes per benchmark "
@@ -107,8 +108,9 @@ def _host(text: str) -> str:
 
 
 def _benchmarks(text: str) -> list[str]:
-    names = list(ALL) if text == "all" else [b.strip() for b in text.split(",") if b.strip()]
     from indistill.data import BENCHMARKS
+
+    names = BENCHMARKS.names() if text == "all" else [b.strip() for b in text.split(",") if b.strip()]
 
     for name in names:
         if name not in BENCHMARKS:

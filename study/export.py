@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from indistill.config import build_config, config_to_dict, deep_merge
+from indistill.config import config_to_dict, deep_merge
+from indistill.configure import build_config
 from indistill.io import atomic_write_text, check_output_dir
 from indistill.yamlio import parse_yaml
 

@@ -8,7 +8,7 @@ import pandas as pd
 
 import yaml
 
-from indistill.config import build_config
+from indistill.configure import build_config
 from indistill.table import aggregate, display, integer_counts, latex
 
 from .storage import Storage

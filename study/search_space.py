@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from indistill.config import RunConfig, build_config, deep_merge, validate_config, with_student_budget
+from indistill.config import RunConfig, config_to_dict, deep_merge, with_student_budget
+from indistill.configure import build_config, validate_config
+from indistill.losses import LOSSES
+from indistill.pruning import CRITERIA
 from indistill.schema import ConfigError, from_dict
 from indistill.yamlio import load_yaml_file
 
@@ -99,20 +102,14 @@ def _weight_ranges(space: SearchSpace) -> dict[str, LogRange]:
 
 def validate_space(space: SearchSpace, benchmark: str) -> None:
     """Check names against the registries and the shape against the benchmark's student."""
-    from indistill.losses import LOSSES
-    from indistill.pruning import CRITERIA
-
-    feature_losses = [n for n in LOSSES.names() if n != "kd"]
     for i, name in enumerate(space.curriculum.losses):
-        if name not in feature_losses:
-            raise ConfigError(f"curriculum.losses[{i}]: unknown loss {name!r}; choose from: {', '.join(feature_losses)}")
+        LOSSES.check(name, f"curriculum.losses[{i}]")
     for name in space.curriculum.weights:
         if name not in space.curriculum.losses:
             raise ConfigError(f"curriculum.weights: {name!r} is not one of curriculum.losses ({', '.join(space.curriculum.losses)})")
     _weight_ranges(space)
     for i, name in enumerate(space.criteria):
-        if name not in CRITERIA:
-            raise ConfigError(f"criteria[{i}]: unknown criterion {name!r}; choose from: {', '.join(CRITERIA.names())}")
+        CRITERIA.check(name, f"criteria[{i}]")
     if space.benchmark is not None and space.benchmark != benchmark:
         raise ConfigError(f"benchmark: this search space is for {space.benchmark!r}, not {benchmark!r}")
     try:
@@ -219,6 +216,4 @@ def apply_params(base: RunConfig, params: Mapping[str, Any], space: SearchSpace)
         },
         "prune": {"criterion": params.get("prune", {}).get("criterion", base.prune.criterion)},
     }
-    from indistill.config import config_to_dict
-
     return build_config(deep_merge(config_to_dict(base), overrides), benchmark=base.benchmark)

@@ -18,7 +18,8 @@ from typing import Callable, Iterator, Sequence
 import ray.train
 import torch
 
-from indistill.config import RunConfig, build_config
+from indistill.config import RunConfig
+from indistill.configure import build_config
 from indistill.evaluate import count_parameters, embed
 from indistill.pipeline import artifact_files, artifact_stages, build_artifacts, make_context, student_inputs
 from indistill.table import ROW_LABELS, result_row

@@ -526,6 +526,13 @@ def space_unknown_key(root):
 
 
 @case
+def space_logit_loss_for_a_layer(root):
+    c = study_case(root, space={**SPACE, "curriculum": {**SPACE["curriculum"], "losses": ["mse", "kd"]}})
+    c.names, c.words = f"{root / 'space.yaml'}:", "curriculum.losses[1]: unknown loss 'kd'; choose from: mse, pkt, cosine"
+    return c
+
+
+@case
 def space_unknown_key_under_fixed(root):
     c = study_case(root, space={**SPACE, "fixed": {"student": {"epochz": 3}}})
     c.names, c.words = str(root / "space.yaml"), "fixed.student.epochz: unknown key"

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from indistill.config import build_config
+from indistill.configure import build_config
 from indistill.train import keys
 from indistill.train.keys import excluded, stage_key
 from indistill.train.methods import METHODS

@@ -1,5 +1,6 @@
 """The curriculum plan of the reference recipe: which loss on which tap in which epoch."""
-from indistill.config import CurriculumConfig, build_config
+from indistill.config import CurriculumConfig
+from indistill.configure import build_config
 from indistill.train.curriculum import Term, curriculum_plan
 
 TAPS = ("block0", "block1", "block2")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indistill.config import build_config
+from indistill.configure import build_config
 from indistill.data import Split, augment_batch, get_spec
 from indistill.data.augment import black, normalize
 from indistill.errors import CheckpointError

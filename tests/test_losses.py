@@ -1,4 +1,4 @@
-"""Feature losses: hand-computed golden values and properties."""
+"""Feature and logit losses: hand-computed golden values and properties."""
 from __future__ import annotations
 
 import math
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from indistill.losses import (
+    LOGIT_LOSSES,
     LOSSES,
     cosine_kernel,
     get_loss,
@@ -162,7 +163,7 @@ def test_kd_by_hand():
     kl_row0 = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
     expected = (kl_row0 + 0.0) / 2 * temperature**2  # batchmean, times T^2
     assert kd_loss(t, s).item() == pytest.approx(expected, abs=1e-12)
-    assert get_loss("kd")(t, s).item() == pytest.approx(expected, abs=1e-12)
+    assert LOGIT_LOSSES.get("kd")(t, s).item() == pytest.approx(expected, abs=1e-12)
     # Another temperature: T = 1 on the same logits.
     p_t = torch.softmax(t, 1)
     p_s = torch.softmax(s, 1)
@@ -170,21 +171,38 @@ def test_kd_by_hand():
     assert kd_loss(t, s, temperature=1.0).item() == pytest.approx(by_hand, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", ["mse", "pkt", "cosine", "kd"])
-def test_teacher_is_detached_in_every_loss(name):
+#: every registered loss, feature and logit, so a new entry is tested without listing it here
+ALL_LOSSES = [(registry, name) for registry in (LOSSES, LOGIT_LOSSES) for name in registry.names()]
+
+
+@pytest.mark.parametrize("registry, name", ALL_LOSSES, ids=[name for _, name in ALL_LOSSES])
+def test_teacher_is_detached_in_every_loss(registry, name):
     g = torch.Generator().manual_seed(6)
     t = torch.randn(5, 4, generator=g, requires_grad=True)
     s = torch.randn(5, 4, generator=g, requires_grad=True)
-    get_loss(name)(t, s).backward()
+    registry.get(name)(t, s).backward()
     assert t.grad is None
     assert s.grad is not None
 
 
+@pytest.mark.parametrize("registry, name", ALL_LOSSES, ids=[name for _, name in ALL_LOSSES])
+def test_every_loss_is_zero_on_identical_inputs_and_positive_otherwise(registry, name):
+    g = torch.Generator().manual_seed(7)
+    t = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    loss = registry.get(name)
+    assert abs(loss(t, t.clone()).item()) < 1e-9
+    assert loss(t, torch.randn(6, 5, generator=g, dtype=torch.float64)).item() > 1e-6
+
+
 def test_registry_names_and_unknown_name():
-    assert set(LOSSES.names()) == {"mse", "pkt", "cosine", "kd"}
+    # feature losses (what a curriculum layer may use) and logit losses live apart
+    assert set(LOSSES.names()) == {"mse", "pkt", "cosine"}
+    assert set(LOGIT_LOSSES.names()) == {"kd"}
     with pytest.raises(UnknownNameError) as info:
         get_loss("l1")
     message = str(info.value)
     assert "l1" in message
-    for name in ("mse", "pkt", "cosine", "kd"):
+    for name in LOSSES.names():
         assert name in message
+    with pytest.raises(UnknownNameError, match="unknown loss 'kd'; choose from: mse, pkt, cosine"):
+        get_loss("kd")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from indistill.cli import main
-from indistill.config import build_config
+from indistill.configure import build_config
 from indistill.pipeline import make_context, run_pipeline
 from indistill.train.loop import FINAL, LAST
 from indistill.train.stages import student_stage, teacher_stage

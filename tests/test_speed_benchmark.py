@@ -16,7 +16,8 @@ from benchmarks import speed
 from benchmarks.distill import DistillBench, FastStep, time_fast
 from benchmarks.reference import reference_dataset, reference_loss, reference_retrieval, time_reference
 from benchmarks.retrieval import run_size, synthetic_embeddings
-from indistill.config import PruneConfig, build_config
+from indistill.config import PruneConfig
+from indistill.configure import build_config
 from indistill.data import BenchmarkData, Split
 from indistill.retrieval import evaluate
 from indistill.train import stages

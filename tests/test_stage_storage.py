@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from indistill.config import build_config
+from indistill.configure import build_config
 from indistill.pipeline import artifact_files, build_artifacts, make_context, student_inputs
 from indistill.train.keys import stage_dirname
 from indistill.train.loop import Loop

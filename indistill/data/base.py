@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
 
+from ..config import CONFIG_DIR, ROLES
 from ..errors import UserError
 from ..schema import ConfigError
 
@@ -86,7 +87,8 @@ class LoadRequest:
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
-    """A registered benchmark: how to load it and how to treat its images."""
+    """A registered benchmark: how to load it, how to treat its images, which networks it trains and
+    where its default run config is (README "Adding a benchmark")."""
 
     name: str
     loader: Callable[[LoadRequest], RawSplits]
@@ -99,7 +101,21 @@ class BenchmarkSpec:
     flip: bool  # random horizontal flip in training
     description: str
     how_to_get: str  # printed when the data is missing
+    networks: Mapping[str, Mapping[str, Any]]  # role -> zoo entry (data/networks.py), for every role
     options: tuple[DataOption, ...] = ()  # the data.options keys it accepts
+    #: the spec for checked ``data.options`` (e.g. a class subset changes ``num_classes``); None: the same spec
+    for_options: Callable[["BenchmarkSpec", dict], "BenchmarkSpec"] | None = None
+    config: Path | None = None  # the default run config; None: indistill/configs/<name>.yaml
+
+    def __post_init__(self) -> None:
+        if set(self.networks) != set(ROLES):
+            raise ValueError(f"benchmark {self.name!r}: networks needs exactly the roles {', '.join(ROLES)}, "
+                             f"got {', '.join(self.networks) or 'none'}")
+
+    @property
+    def default_config(self) -> Path:
+        """The YAML every run config of this benchmark is merged over."""
+        return self.config if self.config is not None else CONFIG_DIR / f"{self.name}.yaml"
 
 
 @dataclass(frozen=True)

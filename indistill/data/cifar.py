@@ -9,6 +9,7 @@ import torch
 
 from .base import BenchmarkSpec, LoadRequest, RawSplits, Split
 from .errors import bad_file, not_found
+from .networks import PREACT_RESNET18, trio
 
 _URL = "https://www.cs.toronto.edu/~kriz/{}-python.tar.gz"
 _HOW = (
@@ -148,6 +149,7 @@ CIFAR10 = BenchmarkSpec(
     flip=True,
     description="CIFAR-10 (torchvision format): 50000 train / 10000 test, 32x32 RGB, 10 classes",
     how_to_get=_HOW.format(folder="cifar-10-batches-py", url=_URL.format("cifar-10")),
+    networks=trio(PREACT_RESNET18),  # the reference recipe
 )
 
 CIFAR100 = BenchmarkSpec(
@@ -162,6 +164,7 @@ CIFAR100 = BenchmarkSpec(
     flip=True,
     description="CIFAR-100 (torchvision format, fine labels): 50000 train / 10000 test, 32x32 RGB, 100 classes",
     how_to_get=_HOW.format(folder="cifar-100-python", url=_URL.format("cifar-100")),
+    networks=trio(PREACT_RESNET18),
 )
 
 SPECS = {"cifar10": CIFAR10, "cifar100": CIFAR100}

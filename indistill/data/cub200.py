@@ -18,6 +18,7 @@ from .base import BenchmarkSpec, DatasetNotFoundError, LoadRequest, RawSplits
 from .cache import CacheWriter, archive_id, decode_split, fingerprint, latest_path, load_cached, load_latest, stat_many
 from .errors import bad_file, not_found
 from .images import decode_resize
+from .networks import AUXILIARY_DEEP, STUDENT_DEEP, trio
 from .options import WORKERS
 
 SIZE = 128
@@ -217,5 +218,6 @@ SPEC = BenchmarkSpec(
         "CUB-200-2011 cannot be downloaded automatically: download CUB_200_2011.tgz from "
         f"{_URL} and put the archive (or its extracted CUB_200_2011 folder) under <root>."
     ),
+    networks=trio({"arch": "resnet18", "stem": "imagenet", "pretrained": False}, AUXILIARY_DEEP, STUDENT_DEEP),
     options=(WORKERS,),
 )

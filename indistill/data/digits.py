@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import BenchmarkSpec, LoadRequest, RawSplits, Split
+from .networks import trio
 from .splits import stratified_indices
 
 SIZE = 32
@@ -41,4 +42,6 @@ SPEC = BenchmarkSpec(
     description="scikit-learn load_digits (1797 real 8x8 scans) resized to 32x32 gray; "
     "stratified 20 % test split with a fixed seed",
     how_to_get="Nothing to get: the data ships with scikit-learn (pip install scikit-learn).",
+    # a small wide CNN teacher, so the embedded CPU default stays short
+    networks=trio({"arch": "cnn", "widths": [32, 64, 128], "embedding_dim": 256, "padding": 1}),
 )

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .base import BenchmarkSpec, LoadRequest, RawSplits, Split
 from .errors import bad_file, not_found
+from .networks import PREACT_RESNET18, trio
 
 _IMAGES_MAGIC = 0x00000803  # uint8, 3 dims
 _LABELS_MAGIC = 0x00000801  # uint8, 1 dim
@@ -116,4 +117,5 @@ SPEC = BenchmarkSpec(
         "or put the four {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] files from "
         "https://github.com/zalandoresearch/fashion-mnist under <root>/FashionMNIST/raw."
     ),
+    networks=trio(PREACT_RESNET18),
 )

@@ -19,6 +19,7 @@ from .base import BenchmarkSpec, DataOption, DatasetNotFoundError, LoadRequest, 
 from .cache import CacheWriter, decode_split, fingerprint, latest_path, load_cached, load_latest
 from .errors import bad_file, not_found
 from .images import IMG_EXTENSIONS, decode_center
+from .networks import AUXILIARY_DEEP, STUDENT_DEEP, trio
 from .options import WORKERS
 
 SIZE = 64
@@ -199,5 +200,8 @@ SPEC = BenchmarkSpec(
         "prepare them or arrange them yourself as train/<wnid>/*.JPEG and val/<wnid>/*.JPEG, "
         "in <root>/imagenet (or <root>)."
     ),
+    # 64px: the stride-1 3x3 stem of downsampled-ImageNet work keeps 64x64 maps in layer1
+    networks=trio({"arch": "resnet18", "stem": "small", "pretrained": False}, AUXILIARY_DEEP, STUDENT_DEEP),
     options=(CLASSES, WORKERS),
+    for_options=spec_for_options,
 )

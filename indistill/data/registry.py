@@ -1,9 +1,12 @@
-"""The benchmark registry and ``load_benchmark``: official splits plus a fixed stratified val carve."""
+"""The benchmark registry and ``load_benchmark``: official splits plus a fixed stratified val carve.
+
+``BENCHMARKS`` is the one list of benchmarks: the CLIs' choices, each benchmark's default config
+(``BenchmarkSpec.default_config``) and networks (``BenchmarkSpec.networks``) come from its specs.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
 
 from ..registry import Registry
 from . import cifar, cub200, digits, fashionmnist, imagenet
@@ -14,11 +17,6 @@ from .splits import carve_val
 BENCHMARKS: Registry[BenchmarkSpec] = Registry("benchmark")
 for _spec in (digits.SPEC, cifar.CIFAR10, cifar.CIFAR100, fashionmnist.SPEC, cub200.SPEC, imagenet.SPEC):
     BENCHMARKS.register(_spec.name, _spec)
-
-#: Benchmarks whose options change the spec (a class subset changes ``num_classes``).
-_SPEC_FOR_OPTIONS: dict[str, Callable[[BenchmarkSpec, dict], BenchmarkSpec]] = {
-    "imagenet": imagenet.spec_for_options,
-}
 
 
 def default_data_root() -> Path:
@@ -43,8 +41,7 @@ def get_spec(name: str, options: dict | None = None) -> BenchmarkSpec:
     """The registered spec of ``name`` (adjusted for ``options``, e.g. an ImageNet class subset)."""
     spec = BENCHMARKS.get(name)
     options = check_options(spec, options)
-    adjust = _SPEC_FOR_OPTIONS.get(name)
-    return adjust(spec, options) if adjust else spec
+    return spec.for_options(spec, options) if spec.for_options else spec
 
 
 def load_benchmark(

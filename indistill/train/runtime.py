@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -31,13 +30,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if device.type == "cpu" and precision == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def fp32() -> Iterator[None]:
-    """Turns off any enclosing autocast (CUDA and CPU): what runs inside computes in float32."""
-    with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
-        yield
 
 
 def seed_everything(seed: int) -> None:
@@ -75,15 +67,3 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
-
-
-@contextlib.contextmanager
-def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Eval mode and no autograd for a network that is only read (teacher, auxiliary)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)

@@ -1,0 +1,83 @@
+"""Imports only point down: read from the source (ast), so a lazy import inside a function counts too."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "indistill"
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, root: Path = ROOT) -> set[str]:
+    """Every module ``path`` (under ``root``) imports, anywhere in the file, as absolute dotted names."""
+    name = module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                stem = ".".join(base + ([node.module] if node.module else []))
+            else:
+                stem = node.module or ""
+            found.add(stem)
+            found.update(f"{stem}.{alias.name}" for alias in node.names)  # ``from . import data``
+    return found
+
+
+def under(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def offending(path: Path, forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(n for n in imports(path) if any(under(n, f) for f in forbidden))
+
+
+def sources(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.py"))
+
+
+def test_the_import_reader_sees_relative_and_lazy_imports(tmp_path) -> None:
+    pkg = tmp_path / "indistill" / "train"
+    pkg.mkdir(parents=True)
+    probe = pkg / "probe.py"
+    probe.write_text("from ..data import x\nfrom . import loop\ndef f():\n    import ray.tune\n    from ...study import cli\n")
+    found = imports(probe, tmp_path)
+    assert {"indistill.data", "indistill.train.loop", "ray.tune", "study.cli"} <= found
+
+
+#: the lowest layer: plain dataclasses and their parsing, below every registry
+LOWEST = ("indistill/config.py", "indistill/schema.py")
+
+
+@pytest.mark.parametrize("path", LOWEST)
+def test_config_and_schema_import_no_registry_layer(path: str) -> None:
+    forbidden = ("indistill.data", "indistill.models", "indistill.losses", "indistill.pruning", "indistill.train",
+                 "indistill.configure", "indistill.evaluate", "indistill.pipeline")
+    assert offending(ROOT / path, forbidden) == []
+
+
+@pytest.mark.parametrize("path", sources(PACKAGE), ids=lambda p: str(p.relative_to(ROOT)))
+def test_indistill_never_imports_ray_or_study(path: Path) -> None:
+    assert offending(path, ("ray", "study")) == []
+
+
+def test_evaluate_and_train_do_not_import_each_other_both_ways() -> None:
+    assert offending(PACKAGE / "evaluate.py", ("indistill.train",)) == []
+    # training evaluates (stages import evaluate); that is the one direction
+
+
+@pytest.mark.parametrize("path", sources(PACKAGE / "data"), ids=lambda p: p.name)
+def test_data_imports_no_layer_above_it(path: Path) -> None:
+    forbidden = ("indistill.models", "indistill.losses", "indistill.pruning", "indistill.train", "indistill.configure",
+                 "indistill.evaluate", "indistill.pipeline")
+    assert offending(path, forbidden) == []
