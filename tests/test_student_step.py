@@ -1,21 +1,18 @@
-"""The student step of ``student_stage``: golden loss values of every registered method at every curriculum
-phase, on tiny hand-seeded networks and a hand-seeded batch (recorded before the step was factored out)."""
+"""The student step (``student_stage``'s, and the one the speed benchmark times): golden loss values of every
+registered method at every curriculum phase, on tiny hand-seeded networks and a hand-seeded batch (recorded from
+``student_stage``'s step before it was factored out into ``indistill.train.student_step``)."""
 from __future__ import annotations
-
-import inspect
-from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor
 
 from indistill.config import RunConfig, build_config
-from indistill.data import BenchmarkData, Split, get_spec
 from indistill.models.base import TapNet
 from indistill.models.zoo import create_network
 from indistill.pruning import TARGETS, PrunedTaps
-from indistill.train import stages
-from indistill.train.methods import METHODS
+from indistill.train.methods import METHODS, create_method
+from indistill.train.student_step import student_step
 
 CPU = torch.device("cpu")
 # Recorded on x86-64 with AVX-512, torch 2.14.1, where the step reproduces them bit for bit; other CPUs' kernels
@@ -80,43 +77,30 @@ def _batch(cfg: RunConfig) -> tuple[Tensor, Tensor]:
     return (x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x), y
 
 
-def _step_losses(cfg: RunConfig, method: str, tmp_path: Path, monkeypatch) -> dict[int, dict[str, float]]:
-    """Loss and parts of ``student_stage``'s step at every epoch: a stand-in ``Loop`` receives the step
-    and evaluates it with the hand-seeded student loaded."""
+def _step_losses(cfg: RunConfig, method: str) -> dict[int, dict[str, float]]:
+    """Loss and parts of the student step at every epoch, the hand-seeded student reloaded each time."""
     auxiliary = _network(cfg, "auxiliary", seed=1).eval()
     for p in auxiliary.parameters():
         p.requires_grad_(False)
-    student_state = _network(cfg, "student", seed=2).state_dict()
+    student = _network(cfg, "student", seed=2)
+    initial = {k: v.clone() for k, v in student.state_dict().items()}
+    impl = create_method(method, cfg.student, tuple(t.name for t in student.intermediate_taps), EPOCHS)
     x, y = _batch(cfg)
-    tiny = Split(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.arange(4))
-    data = BenchmarkData(get_spec("cifar10"), train=tiny, val=tiny, test=tiny)
-    ctx = stages.Context(cfg, data, CPU, tmp_path / "cache", log=lambda _: None)
-    real_loop = stages.Loop
     out: dict[int, dict[str, float]] = {}
-
-    class CapturingLoop:
-        def __init__(self, *args, **kwargs) -> None:
-            bound = inspect.signature(real_loop).bind(*args, **kwargs).arguments
-            self.model, self.step = bound["model"], bound["step"]
-
-        def run(self) -> list:
-            for epoch in range(EPOCHS):
-                self.model.load_state_dict(student_state)
-                self.model.train()
-                loss, parts = self.step(x, y, epoch)
-                out[epoch] = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
-            return []
-
-    monkeypatch.setattr(stages, "Loop", CapturingLoop)
-    stages.student_stage(ctx, method, auxiliary, PrunedTaps(KEPT), protocol="test", work_dir=tmp_path / "student")
+    with student_step(student, impl, auxiliary, PrunedTaps(KEPT), cfg, CPU) as step:
+        for epoch in range(EPOCHS):
+            student.load_state_dict(initial)
+            student.train()
+            loss, parts = step(x, y, epoch)
+            out[epoch] = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
     return out
 
 
 @pytest.mark.parametrize(("variant", "method", "target"), _cases(), ids=lambda v: str(v))
-def test_step_losses_match_the_golden_values(variant, method, target, tmp_path, monkeypatch):
+def test_step_losses_match_the_golden_values(variant, method, target):
     key = f"{variant}/{method}/{target}"
     assert key in GOLDEN, f"no golden values for {key}: record them with the step as it was before a change"
-    got = _step_losses(_config(variant, target), method, tmp_path, monkeypatch)
+    got = _step_losses(_config(variant, target), method)
     assert list(got) == list(GOLDEN[key])
     for epoch, want in GOLDEN[key].items():
         assert got[epoch] == pytest.approx(want, rel=GOLDEN_REL, abs=1e-12), f"epoch {epoch}"
