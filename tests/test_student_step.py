@@ -8,11 +8,11 @@ import torch
 from torch import Tensor
 
 from indistill.config import RunConfig, build_config
-from indistill.models.base import TapNet
+from indistill.models.base import EMBEDDING, TapNet, TapReader
 from indistill.models.zoo import create_network
 from indistill.pruning import TARGETS, PrunedTaps
 from indistill.train.methods import METHODS, create_method
-from indistill.train.student_step import student_step
+from indistill.train.student_step import StudentStep, student_step
 
 CPU = torch.device("cpu")
 # Recorded on x86-64 with AVX-512, torch 2.14.1, where the step reproduces them bit for bit; other CPUs' kernels
@@ -104,6 +104,91 @@ def test_step_losses_match_the_golden_values(variant, method, target):
     assert list(got) == list(GOLDEN[key])
     for epoch, want in GOLDEN[key].items():
         assert got[epoch] == pytest.approx(want, rel=GOLDEN_REL, abs=1e-12), f"epoch {epoch}"
+
+
+
+def _auxiliary_and_step(cfg: RunConfig, method: str) -> tuple[TapNet, StudentStep]:
+    auxiliary = _network(cfg, "auxiliary", seed=1).eval()
+    student = _network(cfg, "student", seed=2)
+    impl = create_method(method, cfg.student, tuple(t.name for t in student.intermediate_taps), EPOCHS)
+    return auxiliary, student_step(student, impl, auxiliary, PrunedTaps(KEPT), cfg, CPU)
+
+
+@pytest.mark.parametrize(("variant", "method", "target"), _cases(), ids=lambda v: str(v))
+def test_reading_only_the_loss_taps_changes_no_bit(variant, method, target):
+    # The auxiliary's forward stops after the taps of the epoch: its features there (pruned targets
+    # included) are bit for bit those of a full forward reading every tap.
+    cfg = _config(variant, target)
+    auxiliary, step = _auxiliary_and_step(cfg, method)
+    x, _ = _batch(cfg)
+    names = [t.name for t in auxiliary.taps]
+    with step, torch.no_grad(), TapReader(auxiliary, names, keep_inputs=True) as full:
+        _, features = full(x)
+        for epoch in range(EPOCHS):
+            taps = step.method.loss_taps(epoch)
+            got = step.source(x, taps)
+            want = step.target(features, full.inputs, taps) if step.target is not None else features
+            if not step.method.needs_source:
+                assert got == {}
+                continue
+            assert set(got) == set(taps), epoch
+            for tap in taps:
+                assert torch.equal(got[tap], want[tap]), (epoch, tap)
+
+
+# The auxiliary's modules that run in each epoch of the paper's curriculum (block l, block l + 1, embedding).
+AUXILIARY_RUNS = {
+    "running_stats": [["blocks.0"], ["blocks.0", "blocks.1"], ["blocks.0", "blocks.1", "blocks.2"]],
+    "batch_stats": [[], ["blocks.0"], ["blocks.0", "blocks.1"]],  # block l's input feeds its pruned block
+}
+UP_TO_EMBEDDING = ["blocks.0", "blocks.1", "blocks.2", "pool", "embed"]
+
+
+def _record_runs(net: TapNet, names: list[str]) -> tuple[list[str], list]:
+    """A list to which each of the ``names`` modules appends its name when its forward starts. (Pre-hooks
+    registered after the step's own: a module the step stops before does not count.)"""
+    ran: list[str] = []
+    handles = [m.register_forward_pre_hook(lambda *_a, n=n: ran.append(n))
+               for n, m in net.named_modules() if n in names]
+    return ran, handles
+
+
+@pytest.mark.parametrize(("method", "target"), [c[1:] for c in _cases() if c[0] == "paper"], ids=lambda v: str(v))
+def test_auxiliary_runs_only_as_far_as_the_epoch_needs(method, target):
+    cfg = _config("paper", target)
+    auxiliary, step = _auxiliary_and_step(cfg, method)
+    ran, handles = _record_runs(auxiliary, [*UP_TO_EMBEDDING, "head"])
+    if not step.method.needs_source:
+        expected = [[]] * EPOCHS
+    elif step.target is not None:
+        expected = [*AUXILIARY_RUNS[target], UP_TO_EMBEDDING, UP_TO_EMBEDDING]
+    else:
+        expected = [UP_TO_EMBEDDING] * EPOCHS  # the head never runs
+    x, y = _batch(cfg)
+    with step:
+        for epoch in range(EPOCHS):
+            ran.clear()
+            step(x, y, epoch)
+            assert ran == expected[epoch], epoch
+    for h in handles:
+        h.remove()
+
+
+# The taps each method's loss reads per epoch of the paper's 1/1/1 curriculum (both networks).
+LOSS_TAPS = {
+    "ce": [()] * EPOCHS,
+    "pkt": [(EMBEDDING,)] * EPOCHS,
+    "mkt": [("block0", "block1", "block2", EMBEDDING)] * EPOCHS,
+    "indistill": [("block0",), ("block1",), ("block2",), (EMBEDDING,), (EMBEDDING,)],
+}
+
+
+def test_every_method_declares_the_taps_its_loss_reads():
+    assert set(LOSS_TAPS) == set(METHODS), "declare the taps of a new method here"
+    cfg = _config("paper", "-")
+    for method, taps in LOSS_TAPS.items():
+        impl = create_method(method, cfg.student, ("block0", "block1", "block2"), EPOCHS)
+        assert [impl.loss_taps(e) for e in range(EPOCHS)] == taps, method
 
 
 GOLDEN: dict[str, dict[int, dict[str, float]]] = {
