@@ -1,16 +1,16 @@
 """Distillation benchmark: the project's student step against the reference-style loop (``reference.py``).
 
-One InDistill student step (frozen auxiliary forward under ``no_grad`` with tap hooks, pruned tap,
-student forward/backward, Adam step) on synthetic CIFAR-10-shaped uint8 data, in two curriculum
-phases: MSE on the pruned ``block1`` tap and PKT on the embedding. The project's path ("fast"):
-``DeviceSplit`` (the split on the device, normalised once) with batched on-device crop + flip,
-``TapReader`` hooks, ``PrunedTaps``, the ``indistill`` method's loss and ``Loop``'s own
+One InDistill student step (frozen auxiliary forward under ``no_grad`` as far as the epoch's taps,
+pruned target, student forward/backward, Adam step) on synthetic CIFAR-10-shaped uint8 data, in two
+curriculum phases: MSE on the pruned ``block1`` tap and PKT on the embedding. The project's path
+("fast"): ``DeviceSplit`` (the split on the device, normalised once) with batched on-device crop +
+flip, then ``indistill.train.student_step`` (the step ``student_stage`` trains with, built the same
+way from the CIFAR-10 config, so with its default ``prune.target``) stepped by ``Loop``'s own
 ``train_step`` (losses summed on the device, no per-step host sync); on CUDA bf16 autocast;
 channels_last; optionally ``torch.compile`` of the student.
 
-``FastStep`` is the step function of ``indistill.train.stages.student_stage``, which builds it as a
-closure; ``tests/test_speed_benchmark.py`` checks on every run that both compute the same loss as
-each other and as the reference-style explicit forward (the equivalence check).
+``tests/test_speed_benchmark.py`` checks that ``student_stage`` trains with that step and that it
+computes the same loss as the reference-style explicit forward (the equivalence check).
 """
 from __future__ import annotations
 
@@ -24,16 +24,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from indistill.config import StudentConfig
+from indistill.config import RunConfig, StudentConfig, build_config
 from indistill.data import BenchmarkSpec, Split, get_spec
-from indistill.models.base import EMBEDDING, TapNet, TapReader
+from indistill.models.base import EMBEDDING, TapNet
 from indistill.models.zoo import create_network
 from indistill.pruning import PrunedTaps, select_channels
 from indistill.train.batches import DeviceSplit
 from indistill.train.curriculum import Phase, curriculum_plan
 from indistill.train.loop import build_optimizer, train_step
-from indistill.train.methods import Method, StudentBatch, create_method
-from indistill.train.runtime import autocast
+from indistill.train.methods import Method, create_method
+from indistill.train.student_step import StudentStep, student_step
 
 from .machine import sync, timing
 from .reference import REFERENCE_BATCH, REFERENCE_WORKERS, time_reference
@@ -88,7 +88,8 @@ def _network(role: str, device: torch.device, channels_last: bool) -> TapNet:
 
 @dataclass
 class DistillBench:
-    """The synthetic data, the frozen auxiliary's and the student's initial weights, the pruned taps.
+    """The synthetic data, the frozen auxiliary's and the student's initial weights, the pruned taps and
+    the CIFAR-10 config (its student recipe and ``prune.target``, as a user's run has them).
 
     Every timed run builds its networks from these weights, so both pipelines start from the same
     state. Networks come in either memory format: the reference-style path always uses NCHW.
@@ -100,7 +101,7 @@ class DistillBench:
     auxiliary_weights: dict[str, Tensor]
     student_init: dict[str, Tensor]
     pruned: PrunedTaps
-    cfg: StudentConfig
+    cfg: RunConfig
     phases: list[PhaseSpec]
     _auxiliary: dict[bool, TapNet] = field(default_factory=dict, repr=False)
     _splits: dict[bool, DeviceSplit] = field(default_factory=dict, repr=False)
@@ -113,7 +114,7 @@ class DistillBench:
         student = _network("student", device, False)
         widths = {t.name: t.channels for t in student.intermediate_taps}
         pruned = PrunedTaps(select_channels(aux, widths, "l1")).to(device)
-        cfg = StudentConfig()
+        cfg = build_config(benchmark=BENCHMARK)
         return cls(
             device=device,
             split=split,
@@ -122,7 +123,7 @@ class DistillBench:
             student_init={k: v.detach().clone() for k, v in student.state_dict().items()},
             pruned=pruned,
             cfg=cfg,
-            phases=benchmark_phases(cfg, tuple(widths)),
+            phases=benchmark_phases(cfg.student, tuple(widths)),
         )
 
     @property
@@ -154,41 +155,22 @@ class DistillBench:
             self._splits[channels_last] = DeviceSplit.create(self.split, self.spec, self.device, channels_last)
         return self._splits[channels_last]
 
+    @property
+    def prune_target(self) -> str:
+        return self.cfg.prune.target
+
     def method(self) -> Method:
-        return create_method("indistill", self.cfg, self.student_taps)
+        return create_method("indistill", self.cfg.student, self.student_taps)
+
+    def step(self, student: TapNet, channels_last: bool, precision: str = "auto", compile: bool = False) -> StudentStep:
+        """The project's student step for ``student``, built as ``student_stage`` builds it (``precision``
+        in place of the config's: ``auto`` is bf16 autocast on CUDA); close it after use."""
+        trainable = torch.compile(student) if compile else student
+        cfg = self.cfg.replace(precision=precision)
+        return student_step(trainable, self.method(), self.auxiliary(channels_last), self.pruned, cfg, self.device)
 
 
 # ----------------------------------------------------------------------------- fast path
-
-
-class FastStep:
-    """The step of ``indistill.train.stages.student_stage`` (keep the two in step): the auxiliary
-    through a ``TapReader`` under ``no_grad``, ``PrunedTaps.apply``, the student through a
-    ``TapReader``, the ``indistill`` method's loss, all inside ``autocast(device, precision)``."""
-
-    def __init__(
-        self, bench: DistillBench, student: TapNet, channels_last: bool, precision: str = "auto", compile: bool = False
-    ) -> None:
-        self.bench = bench
-        self.device = bench.device
-        self.precision = precision
-        self.method = bench.method()
-        all_taps = tuple(t.name for t in student.taps)
-        self.trainable = torch.compile(student) if compile else student
-        self.s_reader = TapReader(self.trainable, all_taps)
-        self.a_reader = TapReader(bench.auxiliary(channels_last), all_taps)
-
-    def __call__(self, x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
-        with autocast(self.device, self.precision):
-            with torch.no_grad():
-                source = self.a_reader(x)[1]
-            source = self.bench.pruned.apply(source)
-            logits, feats = self.s_reader(x)
-            return self.method.loss(StudentBatch(epoch, y, logits, feats, source))
-
-    def close(self) -> None:
-        self.s_reader.close()
-        self.a_reader.close()
 
 
 def _endless_batches(split: DeviceSplit, batch_size: int, padding: int, flip: bool) -> Iterator[tuple[Tensor, Tensor]]:
@@ -213,8 +195,8 @@ def time_fast(
     does and read once, at the end of the timed region."""
     device = bench.device
     student = bench.new_student(channels_last)
-    step = FastStep(bench, student, channels_last, precision, compile)
-    optimizer = build_optimizer([p for p in student.parameters() if p.requires_grad], bench.cfg.optim)
+    step = bench.step(student, channels_last, precision, compile)
+    optimizer = build_optimizer([p for p in student.parameters() if p.requires_grad], bench.cfg.student.optim)
     spec = bench.spec
     it = _endless_batches(bench.device_split(channels_last), batch_size, spec.crop_padding, spec.flip)
 
@@ -367,6 +349,7 @@ def run_distill(
         "reference_num_workers": num_workers,
         "repeats": repeats,
         "fast_precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "prune_target": bench.prune_target,
         "fast_channels_last": channels_last,
         "compile": compile,
         "phases": phases,

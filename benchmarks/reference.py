@@ -4,7 +4,12 @@
   images through ``RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize``; a
   ``DataLoader(shuffle=True, num_workers=2)`` (the value of the PyTorch CIFAR-10 tutorial that those
   scripts copy); ``.to(device)`` per step; fp32 NCHW; the networks return their intermediate
-  features from an explicit forward; ``loss.item()`` every step.
+  features from an explicit forward; the pruned target as the config's ``prune.target`` defines it
+  (``batch_stats``, the default: the kept filters of the tap's conv applied to the block's input,
+  then a BN on the batch's statistics, ReLU and max-pool, as gsarridis/InDistill's ``get_features``
+  with its pruned model in training mode); ``loss.item()`` every step. (That code also runs the
+  auxiliary with gradients tracked and builds all three pruned blocks every step; this one builds
+  the phase's block only, under ``no_grad``: it favours the reference.)
 * **Retrieval** (``ReferenceDatabase``): the ``Database`` class of ``nn/retrieval_evaluation.py``
   (passalis/pkth; the same file is ``utils/retrieval_evaluation.py`` in gsarridis/InDistill),
   re-implemented step for step: a scikit-learn brute-force ``NearestNeighbors`` ranks the whole
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
@@ -76,26 +82,56 @@ def reference_dataset(bench: DistillBench, augment: bool = True) -> ReferenceCIF
     return ReferenceCIFAR(bench.data_hwc, bench.split.labels.tolist(), transform)
 
 
-def reference_features(net: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """The reference scripts' model code: a forward returning the logits and every stage output."""
+def reference_features(net: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """The reference scripts' model code: a forward returning the logits, every stage output and every
+    stage's input."""
     feats: dict[str, Tensor] = {}
+    inputs: dict[str, Tensor] = {}
     h = x
     for i, block in enumerate(net.blocks):
+        inputs[f"block{i}"] = h
         h = block(h)
         feats[f"block{i}"] = h
     emb = net.embed(net.pool(h))
     feats[EMBEDDING] = emb
-    return net.head(emb), feats
+    return net.head(emb), feats, inputs
 
 
-def reference_loss(bench: DistillBench, student: nn.Module, phase: PhaseSpec, x: Tensor) -> Tensor:
-    """The phase's loss written out: auxiliary features under no_grad, channels sliced by index."""
+PrunedLayer = tuple[Tensor, Tensor, Tensor, float]  # conv weight, conv bias, BN gamma of the kept filters; BN eps
+
+
+def reference_pruned_layers(bench: DistillBench) -> dict[str, PrunedLayer]:
+    """The reference's pruned model, built once: each tap's conv and BN restricted to the kept filters."""
+    out = {}
+    for i, block in enumerate(bench.auxiliary(False).blocks):
+        keep = bench.pruned.indices[f"block{i}"]
+        conv, bn = block[0], block[1]
+        out[f"block{i}"] = (conv.weight[keep].clone(), conv.bias[keep].clone(), bn.weight[keep].clone(), bn.eps)
+    return out
+
+
+def reference_pruned_feature(layer: PrunedLayer, block_input: Tensor) -> Tensor:
+    """``max_pool(relu(bn(conv(x))))`` of the pruned layer, its BN on the batch's statistics, beta = 0."""
+    weight, bias, gamma, eps = layer
+    z = F.batch_norm(F.conv2d(block_input, weight, bias), None, None, gamma, None, training=True, eps=eps)
+    return F.max_pool2d(F.relu(z), 2)
+
+
+def reference_loss(bench: DistillBench, student: nn.Module, phase: PhaseSpec, x: Tensor,
+                   pruned: dict[str, PrunedLayer] | None = None) -> Tensor:
+    """The phase's loss written out: auxiliary features under no_grad, then the pruned target of
+    ``bench.prune_target`` (``running_stats``: the auxiliary's channels sliced by index)."""
     with torch.no_grad():
-        _, t = reference_features(bench.auxiliary(False), x)
-    _, s = reference_features(student, x)
-    target = t[phase.tap]
-    if phase.tap != EMBEDDING:
-        target = target[:, bench.pruned.indices[phase.tap]]
+        _, t, t_inputs = reference_features(bench.auxiliary(False), x)
+        target = t[phase.tap]
+        if phase.tap != EMBEDDING:
+            if bench.prune_target == "batch_stats":
+                target = reference_pruned_feature((pruned or reference_pruned_layers(bench))[phase.tap], t_inputs[phase.tap])
+            elif bench.prune_target == "running_stats":
+                target = target[:, bench.pruned.indices[phase.tap]]
+            else:
+                raise ValueError(f"no reference-style form of prune target {bench.prune_target!r}")
+    _, s, _ = reference_features(student, x)
     return LOSSES.get(phase.loss)(target, s[phase.tap])
 
 
@@ -110,7 +146,8 @@ def time_reference(
     """images/s of the reference-style loop; warm-up steps come from the same loader iterator."""
     device = bench.device
     student = bench.new_student(False)
-    optimizer = torch.optim.Adam(student.parameters(), lr=bench.cfg.optim.lr_at(0))
+    optimizer = torch.optim.Adam(student.parameters(), lr=bench.cfg.student.optim.lr_at(0))
+    pruned = reference_pruned_layers(bench)
     loader = DataLoader(reference_dataset(bench), batch_size=batch_size, shuffle=True, num_workers=num_workers)
 
     def batches() -> Iterator:
@@ -128,7 +165,7 @@ def time_reference(
             images = 0
         x, y = next(it)
         x, y = x.to(device), y.to(device)
-        loss = reference_loss(bench, student, phase, x)
+        loss = reference_loss(bench, student, phase, x, pruned)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

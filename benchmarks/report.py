@@ -21,11 +21,12 @@ def format_distill(d: dict) -> list[str]:
     lines = [
         "",
         f"distillation: synthetic CIFAR-10, {d['images']} images; median of {d['repeats']} interleaved runs",
+        f"  pruned target: prune.target {d.get('prune_target', 'running_stats')} (the CIFAR-10 config's), in both paths",
         f"  reference: PIL transforms, DataLoader num_workers={d['reference_num_workers']}, fp32, NCHW, .item() per step",
-        f"  fast: DeviceSplit + on-device crop/flip, {d['fast_precision']}"
-        f"{', channels_last' if d['fast_channels_last'] else ', NCHW'}{', torch.compile' if d['compile'] else ''}, "
-        "no per-step sync",
-        "  (both compute the same loss: tests/test_speed_benchmark.py, against the production student step)",
+        f"  fast: DeviceSplit + on-device crop/flip, student_stage's step (indistill.train.student_step), "
+        f"{d['fast_precision']}{', channels_last' if d['fast_channels_last'] else ', NCHW'}"
+        f"{', torch.compile' if d['compile'] else ''}, no per-step sync",
+        "  (both compute the same loss: tests/test_speed_benchmark.py)",
         "",
         f"  {'phase':<15}{'path':<24}{'batch':>6}{'steps':>7}{'img/s':>10}   {'runs':<26}",
     ]

@@ -9,8 +9,9 @@ public scripts' DataLoader/PIL distillation loop and the paper's scikit-learn re
 ``distill.py`` (the project's student step and the sweep against the reference loop),
 ``retrieval.py`` (``indistill.retrieval`` against the reference-style evaluation, per metric, at the
 issue's size and the CIFAR-10 protocol size, plus the float64 agreement check) and ``report.py``.
-That the benchmark's student step computes what the production one does is a test
-(``tests/test_speed_benchmark.py``), not part of a run. ``python -m benchmarks.retrieval_profile``
+The timed student step is the production one (``indistill.train.student_step``, built from the
+CIFAR-10 config as ``student_stage`` builds it); that it computes what the reference-style forward
+does is a test (``tests/test_speed_benchmark.py``), not part of a run. ``python -m benchmarks.retrieval_profile``
 splits retrieval's CPU time by stage. Measured figures: ``benchmarks/RESULTS.md``.
 """
 from __future__ import annotations

@@ -373,6 +373,10 @@ class PrunedTarget:
         """``features`` with each of ``taps`` that is pruned replaced by its target (others as they are)."""
         raise NotImplementedError
 
+    def reads(self, taps: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(tap features, tap-module inputs) of the auxiliary that :meth:`__call__` needs for ``taps``."""
+        return tuple(taps), ()
+
 
 TARGETS: Registry[type[PrunedTarget]] = Registry("prune target")
 
@@ -425,6 +429,10 @@ class BatchStatsTarget(PrunedTarget):
             if name in self.blocks:
                 out[name] = self.blocks[name](inputs[name])
         return out
+
+    def reads(self, taps: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The input of each pruned tap's block (its own output is replaced), the features of the others."""
+        return tuple(t for t in taps if t not in self.blocks), tuple(t for t in taps if t in self.blocks)
 
 
 def create_target(name: str, auxiliary: nn.Module, pruned: PrunedTaps) -> PrunedTarget:

@@ -175,3 +175,52 @@ def test_create_errors_and_overrides() -> None:
     network_entry("cifar10", "student")["widths"].append(1)  # a deep copy: nested lists too
     assert get_spec("cifar10").networks["student"] == {"arch": "cnn", "widths": [8, 16, 32], "embedding_dim": 64}
     assert network_entry("cifar10", "student")["widths"] == [8, 16, 32]
+
+
+def _ran(net: TapNet) -> tuple[list[str], list]:
+    """Names of ``net``'s top-level modules and its blocks, appended to a list each time one runs."""
+    ran: list[str] = []
+    handles = [m.register_forward_hook(lambda *_a, n=name: ran.append(n))
+               for name, m in net.named_modules() if name.count(".") <= 1 and name not in ("", "blocks")]
+    return ran, handles
+
+
+def test_partial_read_stops_after_the_taps_it_asks_for() -> None:
+    torch.manual_seed(0)
+    net = create_network("cifar10", "auxiliary", num_classes=10, in_channels=3, image_size=32).eval()
+    x = torch.randn(4, 3, 32, 32)
+    names = [t.name for t in net.taps]
+    ran, handles = _ran(net)
+    with torch.no_grad(), TapReader(net, names, keep_inputs=True) as reader:
+        _, full = reader(x)
+        full_inputs = dict(reader.inputs)
+        assert ran[-2:] == ["embed", "head"]
+        ran.clear()
+        feats, inputs = reader.read(x, ["block1"])
+        assert ran == ["blocks.0", "blocks.1"] and list(feats) == ["block1"] and inputs == {}
+        assert torch.equal(feats["block1"], full["block1"])
+        ran.clear()
+        feats, inputs = reader.read(x, ["block0"], inputs=["block2"])  # block2 itself does not run
+        assert ran == ["blocks.0", "blocks.1"] and list(feats) == ["block0"] and list(inputs) == ["block2"]
+        assert torch.equal(inputs["block2"], full_inputs["block2"])
+        ran.clear()
+        assert reader.read(x) == ({}, {}) and ran == []  # nothing asked: nothing runs
+        feats, _ = reader.read(x, [EMBEDDING])
+        assert "head" not in ran and torch.equal(feats[EMBEDDING], full[EMBEDDING])
+        logits, again = reader(x)  # a full call after partial ones reads everything again
+        assert list(again) == names and logits.shape == (4, 10)
+    for h in handles:
+        h.remove()
+
+
+def test_partial_read_refuses_what_it_cannot_do() -> None:
+    net = create_network("cifar10", "student", num_classes=10, in_channels=3, image_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with TapReader(net, ["block0"]) as reader:
+        with pytest.raises(ValueError, match="not read by this reader"):
+            reader.read(x, ["block1"])
+        with pytest.raises(ValueError, match="keep_inputs"):
+            reader.read(x, inputs=["block0"])
+    with TapReader(torch.compile(net), ["block0"]) as reader:
+        with pytest.raises(TypeError, match="plain network"):
+            reader.read(x, ["block0"])

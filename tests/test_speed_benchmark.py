@@ -1,6 +1,6 @@
-"""The speed benchmark (benchmarks/) in tiny form on the CPU: the equivalence of the timed student step with
-the production one and with the reference-style forward, the reference-style retrieval pipeline, and smoke
-runs of every part. No timing thresholds."""
+"""The speed benchmark (benchmarks/) in tiny form on the CPU: the timed student step is the one
+``student_stage`` trains with and computes what the reference-style forward does, the reference-style
+retrieval pipeline, and smoke runs of every part. No timing thresholds."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,14 +13,16 @@ import pytest
 import torch
 
 from benchmarks import speed
-from benchmarks.distill import DistillBench, FastStep, time_fast
+from benchmarks.distill import DistillBench, time_fast
 from benchmarks.reference import reference_dataset, reference_loss, reference_retrieval, time_reference
 from benchmarks.retrieval import run_size, synthetic_embeddings
 from indistill.config import PruneConfig
 from indistill.configure import build_config
 from indistill.data import BenchmarkData, Split
+from indistill.pruning import TARGETS
 from indistill.retrieval import evaluate
 from indistill.train import stages
+from indistill.train.student_step import StudentStep
 
 CPU = torch.device("cpu")
 EQUIVALENCE_TOL = 1e-5
@@ -41,23 +43,14 @@ def test_phases_are_the_block1_mse_and_embedding_pkt_phases(bench):
     assert [method.phase(p.epoch) for p in bench.phases] == [1, 3]
 
 
-def _production_losses(bench: DistillBench, channels_last: bool, x, y, tmp_path, monkeypatch) -> dict[str, float]:
-    """The loss of ``indistill.train.stages.student_stage``'s own step function for every benchmark phase.
-
-    ``student_stage`` builds its step as a closure and hands it to ``Loop``; a stand-in ``Loop`` takes
-    it and, while the stage's tap readers are live, loads the benchmark's student weights and
-    evaluates the step on ``x, y``. (Replace with a direct call once the step is a function.)
-    """
-    overrides = {"precision": "fp32", "channels_last": channels_last}
-    if "target" in {f.name for f in dataclasses.fields(PruneConfig)}:
-        # The benchmark's step and the reference-style forward slice the auxiliary's own tap outputs.
-        overrides["prune"] = {"target": "running_stats"}
-    cfg = build_config(overrides, benchmark="cifar10")
+def _stage_losses(cfg, bench: DistillBench, channels_last: bool, tmp_path, monkeypatch) -> tuple[StudentStep, list[float]]:
+    """The step ``indistill.train.stages.student_stage`` trains with and its loss in each benchmark phase:
+    a stand-in ``Loop`` receives the step and evaluates it with the benchmark's student weights loaded."""
     tiny = Split(bench.split.images[:16], bench.split.labels[:16])
     data = BenchmarkData(bench.spec, train=bench.split, val=tiny, test=tiny)
-    ctx = stages.Context(cfg, data, CPU, tmp_path / "cache", log=lambda _: None)
+    ctx = stages.Context(cfg.replace(channels_last=channels_last), data, CPU, tmp_path / "cache", log=lambda _: None)
     real_loop = stages.Loop
-    losses: dict[str, float] = {}
+    out: dict = {}
 
     class CapturingLoop:
         def __init__(self, *args, **kwargs) -> None:
@@ -66,41 +59,59 @@ def _production_losses(bench: DistillBench, channels_last: bool, x, y, tmp_path,
 
         def run(self) -> list:
             self.model.load_state_dict(bench.student_init)
-            self.model.train()
-            with torch.no_grad():
-                for phase in bench.phases:
-                    losses[phase.name] = float(self.step(x, y, phase.epoch)[0])
+            x, y = next(bench.device_split(channels_last).batches(32, seed=0, epoch=0, shuffle=False))
+            out["step"] = self.step
+            out["losses"] = [float(self.step(x, y, p.epoch)[0].detach()) for p in bench.phases]
             return []
 
     monkeypatch.setattr(stages, "Loop", CapturingLoop)
     stages.student_stage(ctx, "indistill", bench.auxiliary(channels_last), bench.pruned, protocol="test",
                          work_dir=tmp_path / f"student-{channels_last}")
-    assert set(losses) == {p.name for p in bench.phases}
-    return losses
+    return out["step"], out["losses"]
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_timed_step_is_the_production_step_and_the_reference_forward(bench, channels_last, tmp_path, monkeypatch):
-    # The same un-augmented batch and weights, fp32: the production student step, the benchmark's
-    # FastStep and the reference-style pipeline (PIL transforms, explicit forward, channels sliced by
-    # index) must compute the same loss in both phases.
+def test_student_stage_trains_with_the_timed_step(bench, channels_last, tmp_path, monkeypatch):
+    # The benchmark builds the step as student_stage does, from the CIFAR-10 config a user runs:
+    # the same class, the same prune target and the same losses, bit for bit, on the same batch and weights.
+    cfg = build_config(benchmark="cifar10")
+    assert bench.prune_target == cfg.prune.target
+    production, losses = _stage_losses(cfg, bench, channels_last, tmp_path, monkeypatch)
+    assert isinstance(production, StudentStep)
+    x, y = next(bench.device_split(channels_last).batches(32, seed=0, epoch=0, shuffle=False))
+    with bench.step(bench.new_student(channels_last), channels_last, precision=cfg.precision) as step:
+        assert type(step.target) is type(production.target) is TARGETS.get(cfg.prune.target)
+        assert [float(step(x, y, p.epoch)[0].detach()) for p in bench.phases] == losses
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_timed_step_is_the_reference_forward(bench, target, channels_last):
+    # The same un-augmented batch and weights, fp32: the timed step and the reference-style pipeline
+    # (PIL transforms, explicit forward, its own pruned target) compute the same loss in both phases.
+    bench = dataclasses.replace(bench, cfg=bench.cfg.replace(prune=PruneConfig(target=target)))
     batch = 32
     dataset = reference_dataset(bench, augment=False)
     x_ref = torch.stack([dataset[i][0] for i in range(batch)])
     x, y = next(bench.device_split(channels_last).batches(batch, seed=0, epoch=0, shuffle=False))
     assert float((x_ref - x).abs().max()) < 1e-5  # torchvision ToTensor + Normalize vs DeviceSplit
-    production = _production_losses(bench, channels_last, x, y, tmp_path, monkeypatch)
-    step = FastStep(bench, bench.new_student(channels_last), channels_last, precision="fp32")
-    try:
-        with torch.no_grad():
-            for phase in bench.phases:
-                fast = float(step(x, y, phase.epoch)[0])
-                ref = float(reference_loss(bench, bench.new_student(False), phase, x_ref))
-                assert math.isfinite(ref) and ref > 0
-                assert abs(fast - production[phase.name]) <= EQUIVALENCE_TOL, phase.name
-                assert abs(fast - ref) <= EQUIVALENCE_TOL, phase.name
-    finally:
-        step.close()
+    with bench.step(bench.new_student(channels_last), channels_last, precision="fp32") as step, torch.no_grad():
+        for phase in bench.phases:
+            fast = float(step(x, y, phase.epoch)[0])
+            ref = float(reference_loss(bench, bench.new_student(False), phase, x_ref))
+            assert math.isfinite(ref) and ref > 0
+            assert abs(fast - ref) <= EQUIVALENCE_TOL, phase.name
+
+
+def test_reference_forward_follows_the_prune_target(bench):
+    # The MSE phase's loss depends on the target (so the equivalence above tells them apart); PKT's does not.
+    x = torch.stack([reference_dataset(bench, augment=False)[i][0] for i in range(32)])
+    losses = {t: [float(reference_loss(dataclasses.replace(bench, cfg=bench.cfg.replace(prune=PruneConfig(target=t))),
+                                       bench.new_student(False), p, x).detach()) for p in bench.phases]
+              for t in TARGETS}
+    mse, pkt = zip(*losses.values())
+    assert min(abs(a - b) for a in mse for b in mse if a is not b) > 1e-3
+    assert len(set(pkt)) == 1
 
 
 def test_fast_path_reports_images_per_second(bench):

@@ -21,12 +21,12 @@ class StudentBatch:
     epoch: int
     labels: Tensor
     logits: Tensor
-    student: dict[str, Tensor]  # student tap features
-    source: dict[str, Tensor]  # auxiliary tap features (pruned for indistill)
+    student: dict[str, Tensor]  # student features at the method's ``loss_taps(epoch)``
+    source: dict[str, Tensor]  # auxiliary features there (pruned targets for indistill)
 
 
 class Method:
-    """A student method: which taps it reads and the loss of a batch."""
+    """A student method: which taps it reads in each epoch and the loss of a batch."""
 
     needs_source = True
     needs_pruning = False
@@ -36,8 +36,9 @@ class Method:
         self.taps = taps  # the student's intermediate taps, shallow -> deep
         self.epochs = epochs  # this method's student epochs (``StudentConfig.schedule``)
 
-    def source_taps(self, epoch: int) -> tuple[str, ...]:
-        """The auxiliary taps the loss of ``epoch`` reads (pruned targets are built for these only)."""
+    def loss_taps(self, epoch: int) -> tuple[str, ...]:
+        """The taps the loss of ``epoch`` reads, of the student and of the auxiliary alike: the step reads
+        only these (and builds pruned targets for these only); :meth:`loss` must not read others."""
         return (EMBEDDING,)
 
     def phase(self, epoch: int) -> int:
@@ -64,7 +65,7 @@ class CrossEntropy(Method):
 
     needs_source = False
 
-    def source_taps(self, epoch: int) -> tuple[str, ...]:
+    def loss_taps(self, epoch: int) -> tuple[str, ...]:
         return ()
 
     def loss(self, b: StudentBatch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -85,7 +86,7 @@ class EmbeddingPKT(Method):
 class AllLayersPKT(Method):
     """PKT on every tap at once, intermediate weights ``w * gamma**epoch`` (no pruning)."""
 
-    def source_taps(self, epoch: int) -> tuple[str, ...]:
+    def loss_taps(self, epoch: int) -> tuple[str, ...]:
         return (*self.taps, EMBEDDING)
 
     def loss(self, b: StudentBatch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -118,7 +119,7 @@ class InDistill(Method):
     def phase(self, epoch: int) -> int:
         return self._phase(epoch).index
 
-    def source_taps(self, epoch: int) -> tuple[str, ...]:
+    def loss_taps(self, epoch: int) -> tuple[str, ...]:
         p = self._phase(epoch)
         return tuple(t.tap for t in p.terms) + ((EMBEDDING,) if p.embedding else ())
 

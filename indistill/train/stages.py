@@ -18,12 +18,13 @@ from ..losses import LOSSES
 from ..models.base import EMBEDDING, TapNet, TapReader
 from ..models.checkpoint import load_checkpoint
 from ..models.zoo import create_network
-from ..pruning import PrunedTaps, create_target, select_channels
+from ..pruning import PrunedTaps, select_channels
 from .batches import DeviceSplit
 from .keys import Protocol, stage_dirname, stage_key
 from .loop import FINAL, EpochHook, Loop, load_final
-from .methods import Method, StudentBatch, create_method
+from .methods import Method, create_method
 from .runtime import autocast, is_distributed, rank, seed_everything
+from .student_step import student_step
 
 @dataclass
 class Context:
@@ -302,22 +303,7 @@ def student_stage(
         raise ValueError(f"method {method!r} needs the auxiliary network")
     work_dir = work_dir or ctx.stage_path("student", protocol, method)
     trainable = _maybe_compile(_ddp(model, ctx.device, find_unused=True), cfg)
-    all_taps = tuple(t.name for t in model.taps)
-    s_reader = TapReader(trainable, all_taps)
-    target = create_target(cfg.prune.target, auxiliary, pruned) if impl.needs_pruning else None
-    a_reader = TapReader(auxiliary, all_taps, keep_inputs=target is not None and target.needs_inputs) if impl.needs_source else None
-
-    def step(x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
-        with autocast(ctx.device, cfg.precision):
-            source: dict[str, Tensor] = {}
-            if a_reader is not None:
-                with torch.no_grad():
-                    source = a_reader(x)[1]
-                    if target is not None:
-                        source = target(source, a_reader.inputs, impl.source_taps(epoch))
-            logits, feats = s_reader(x)
-            return impl.loss(StudentBatch(epoch, y, logits, feats, source))
-
+    step = student_step(trainable, impl, auxiliary, pruned, cfg, ctx.device)
     queries, database = ctx.eval_splits(protocol)
 
     def evaluate(epoch: int) -> dict[str, float]:
@@ -330,12 +316,8 @@ def student_stage(
         name=f"student/{method}", evaluate=evaluate, eval_every=cfg.student.eval_every,
         hooks=list(hooks or []), log=ctx.log, resume_from=resume_from, phase_of=impl.phase, saved=ctx.saved,
     )
-    try:
+    with step:
         history = loop.run()
-    finally:
-        s_reader.close()
-        if a_reader is not None:
-            a_reader.close()
     return StudentRun(model.eval(), history, work_dir)
 
 
