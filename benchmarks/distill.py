@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from indistill.config import RunConfig, StudentConfig, build_config
+from indistill.config import RunConfig, StudentConfig
+from indistill.configure import build_config
 from indistill.data import BenchmarkSpec, Split, get_spec
 from indistill.models.base import EMBEDDING, TapNet
 from indistill.models.zoo import create_network

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from indistill.config import RunConfig, build_config
+from indistill.config import RunConfig
+from indistill.configure import build_config
 from indistill.models.base import EMBEDDING, TapNet, TapReader
 from indistill.models.zoo import create_network
 from indistill.pruning import TARGETS, PrunedTaps
