@@ -14,9 +14,10 @@ from .s3 import BUCKET, S3
 from .test_study import TINY_SPACE
 
 
-def _space(tmp_path: Path, benchmark: str | None = "digits", fixed: dict | None = None, **budget) -> Path:
+def _space(tmp_path: Path, benchmark: str | None = "digits", fixed: dict | None = None,
+           curriculum: dict | None = None, **budget) -> Path:
     space = {**TINY_SPACE, "benchmark": benchmark, "fixed": fixed or TINY_SPACE["fixed"],
-             "budget": {**TINY_SPACE["budget"], **budget}}
+             "curriculum": curriculum or TINY_SPACE["curriculum"], "budget": {**TINY_SPACE["budget"], **budget}}
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space))
     return path
@@ -26,6 +27,11 @@ def _space(tmp_path: Path, benchmark: str | None = "digits", fixed: dict | None 
 #: small CNN teacher everywhere and one retrieval cut-off keep them short
 MULTI = ("digits", "fashionmnist", "cifar10")
 MULTI_FIXED = {"networks": {"teacher": {"arch": "cnn", "widths": [16, 32, 64], "embedding_dim": 64}}, "eval": {"ks": [10]}}
+#: the e2e studies below test orchestration, not the baselines: InDistill's two rows only, and a
+#: one-epoch curriculum (two student epochs with the grace period)
+LEAN_FIXED = {**TINY_SPACE["fixed"], "methods": ["indistill"],
+              "student": {**TINY_SPACE["fixed"]["student"], "curriculum": {"epochs": [1, 0, 0]}}}
+LEAN_CURRICULUM = {**TINY_SPACE["curriculum"], "epochs": [{"low": 1, "high": 1}, {"low": 0, "high": 0}, {"low": 0, "high": 0}]}
 
 
 @pytest.mark.e2e
@@ -46,8 +52,8 @@ def test_two_node_cluster_runs_three_benchmarks_at_once(tmp_path):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True})
     nodes = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
-    space = _space(tmp_path, trials=2, epochs=4, early_stopping=False, final_seeds=1, benchmark=None,
-                   fixed={**TINY_SPACE["fixed"], **MULTI_FIXED})
+    space = _space(tmp_path, trials=2, epochs=2, early_stopping=False, final_seeds=1, benchmark=None,
+                   fixed={**LEAN_FIXED, **MULTI_FIXED}, curriculum=LEAN_CURRICULUM)
     args = build_parser().parse_args(["run", "--benchmarks", ",".join(MULTI), "--search-space", str(space),
                                       "--data-root", str(data), "--storage", str(tmp_path / "studies"),
                                       "--name", "multi", "--gpus-per-trial", "0.5", "--dist-backend", "gloo"])
@@ -116,7 +122,7 @@ def _wait_for_group_exit(pgid: int, timeout: float) -> bool:
 def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3):
     """A study on S3 (moto on 127.0.0.1, through AWS_ENDPOINT_URL): SIGKILL the driver once
     trials have finished, resume, and find the table, configs and TensorBoard files in the bucket."""
-    space = _space(tmp_path, trials=4, final_seeds=1)
+    space = _space(tmp_path, trials=4, epochs=3, final_seeds=1, fixed=LEAN_FIXED, curriculum=LEAN_CURRICULUM)
     cmd = [sys.executable, "-m", "study.cli", "run", "--search-space", str(space),
            "--storage", f"s3://{BUCKET}/studies", "--name", "killed"]
     # Tune snapshots its state at most every TUNE_GLOBAL_CHECKPOINT_S (>= 10 s by default) and the
@@ -137,7 +143,6 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
             time.sleep(0.5)
         assert driver.poll() is None, "the study ended before it could be killed:\n" + (tmp_path / "first.log").read_text()[-3000:]
         assert finished, "no trial finished in time"
-        results_before = {tid: len(_trial_results(s3, search, tid)) for tid in finished}
         driver.send_signal(signal.SIGKILL)  # the driver alone; its local Ray shares its fate
         driver.wait(30)
     finally:
@@ -149,6 +154,10 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
             os.killpg(driver.pid, signal.SIGKILL)
             _wait_for_group_exit(driver.pid, 10)
 
+    # what the bucket holds now (the driver is dead; an upload may have landed after the last poll)
+    finished = {k: v for k, v in _snapshot(s3, search).items() if v["status"] == "TERMINATED"}
+    assert finished
+    results_before = {tid: len(_trial_results(s3, search, tid)) for tid in finished}
     resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming the search" in resumed.stdout and "artifacts already prepared" in resumed.stdout
