@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import shlex
 import socket
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from indistill.clihelp import COMMON_ENVIRONMENT, HelpFormatter, add_command, environment_epilog
 from indistill.errors import UserError, add_debug_flag, debug_requested, run_command
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="dataset root (default: $INDISTILL_DATA, else ~/.cache/indistill/data)")
     run.add_argument("--download", action="store_true", help="download cifar10/cifar100/fashionmnist with torchvision before starting")
     run.add_argument("--resume", action="store_true", help="continue an interrupted study with the same --storage and --name")
+    run.add_argument("--verbose", action="store_true", help="also show Ray's and Tune's own console output and every "
+                     "run's log lines (they are always in the study's log files); no live panel")
 
     table = add_command(sub, "table", "print a study's results table (all columns)")
     table.add_argument("study_dir", metavar="STUDY_DIR", help="the study directory (a path or s3:// URI)")
@@ -171,7 +174,8 @@ def make_plan(args: argparse.Namespace, cluster: dict | None = None):
     if not args.name or args.name in (".", "..") or "/" in args.name or "\\" in args.name:
         raise ConfigError(f"--name: {args.name!r} is not a study name (one directory name under --storage)")
     storage = Storage.create(args.storage).sub(args.name)
-    return StudyPlan(args.name, storage, tuple(plans), resources, args.artifact_workers, args.data_root, args.resume)
+    return StudyPlan(args.name, storage, tuple(plans), resources, args.artifact_workers, args.data_root, args.resume,
+                     verbose=args.verbose)
 
 
 def _check_data(plan) -> None:
@@ -214,6 +218,37 @@ def check_before_ray(args: argparse.Namespace, plan) -> None:
     _check_data(plan)
 
 
+@contextlib.contextmanager
+def driver_log(storage) -> Iterator[None]:
+    """Ray's, Tune's and Python's warnings in the driver go to ``<study>/logs/driver.log``, not the
+    console (the study's progress display says what happens; ``--verbose`` keeps them on the console)."""
+    import logging
+    import tempfile
+
+    from .storage import Storage
+
+    rel = "logs/driver.log"
+    local = storage.local_path() / rel if storage.is_local else Path(tempfile.mkdtemp(prefix="indistill-driver-")) / "driver.log"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(local)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("ray", "py.warnings", "optuna")]
+    saved = [(lg, lg.handlers[:], lg.propagate) for lg in loggers]
+    logging.captureWarnings(True)
+    for lg in loggers:
+        lg.handlers = [handler]
+        lg.propagate = False
+    try:
+        yield
+    finally:
+        for lg, handlers, propagate in saved:
+            lg.handlers, lg.propagate = handlers, propagate
+        logging.captureWarnings(False)
+        handler.close()
+        if not storage.is_local:
+            Storage(storage.uri).upload_file(local, rel)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     check_before_ray(args, plan)
@@ -222,18 +257,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_study
 
     address = args.address or os.environ.get("RAY_ADDRESS")
-    # the dashboard serves the State API that Ray Train uses to release the placement groups of stopped trials
-    ray.init(address=address, log_to_driver=True,
-             configure_logging=True, logging_level="WARNING")
+    # Ray's console output (workers' and actors' lines, raylet warnings) only with --verbose: the
+    # study's own progress display and its log files say what happens
+    ray.init(address=address, log_to_driver=args.verbose, configure_logging=True, logging_level="WARNING")
     try:
-        cluster = ray.cluster_resources()
-        if args.gpus_per_trial is None and cluster.get("GPU", 0) >= 1:
-            plan = make_plan(args, cluster)
-        table = run_study(plan)
+        with contextlib.nullcontext() if args.verbose else driver_log(plan.storage):
+            cluster = ray.cluster_resources()
+            if args.gpus_per_trial is None and cluster.get("GPU", 0) >= 1:
+                plan = make_plan(args, cluster)
+            table = run_study(plan, sys.stdout, live=sys.stdout.isatty() and not args.verbose)
+            logs = _ray_logs_dir()
     finally:
         ray.shutdown()
     _print_summary(plan.storage.uri, table)
+    if logs:
+        print(f"Ray's own logs  : {logs}")
     return 0
+
+
+def _ray_logs_dir() -> str | None:
+    """Where Ray keeps this session's own logs on this machine (workers', actors', raylet's)."""
+    try:
+        import ray
+
+        return ray._private.worker._global_node.get_logs_dir_path()  # no public API names it
+    except Exception:
+        return None
 
 
 def _print_summary(study: str, table) -> None:

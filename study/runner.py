@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TextIO
 
 import pandas as pd
 import ray
@@ -23,6 +25,7 @@ from indistill.pipeline import artifact_stages
 from indistill.io import atomic_write_bytes, stable_hash
 from indistill.schema import ConfigError, to_dict
 
+from .progress import STUDY_LOG, BenchmarkStatus, Progress, TrialEvents, attach, format_duration
 from .resources import REPORT_POLL_ENV, STATE_SYNC_ENV, TrialResources
 from .results import build_table, summarize_trials, write_study_table
 from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
@@ -86,6 +89,7 @@ class StudyPlan:
     artifact_workers: int = 1
     data_root: str | None = None
     resume: bool = False
+    verbose: bool = False  # Ray's and Tune's console output, and the runs' log lines, on the console too
     faults: dict = field(default_factory=dict)  # sampled criterion -> "nan" | "error": fault injection for tests
 
 
@@ -99,6 +103,7 @@ class TrialSpec:
     resources: TrialResources
     data_root: str | None
     faults: dict
+    verbose: bool = False
 
 
 def _ray_storage(storage: Storage) -> str:
@@ -131,7 +136,7 @@ def tune_trial(params: dict, spec: TrialSpec) -> None:
     cfg = apply_params(spec.plan.base, params, spec.plan.space)
     config = {
         "cfg": config_to_dict(cfg), "storage": spec.storage, "trial_id": trial_id,
-        "data_root": spec.data_root, "fail_with": spec.faults.get(cfg.prune.criterion),
+        "data_root": spec.data_root, "fail_with": spec.faults.get(cfg.prune.criterion), "verbose": spec.verbose,
         "started_at": time.time(),  # wall-clock start of the trial, for its Ray overhead
     }
     # named after the trial (no timestamp): a retried trial resumes its own checkpoints
@@ -146,16 +151,18 @@ def _train_run(fn: Callable[[dict], None], name: str, config: dict, plan: StudyP
     _fit(fn, config, res, name, _ray_storage(plan.storage), max_failures=1)
 
 
-def run_artifacts(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None]) -> None:
+def run_artifacts(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress) -> None:
     if plan.storage.exists(f"{bp.benchmark}/{NETWORKS_FILE}"):
-        log(f"[study] {bp.benchmark}: artifacts already prepared")
+        progress.phase(bp.benchmark, "artifacts", "already prepared")
         return
     cfg = with_indistill(_final_config(bp.base))
-    stages = [*artifact_stages(cfg, "val"), *artifact_stages(cfg, "test")]
-    log(f"[study] {bp.benchmark}: preparing artifacts: {len(stages)} stages ({', '.join(stages)}; first without, "
-        f"then with the val images) with {plan.artifact_workers} worker(s)")
+    search, final = artifact_stages(cfg, "val"), artifact_stages(cfg, "test")
+    progress.stages(bp.benchmark, 0, len(search) + len(final))
+    progress.phase(bp.benchmark, "artifacts", f"{len(search) + len(final)} stages: {', '.join(search)} without the val "
+                   f"images, then {', '.join(final)} with them; {plan.artifact_workers} worker(s); "
+                   f"log: {bp.benchmark}/logs/artifacts.log")
     _train_run(prepare_artifacts, f"{bp.benchmark}-artifacts",
-               {"cfg": config_to_dict(cfg), "storage": plan.storage.uri, "data_root": plan.data_root},
+               {"cfg": config_to_dict(cfg), "storage": plan.storage.uri, "data_root": plan.data_root, "verbose": plan.verbose},
                plan, plan.artifact_workers)
 
 
@@ -181,20 +188,21 @@ def _optuna_db(plan: StudyPlan, bp: BenchmarkPlan) -> Path:
     return mirror / OPTUNA_FILE
 
 
-def run_search(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None], cluster: dict) -> tune.ResultGrid:
+def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, cluster: dict) -> tune.ResultGrid:
     budget = bp.space.budget
     optuna_db = _optuna_db(plan, bp)
     exp_name = f"{bp.benchmark}-search"
     exp_path = plan.storage.join("ray", exp_name)
-    spec = TrialSpec(bp, plan.storage.uri, _ray_storage(plan.storage), plan.trial_resources, plan.data_root, plan.faults)
+    spec = TrialSpec(bp, plan.storage.uri, _ray_storage(plan.storage), plan.trial_resources, plan.data_root, plan.faults,
+                     plan.verbose)
     trainable = _trainable(tune_trial, f"{bp.benchmark}_trial", spec)
     if plan.resume and tune.Tuner.can_restore(exp_path):
-        log(f"[study] {bp.benchmark}: resuming the search from {exp_path}")
+        progress.phase(bp.benchmark, "search", f"resuming the search from {exp_path}")
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
     else:
         concurrent = plan.trial_resources.max_concurrent(cluster)
-        log(f"[study] {bp.benchmark}: searching {budget.trials} trials, {concurrent} at a time "
-            f"({plan.trial_resources.per_worker()} per worker x {plan.trial_resources.workers})")
+        progress.phase(bp.benchmark, "search", f"{budget.trials} trials, {concurrent} at a time "
+                       f"({_resources_text(plan.trial_resources)}); logs: {bp.benchmark}/logs/trials/")
         import optuna
 
         searcher = RecordedOptunaSearch(space=define_by_run(bp.space), metric=OBJECTIVE, mode="max",
@@ -207,7 +215,8 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None], c
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                         num_samples=budget.trials, max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=exp_name, storage_path=_ray_storage(plan.storage), sync_config=sync_config(),
-                                      failure_config=tune.FailureConfig(max_failures=budget.max_failures)),
+                                      failure_config=tune.FailureConfig(max_failures=budget.max_failures),
+                                      verbose=_tune_verbosity(plan), callbacks=[TrialEvents(bp.benchmark)]),
         )
     grid = tuner.fit()
     if not plan.storage.is_local:
@@ -236,30 +245,43 @@ def final_trial(params: dict, spec: FinalSpec) -> None:
          f"{spec.benchmark}-final-seed{params['seed']}", spec.ray_storage, max_failures=1)
 
 
-def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, log: Callable[[str], None], cluster: dict) -> None:
+def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, progress: Progress, cluster: dict) -> None:
     """Every student row (baselines and the tuned InDistill) once per final seed, the seeds as
     concurrent Ray Train runs; finished seeds are not redone."""
     seeds = final_seeds(bp)
     todo = [s for s in seeds if not plan.storage.exists(f"{bp.benchmark}/final/seed-{s}.json")]
+    progress.status[bp.benchmark].seeds_done = len(seeds) - len(todo)
     if not todo:
-        log(f"[study] {bp.benchmark}: final runs already done")
+        progress.phase(bp.benchmark, "final", "already done")
         return
     concurrent = min(len(todo), plan.trial_resources.max_concurrent(cluster))
-    log(f"[study] {bp.benchmark}: final runs on the full train split, evaluated on test: seeds {todo}, "
-        f"{concurrent} at a time (every student row per seed; teacher and auxiliary shared)")
+    progress.status[bp.benchmark].concurrent = concurrent
+    progress.phase(bp.benchmark, "final", f"every student row on the full train split, evaluated on test: seeds "
+                   f"{todo}, {concurrent} at a time (teacher and auxiliary shared); logs: {bp.benchmark}/logs/final/")
     config = {"cfg": config_to_dict(_final_config(best)), "base": config_to_dict(_final_config(bp.base)),
-              "storage": plan.storage.uri, "data_root": plan.data_root, "export_seed": seeds[0]}
+              "storage": plan.storage.uri, "data_root": plan.data_root, "export_seed": seeds[0], "verbose": plan.verbose}
     trainable = _trainable(final_trial, f"{bp.benchmark}_final",
                            FinalSpec(bp.benchmark, config, _ray_storage(plan.storage), plan.trial_resources))
     grid = tune.Tuner(
         trainable, param_space={"seed": tune.grid_search(todo)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(name=f"{bp.benchmark}-final", storage_path=_ray_storage(plan.storage),
-                                  sync_config=sync_config(), failure_config=tune.FailureConfig(max_failures=1)),
+                                  sync_config=sync_config(), failure_config=tune.FailureConfig(max_failures=1),
+                                  verbose=_tune_verbosity(plan), callbacks=[TrialEvents(bp.benchmark)]),
     ).fit()
     for result in grid:
         if result.error is not None:
-            log(f"[study] {bp.benchmark}: a final run failed: {str(result.error).strip().splitlines()[-1][:300]}")
+            progress(f"[{bp.benchmark}] final: a run failed: {str(result.error).strip().splitlines()[-1][:300]}")
+
+
+def _tune_verbosity(plan: StudyPlan) -> int:
+    """Tune's console output: none (our progress display instead) unless --verbose (its status tables)."""
+    return 1 if plan.verbose else 0
+
+
+def _resources_text(res: TrialResources) -> str:
+    per = ", ".join(f"{v:g} {k}" for k, v in res.per_worker().items())
+    return f"{per} per worker" + (f" x {res.workers} workers" if res.workers > 1 else "")
 
 
 def _final_config(cfg: RunConfig) -> RunConfig:
@@ -362,42 +384,68 @@ def write_study_state(plan: StudyPlan) -> None:
     })
 
 
-def run_study(plan: StudyPlan, log: Callable[[str], None] = print) -> pd.DataFrame:
+def new_progress(plan: StudyPlan, out: TextIO | None, *, live: bool = False, cluster: dict | None = None) -> Progress:
+    """The study's display: a status per benchmark of the plan (``out`` None: the log file only)."""
+    statuses = [BenchmarkStatus(bp.benchmark, trials=bp.space.budget.trials, seeds=bp.space.budget.final_seeds,
+                                concurrent=plan.trial_resources.max_concurrent(cluster or {}),
+                                full_epochs=bp.base.student.epochs) for bp in plan.benchmarks]
+    return Progress(plan.storage, statuses, out if out is not None else io.StringIO(), live=live and out is not None)
+
+
+def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = False) -> pd.DataFrame:
     """Run (or resume) every benchmark of the plan at once, each in its own driver thread (its
     artifacts, then its search, then its final runs, sharing the cluster with the others); returns
-    the results table. Ray must be initialised. A benchmark that fails does not stop the others:
-    the table holds what finished, then the first failure is raised."""
+    the results table. Progress goes to ``out`` (a live panel with ``live``; None: only the study's
+    log file). Ray must be initialised. A benchmark that fails does not stop the others: the table
+    holds what finished, then the first failure is raised."""
     t0 = time.perf_counter()
     if not plan.storage.exists(STATE):
         write_study_state(plan)
     cluster = ray.cluster_resources()
     errors: list[BaseException] = []
-    with ThreadPoolExecutor(max_workers=len(plan.benchmarks), thread_name_prefix="benchmark") as pool:
-        futures = {pool.submit(run_benchmark, plan, bp, log, cluster): bp for bp in plan.benchmarks}
-        for future in as_completed(futures):
-            exc = future.exception()
-            if exc is not None:
-                log(f"[study] {futures[future].benchmark}: failed: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__}")
-                errors.append(exc)
-    table, per_seed = build_table(plan.storage, [b.benchmark for b in plan.benchmarks])
-    write_study_table(plan.storage, table, per_seed)
-    from .report import write_report
+    progress = new_progress(plan, out, live=live, cluster=cluster)
+    names = ", ".join(b.benchmark for b in plan.benchmarks)
+    attach(progress)
+    try:
+        with progress:
+            progress(f"[study] {plan.name}: {names} at once on {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
+                     f"study directory {plan.storage.uri} (runs' logs: <benchmark>/logs/, this log: {STUDY_LOG})")
+            with ThreadPoolExecutor(max_workers=len(plan.benchmarks), thread_name_prefix="benchmark") as pool:
+                futures = {pool.submit(run_benchmark, plan, bp, progress, cluster): bp for bp in plan.benchmarks}
+                for future in as_completed(futures):
+                    bench = futures[future].benchmark
+                    exc = future.exception()
+                    if exc is None:
+                        progress.phase(bench, "done")
+                        continue
+                    progress.phase(bench, "failed", _last_line(exc))
+                    errors.append(exc)
+            table, per_seed = build_table(plan.storage, [b.benchmark for b in plan.benchmarks])
+            write_study_table(plan.storage, table, per_seed)
+            from .report import write_report
 
-    write_report(plan.storage)
-    log(f"[study] done in {time.perf_counter() - t0:.0f}s")
+            write_report(plan.storage)
+            progress(f"[study] done in {format_duration(time.perf_counter() - t0)}")
+    finally:
+        attach(None)
     if errors:
         raise errors[0]
     return table
 
 
-def run_benchmark(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None], cluster: dict) -> None:
+def _last_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1][:300] if text else type(exc).__name__
+
+
+def run_benchmark(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, cluster: dict) -> None:
     """One benchmark's phases in order: artifacts, search, final runs (each skipped when done)."""
     phases = _PhaseTimer(plan.storage, f"{bp.benchmark}/phases.json")
     with phases("artifacts"):
-        run_artifacts(plan, bp, log)
+        run_artifacts(plan, bp, progress)
     if not plan.storage.exists(f"{bp.benchmark}/search/trials.json"):
         with phases("search"):
-            grid = run_search(plan, bp, log, cluster)
+            grid = run_search(plan, bp, progress, cluster)
         trials = summarize_trials(grid, bp)
         placements = read_placements(plan.storage, bp.benchmark)
         for trial in trials["trials"]:
@@ -405,13 +453,14 @@ def run_benchmark(plan: StudyPlan, bp: BenchmarkPlan, log: Callable[[str], None]
         trials["max_concurrent"] = plan.trial_resources.max_concurrent(cluster)
         plan.storage.write_json(f"{bp.benchmark}/search/trials.json", trials)
     trials = plan.storage.read_json(f"{bp.benchmark}/search/trials.json")
+    progress.searched(bp.benchmark, trials)
     if trials["best"] is None:
-        log(f"[study] {bp.benchmark}: no trial finished; skipping the final retrain")
+        progress(f"[{bp.benchmark}] search: no trial finished; skipping the final runs")
         return
     best_cfg = apply_params(bp.base, trials["best"]["params"], bp.space)
     plan.storage.write_text(f"{bp.benchmark}/search/best_config.yaml", _yaml(config_to_dict(best_cfg)))
     with phases("final"):
-        run_final(plan, bp, best_cfg, log, cluster)
+        run_final(plan, bp, best_cfg, progress, cluster)
 
 
 class _PhaseTimer:

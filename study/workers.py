@@ -20,6 +20,7 @@ import torch
 
 from indistill.config import RunConfig
 from indistill.configure import build_config
+from indistill.errors import one_line
 from indistill.evaluate import count_parameters, embed
 from indistill.pipeline import artifact_files, artifact_stages, build_artifacts, make_context, student_inputs
 from indistill.table import ROW_LABELS, result_row
@@ -28,6 +29,8 @@ from indistill.train.loop import FINAL, LAST
 from indistill.train.runtime import is_distributed, rank, world_size
 from indistill.train.stages import Context, evaluate_stage, prune_stage, student_stage
 
+from .progress import ARTIFACT_PROGRESS
+from .runlog import RunLog
 from .storage import Storage
 from .tblog import TensorBoardLogger
 
@@ -85,9 +88,25 @@ def stage_cache(storage: Storage, benchmark: str, fetch: Sequence[str] | None = 
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _context(cfg: RunConfig, root: Path, data_root: str | None, persist: Callable[[Path], None] | None) -> Context:
+def _run_log(config: dict, rel: str) -> Callable[[str], None]:
+    """The run's log: rank 0 writes ``<study>/<rel>`` (echoed with ``--verbose``), other ranks nothing."""
+    return RunLog(Storage(config["storage"]), rel, echo=bool(config.get("verbose"))) if rank() == 0 else (lambda _m: None)
+
+
+@contextlib.contextmanager
+def failure_logged(log: Callable[[str], None]) -> Iterator[None]:
+    """A run that fails says why in its log too (Tune keeps the traceback)."""
+    try:
+        yield
+    except Exception as exc:
+        log(f"[run] failed: {type(exc).__name__}: {one_line(exc)}")
+        raise
+
+
+def _context(cfg: RunConfig, root: Path, config: dict, persist: Callable[[Path], None] | None,
+             log: Callable[[str], None]) -> Context:
     cfg = cfg.replace(device=_device_name(cfg))
-    ctx = make_context(cfg, root, log=print if rank() == 0 else (lambda _m: None), data_root=data_root)
+    ctx = make_context(cfg, root, log=log, data_root=config.get("data_root"))
     ctx.persist = persist
     return ctx
 
@@ -108,15 +127,19 @@ def prepare_artifacts(config: dict) -> None:
     total = len(artifact_stages(cfg, "val")) + len(artifact_stages(cfg, "test"))
     finished = 0
 
-    def done(stage: str) -> None:
+    def done(stage: str, protocol: str) -> None:
         nonlocal finished
         finished += 1
+        if rank() == 0:  # what the driver's progress display polls
+            storage.write_json(f"{cfg.benchmark}/{ARTIFACT_PROGRESS}",
+                               {"done": finished, "total": total, "stage": f"{stage}, {protocol} protocol"})
         ray.train.report({"stage": finished, "stages": total, "epoch": finished})
 
-    with stage_cache(storage, cfg.benchmark) as (root, persist):
-        ctx = _context(cfg, root, config.get("data_root"), persist)
-        build_artifacts(ctx, "val", done=done)
-        _, rows = build_artifacts(ctx, "test", rows=True, done=done)
+    log = _run_log(config, f"{cfg.benchmark}/logs/artifacts.log")
+    with failure_logged(log), stage_cache(storage, cfg.benchmark) as (root, persist):
+        ctx = _context(cfg, root, config, persist, log)
+        build_artifacts(ctx, "val", done=lambda stage: done(stage, "val"))
+        _, rows = build_artifacts(ctx, "test", rows=True, done=lambda stage: done(stage, "test"))
     if rank() == 0:
         storage.write_json(f"{cfg.benchmark}/{NETWORKS_FILE}", {"rows": rows})
 
@@ -222,11 +245,13 @@ def run_trial(config: dict) -> None:
     storage = Storage(config["storage"])
     scratch = Path(tempfile.mkdtemp(prefix="indistill-trial-"))
     tb = TensorBoardLogger(storage, f"{cfg.benchmark}/tensorboard/trials/{config['trial_id']}") if rank() == 0 else None
+    log = _run_log(config, f"{cfg.benchmark}/logs/trials/{config['trial_id']}.log")
     try:
-        if config.get("fail_with"):  # fault injection for tests: "nan" or "error"
-            cfg = _inject_fault(cfg, config["fail_with"])
-        with stage_cache(storage, cfg.benchmark, fetch=artifact_files(cfg, "val")) as (root, persist):
-            ctx = _context(cfg, root, config.get("data_root"), persist)
+        with failure_logged(log):
+            if config.get("fail_with"):  # fault injection for tests: "nan" or "error"
+                cfg = _inject_fault(cfg, config["fail_with"])
+        with failure_logged(log), stage_cache(storage, cfg.benchmark, fetch=artifact_files(cfg, "val")) as (root, persist):
+            ctx = _context(cfg, root, config, persist, log)
             _record_placement(storage, cfg.benchmark, config["trial_id"], str(ctx.device))
             aux, pruned = student_inputs(ctx, "val")
             reporter = EpochReporter(tb, config.get("started_at"), entered_at, sum(cfg.student.curriculum.epochs))
@@ -264,8 +289,9 @@ def final_seed(config: dict) -> None:
     # student directory (a retried run resumes its epochs)
     fetch = sorted({*artifact_files(base, "test"), *artifact_files(tuned, "test"),
                     *(_student_dir(cfg, method) for _label, cfg, method in plan)})
-    with stage_cache(storage, bench, fetch=fetch) as (root, persist):
-        ctx = _context(base, root, config.get("data_root"), persist)
+    log = _run_log(config, f"{bench}/logs/final/seed-{seed}.log")
+    with failure_logged(log), stage_cache(storage, bench, fetch=fetch) as (root, persist):
+        ctx = _context(base, root, config, persist, log)
         aux, _ = student_inputs(ctx, "test", pruning=False)
         for label, cfg, method in plan:
             ctx.cfg = cfg.replace(device=ctx.cfg.device)

@@ -1,4 +1,5 @@
 """The Ray study end to end on a local Ray with a tiny budget: table, failures, TensorBoard, export."""
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -46,16 +47,17 @@ def study(tmp_path_factory):
 
     plan = dataclasses.replace(plan, faults={"random": "nan"})  # every trial that samples 'random' diverges
     ray.init(num_cpus=2, include_dashboard=True, configure_logging=False, log_to_driver=False)
+    console = io.StringIO()
     try:
-        table = run_study(plan, log=lambda _m: None)
+        table = run_study(plan, out=console)
     finally:
         ray.shutdown()
-    return plan, table, Path(plan.storage.uri)
+    return plan, table, Path(plan.storage.uri), console.getvalue()
 
 
 @pytest.mark.e2e
 def test_study_table_rows_and_trial_accounting(study):
-    plan, table, root = study
+    plan, table, root, _ = study
     rows = [n for _, n in table.index]
     assert rows == ["teacher", "auxiliary", "student (ce)", "student (pkt)", "student (mkt)",
                     "InDistill (paper defaults)", "InDistill (tuned)"]
@@ -106,10 +108,26 @@ def test_study_table_rows_and_trial_accounting(study):
 
 
 @pytest.mark.e2e
+def test_the_console_shows_progress_and_the_runs_log_to_files(study):
+    from .test_study_resilience import assert_plain_progress
+
+    _, _, root, console = study
+    lines = console.splitlines()
+    assert_plain_progress(lines, ["digits"])  # plain lines, no ANSI, no duplicates, no Ray internals
+    assert any(" failed (" in line for line in lines)  # the injected NaN trials, as events
+    assert (root / "logs/study.log").read_text().splitlines() == lines
+    # the runs' own lines are in their log files, not on the console
+    assert "[teacher] epoch 1/1" in (root / "digits/logs/artifacts.log").read_text()
+    assert len(list((root / "digits/logs/trials").glob("*.log"))) == 4
+    assert "[student/indistill] epoch" in (root / "digits/logs/final/seed-0.log").read_text()
+    assert "epoch 1/" not in console
+
+
+@pytest.mark.e2e
 def test_tensorboard_event_files_have_the_expected_tags(study):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _, _, root = study
+    _, _, root, _ = study
     trial_dirs = sorted((root / "digits/tensorboard/trials").iterdir())
     assert trial_dirs
     tags: set = set()
@@ -141,7 +159,7 @@ def test_export_reproduces_the_tuned_map(study, tmp_path):
 
     from indistill.cli import main as indistill_main
 
-    _, table, root = study
+    _, table, root, _ = study
     proc = run_cli("export", str(root), "--out", str(tmp_path / "best"))
     assert proc.returncode == 0, proc.stderr
     best = tmp_path / "best" / "digits" / "best_config.yaml"
@@ -165,7 +183,7 @@ def test_export_reproduces_the_tuned_map(study, tmp_path):
 
 @pytest.mark.e2e
 def test_table_and_tensorboard_commands(study):
-    _, _, root = study
+    _, _, root, _ = study
     proc = run_cli("table", str(root))
     assert proc.returncode == 0 and "InDistill (tuned)" in proc.stdout
     proc = run_cli("tensorboard", str(root))
@@ -243,7 +261,7 @@ def test_optuna_study_is_persisted_with_honest_states(study):
 
     import optuna
 
-    _, _, root = study
+    _, _, root, _ = study
     trials = json.loads((root / "digits/search/trials.json").read_text())["trials"]
     record = optuna.load_study(study_name="digits", storage=f"sqlite:///{root / 'digits/search/optuna.db'}")
     states = sorted(t.state.name for t in record.trials)
@@ -309,7 +327,7 @@ def test_asha_rungs_count_embedding_epochs_only():
 def test_report_figures_decode_and_are_embedded(study):
     import matplotlib.image as mpimg
 
-    _, _, root = study
+    _, _, root, _ = study
     proc = run_cli("report", str(root))
     assert proc.returncode == 0, proc.stderr
     report = root / "report"

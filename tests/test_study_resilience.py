@@ -1,6 +1,8 @@
 """The study across a two-node Ray cluster, and a study whose driver is SIGKILLed then resumed."""
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,21 +49,22 @@ def test_two_node_cluster_runs_three_benchmarks_at_once(tmp_path):
     data = tmp_path / "data"
     write_cifar10(data, per_batch=40, test=40)
     write_fashionmnist(data, train=200, test=40)
-    # head: the drivers only; two worker nodes with two CPUs and one logical GPU each: trials
-    # (1 CPU + 0.5 GPU) of all benchmarks share them, and each benchmark's trials land on both
+    # head: the drivers only; two worker nodes with one CPU and one logical GPU each: two runs
+    # (1 CPU + 0.5 GPU) at a time, never on one node, shared by the three benchmarks
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True})
-    nodes = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
+    nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     space = _space(tmp_path, trials=2, epochs=2, early_stopping=False, final_seeds=1, benchmark=None,
                    fixed={**LEAN_FIXED, **MULTI_FIXED}, curriculum=LEAN_CURRICULUM)
     args = build_parser().parse_args(["run", "--benchmarks", ",".join(MULTI), "--search-space", str(space),
                                       "--data-root", str(data), "--storage", str(tmp_path / "studies"),
                                       "--name", "multi", "--gpus-per-trial", "0.5", "--dist-backend", "gloo"])
+    console = io.StringIO()
     try:
         ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
         assert ray.cluster_resources()["GPU"] == 2
         plan = make_plan(args, ray.cluster_resources())
-        table = run_study(plan, log=lambda _m: None)
+        table = run_study(plan, out=console)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -85,9 +88,28 @@ def test_two_node_cluster_runs_three_benchmarks_at_once(tmp_path):
     for a in MULTI:
         for b in MULTI:
             assert spans[a][0] < spans[b][1], (a, b, spans)
+    # every benchmark's phases and trials on the console, as plain lines
+    assert_plain_progress(console.getvalue().splitlines(), MULTI)
     # the artifact runs started together
     starts = [json.loads((root / b / "phases.json").read_text())["intervals"]["artifacts"][0]["start"] for b in MULTI]
     assert max(starts) - min(starts) < 5.0, starts
+
+
+def assert_plain_progress(lines: list[str], benchmarks) -> None:
+    """A study's console when stdout is not a terminal: no ANSI escapes, no duplicate lines, no
+    Ray/Tune internals; every benchmark's phases and the study's end as one line per event."""
+    assert lines and not [line for line in lines if "\x1b" in line]
+    events = [line for line in lines if line.startswith("[")]
+    assert len(events) == len(set(events)), [e for e in events if events.count(e) > 1]
+    internal = re.compile(r"\(raylet\)|\(pid=|repeated \d+x|Trial status|PreemptionWatcher|PlacementGroupCleaner|"
+                          r"[╭│╰]|INFO |WARNING |View detailed results|Error file")
+    assert not [line for line in lines if internal.search(line)]
+    for bench in benchmarks:
+        for phase in ("artifacts", "search", "final"):
+            assert any(line.startswith(f"[{bench}] {phase}: ") for line in events), (bench, phase, lines)
+        assert any(re.match(rf"\[{bench}\] search: trial \d+ \(\w+\) (completed|stopped early|failed)", line)
+                   for line in events), bench
+    assert re.match(r"\[study\] done in \d+", events[-1]), events[-1]
 
 
 def _snapshot(s3: S3, prefix: str) -> dict[str, dict]:
@@ -122,7 +144,7 @@ def _wait_for_group_exit(pgid: int, timeout: float) -> bool:
 def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3):
     """A study on S3 (moto on 127.0.0.1, through AWS_ENDPOINT_URL): SIGKILL the driver once
     trials have finished, resume, and find the table, configs and TensorBoard files in the bucket."""
-    space = _space(tmp_path, trials=4, epochs=3, final_seeds=1, fixed=LEAN_FIXED, curriculum=LEAN_CURRICULUM)
+    space = _space(tmp_path, trials=3, epochs=3, final_seeds=1, fixed=LEAN_FIXED, curriculum=LEAN_CURRICULUM)
     cmd = [sys.executable, "-m", "study.cli", "run", "--search-space", str(space),
            "--storage", f"s3://{BUCKET}/studies", "--name", "killed"]
     # Tune snapshots its state at most every TUNE_GLOBAL_CHECKPOINT_S (>= 10 s by default) and the
@@ -138,7 +160,7 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
         while time.monotonic() < deadline and driver.poll() is None:
             snap = _snapshot(s3, search)
             finished = {k: v for k, v in snap.items() if v["status"] == "TERMINATED"}
-            if finished and len(finished) < 4:
+            if finished and len(finished) < 3:
                 break
             time.sleep(0.5)
         assert driver.poll() is None, "the study ended before it could be killed:\n" + (tmp_path / "first.log").read_text()[-3000:]
@@ -160,9 +182,15 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
     results_before = {tid: len(_trial_results(s3, search, tid)) for tid in finished}
     resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "resuming the search" in resumed.stdout and "artifacts already prepared" in resumed.stdout
+    assert "resuming the search" in resumed.stdout and "[digits] artifacts: already prepared" in resumed.stdout
+    # the console (not a terminal): the tool's own lines only, then the end table within 100 columns
+    out = resumed.stdout.splitlines()
+    end = out.index(next(line for line in out if line.startswith("[study] done")))
+    assert_plain_progress(out[: end + 1], ["digits"])
+    assert all(len(line) <= 100 for line in out[end + 1:]), out[end + 1:]
+    assert resumed.stderr.strip() == "", resumed.stderr[-2000:]
     trials = {t["trial_id"]: t for t in json.loads(s3.read("studies/killed/digits/search/trials.json"))["trials"]}
-    assert len(trials) == 4  # the budget, neither lost nor repeated
+    assert len(trials) == 3  # the budget, neither lost nor repeated
     for tid, before in finished.items():
         after = trials[tid]
         assert after["status"] in ("completed", "stopped early"), after

@@ -1,0 +1,304 @@
+"""The study's own progress display: one line (or live panel row) per benchmark.
+
+On a terminal a live panel shows, per benchmark, its phase, stage k of K of the artifact run,
+trials done/running/stopped/failed of N, the best val mAP so far and its trial, and an ETA. When
+stdout is not a terminal (CI logs, ``tee``) every event is one plain line, without ANSI escapes.
+Every event line also goes to the study's log file (``logs/study.log``).
+
+Events arrive from the benchmarks' driver threads (their messages), from Tune callbacks
+(:class:`TrialEvents`, trials of the search and final runs) and from the artifact runs' progress
+files, which a ticker thread polls (a Ray Train run reports to its controller, not to the driver).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, TextIO
+
+from ray import tune
+
+from .storage import Storage
+
+#: where an artifact run writes which of its stages are done (read by the driver's ticker)
+ARTIFACT_PROGRESS = "artifacts/progress.json"
+STUDY_LOG = "logs/study.log"
+
+
+def format_duration(seconds: float | None) -> str:
+    """``1h02m``, ``3m05s``, ``42s``; ``?`` when unknown."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+@dataclass
+class BenchmarkStatus:
+    """What the display knows about one benchmark."""
+
+    name: str
+    trials: int  # the search's budget
+    seeds: int  # final seeds
+    concurrent: int = 1  # trials at once
+    full_epochs: int = 0  # a trial that ran fewer was stopped early
+    phase: str = "waiting"
+    phase_started: float = field(default_factory=time.time)
+    stages_done: int = 0
+    stages_total: int = 0
+    stage_name: str = ""
+    running: set[str] = field(default_factory=set)
+    done: int = 0
+    stopped: int = 0
+    failed: int = 0
+    durations: list[float] = field(default_factory=list)  # wall seconds of finished trials / seeds
+    started: dict[str, float] = field(default_factory=dict)
+    numbers: dict[str, int] = field(default_factory=dict)  # trial id -> its number (creation order, from 1)
+    best: tuple[float, str] | None = None  # (val mAP, trial id) of the best finished trial
+    best_key: tuple[int, float] | None = None  # its (epochs, last val mAP): the study's rule for the best trial
+    seeds_done: int = 0
+
+    def finished_trials(self) -> int:
+        return self.done + self.stopped + self.failed
+
+    def eta(self, now: float) -> float | None:
+        """Seconds left in the current phase (artifacts: per stage; search and final: per trial)."""
+        elapsed = now - self.phase_started
+        if self.phase == "artifacts" and self.stages_done and self.stages_total:
+            return elapsed / self.stages_done * (self.stages_total - self.stages_done)
+        if self.phase in ("search", "final") and self.durations:
+            left = (self.trials - self.finished_trials()) if self.phase == "search" else self.seeds - self.seeds_done
+            mean = sum(self.durations) / len(self.durations)
+            return mean * left / max(1, self.concurrent)
+        return None
+
+    def trial_label(self, trial_id: str) -> str:
+        number = self.numbers.get(trial_id)
+        return f"trial {number} ({trial_id})" if number else f"trial {trial_id}"
+
+    def line(self, now: float) -> str:
+        """The benchmark's one-line status."""
+        parts = [f"{self.name:<12}", f"{self.phase:<9}"]
+        if self.phase == "artifacts" and self.stages_total:
+            parts.append(f"stage {self.stages_done}/{self.stages_total}" + (f" ({self.stage_name})" if self.stage_name else ""))
+        if self.phase in ("search", "final", "done"):
+            parts.append(f"trials {self.finished_trials()}/{self.trials} done, {len(self.running) if self.phase == 'search' else 0} "
+                         f"running, {self.stopped} stopped, {self.failed} failed")
+        if self.best is not None:
+            parts.append(f"best val mAP {100 * self.best[0]:.2f} ({self.trial_label(self.best[1])})")
+        if self.phase == "final":
+            parts.append(f"seeds {self.seeds_done}/{self.seeds}")
+        if self.phase in ("artifacts", "search", "final"):
+            parts.append(f"ETA {format_duration(self.eta(now))}")
+        return "  ".join(parts)
+
+
+class Progress:
+    """Thread-safe progress of a study: plain event lines, or a live panel on a terminal."""
+
+    def __init__(self, storage: Storage, statuses: list[BenchmarkStatus], out: TextIO, *, live: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.storage, self.out, self.clock = storage, out, clock
+        self.status = {s.name: s for s in statuses}
+        self.live = live
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._panel = None
+        self._log: list[str] = []
+
+    # ------------------------------------------------------------------ events
+    def __call__(self, message: str) -> None:
+        """One event line (``[benchmark] ...`` or ``[study] ...``)."""
+        with self._lock:
+            self._log.append(message)
+            if self._panel is not None:
+                self._panel.console.print(message, highlight=False, markup=False)
+                self._panel.update(self._render())
+            else:
+                print(message, file=self.out, flush=True)
+            self._write_log()
+
+    def phase(self, bench: str, phase: str, message: str | None = None) -> None:
+        with self._lock:
+            st = self.status[bench]
+            st.phase, st.phase_started = phase, self.clock()
+            if message:
+                self(f"[{bench}] {phase}: {message}")
+
+    def stages(self, bench: str, done: int, total: int, name: str = "") -> None:
+        with self._lock:
+            st = self.status[bench]
+            if (done, total) == (st.stages_done, st.stages_total):
+                return
+            st.stages_done, st.stages_total, st.stage_name = done, total, name
+            if done:
+                self(f"[{bench}] artifacts: stage {done}/{total} done ({name}); ETA {format_duration(st.eta(self.clock()))}")
+
+    def trial_started(self, bench: str, trial_id: str) -> None:
+        with self._lock:
+            st = self.status[bench]
+            st.started.setdefault(trial_id, self.clock())
+            st.numbers.setdefault(trial_id, len(st.numbers) + 1)
+            if st.phase == "search":
+                st.running.add(trial_id)
+
+    def trial_result(self, bench: str, trial_id: str, result: dict) -> None:
+        """A trial's epoch report: nothing to show until it finishes (its last val mAP is what counts)."""
+
+    def trial_finished(self, bench: str, trial_id: str, last: dict | None, error: str | None = None) -> None:
+        with self._lock:
+            st = self.status[bench]
+            st.running.discard(trial_id)
+            now = self.clock()
+            if trial_id in st.started:
+                st.durations.append(now - st.started.pop(trial_id))
+            if st.phase == "final":
+                st.seeds_done += error is None
+                what = "failed: " + error if error else "done"
+                self(f"[{bench}] final: seed run {st.seeds_done}/{st.seeds} {what}; ETA {format_duration(st.eta(now))}")
+                return
+            epochs = (last or {}).get("epoch", 0)
+            if error is not None:
+                st.failed += 1
+                outcome = f"failed ({error})"
+            elif st.full_epochs and epochs < st.full_epochs:
+                st.stopped += 1
+                outcome = f"stopped early after epoch {epochs}"
+            else:
+                st.done += 1
+                outcome = "completed"
+            value = (last or {}).get("val_map")
+            scored = isinstance(value, (int, float)) and value == value
+            if error is None and scored and (st.best_key is None or (epochs, value) > st.best_key):
+                st.best, st.best_key = (float(value), trial_id), (epochs, float(value))  # as search/trials.json picks it
+            shown = f", val mAP {100 * value:.2f}" if scored else ""
+            best = f"; best {100 * st.best[0]:.2f} ({st.trial_label(st.best[1])})" if st.best else ""
+            self(f"[{bench}] search: {st.trial_label(trial_id)} {outcome}{shown}{best}; {st.finished_trials()}/{st.trials} "
+                 f"done, {len(st.running)} running; ETA {format_duration(st.eta(now))}")
+
+    def searched(self, bench: str, trials: dict) -> None:
+        """The finished search's record (``search/trials.json``): its counts and best trial."""
+        with self._lock:
+            st = self.status[bench]
+            counts = trials.get("counts", {})
+            st.done, st.stopped, st.failed = (counts.get(k, 0) for k in ("completed", "stopped early", "failed"))
+            st.running.clear()
+            best = trials.get("best")
+            if best and isinstance(best.get("val_map"), (int, float)):
+                st.best = (float(best["val_map"]), best["trial_id"])
+                st.best_key = (int(best.get("epochs", 0)), float(best["val_map"]))
+
+    # ------------------------------------------------------------------ display
+    def _render(self):
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 1))
+        now = self.clock()
+        for st in self.status.values():
+            table.add_row(st.line(now))
+        return table
+
+    def _write_log(self) -> None:
+        try:
+            self.storage.write_text(STUDY_LOG, "\n".join(self._log) + "\n")
+        except OSError:
+            pass  # the display must never stop the study
+
+    def poll_artifacts(self) -> None:
+        """Read the artifact runs' progress files of the benchmarks in their artifacts phase."""
+        for bench, st in list(self.status.items()):
+            rel = f"{bench}/{ARTIFACT_PROGRESS}"
+            if st.phase != "artifacts":
+                continue
+            try:
+                if not self.storage.exists(rel):
+                    continue
+                state = self.storage.read_json(rel)
+            except Exception:  # mid-write or unreachable: next tick
+                continue
+            self.stages(bench, int(state.get("done", 0)), int(state.get("total", 0)), str(state.get("stage", "")))
+
+    def _tick(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.poll_artifacts()
+            if self._panel is not None:
+                with self._lock:
+                    self._panel.update(self._render())
+
+    def __enter__(self) -> "Progress":
+        if self.live:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._panel = Live(self._render(), console=Console(file=self.out), refresh_per_second=2, transient=False)
+            self._panel.__enter__()
+        self._ticker = threading.Thread(target=self._tick, args=(1.0 if self.live else 2.0,), daemon=True, name="progress")
+        self._ticker.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+        self.poll_artifacts()
+        if self._panel is not None:
+            self._panel.update(self._render())
+            self._panel.__exit__(*exc)
+            self._panel = None
+
+
+_ACTIVE: dict[str, Progress] = {}  # benchmark -> the display of this driver process
+
+
+def attach(progress: Progress | None) -> None:
+    """Make ``progress`` the display the Tune callbacks of this process report to (None: none)."""
+    _ACTIVE.clear()
+    if progress is not None:
+        _ACTIVE.update({bench: progress for bench in progress.status})
+
+
+class TrialEvents(tune.Callback):
+    """Forwards a Tune experiment's trial events to this process's :class:`Progress` (if any).
+
+    Holds only the benchmark's name, so it pickles with the experiment and finds the display
+    again after ``--resume``."""
+
+    def __init__(self, benchmark: str) -> None:
+        self.benchmark = benchmark
+
+    def _progress(self) -> Progress | None:
+        return _ACTIVE.get(self.benchmark)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        if (p := self._progress()) is not None:
+            p.trial_started(self.benchmark, trial.trial_id)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if (p := self._progress()) is not None:
+            p.trial_result(self.benchmark, trial.trial_id, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if (p := self._progress()) is not None:
+            p.trial_finished(self.benchmark, trial.trial_id, trial.last_result)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        if (p := self._progress()) is not None:
+            error = "error"
+            if trial.error_file:
+                error = "see its error.txt"
+            p.trial_finished(self.benchmark, trial.trial_id, trial.last_result, error=_short_error(trial) or error)
+
+
+def _short_error(trial) -> str | None:
+    """The last line of a failed trial's error, shortened (Tune keeps the full one)."""
+    try:
+        text = str(getattr(trial, "get_pickled_error", lambda: None)() or "")
+    except Exception:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:120] if lines else None

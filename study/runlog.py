@@ -1,0 +1,32 @@
+"""A Ray Train run's own log lines (epochs, stages) in a file of the study directory, not the driver's console."""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from .storage import Storage
+
+
+class RunLog:
+    """Appends timestamped lines to ``<study>/<rel>``: in place on local storage, through a local
+    copy uploaded after every line on object storage. ``echo`` also prints them (``--verbose``:
+    they then reach the driver's console through Ray)."""
+
+    def __init__(self, storage: Storage, rel: str, *, echo: bool = False) -> None:
+        self.storage, self.rel, self.echo = storage, rel, echo
+        if storage.is_local:
+            self.path = storage.local_path() / rel
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            self.path = Path(tempfile.mkdtemp(prefix="indistill-log-")) / Path(rel).name
+            if storage.exists(rel):  # a retried run continues its log
+                self.path.write_bytes(storage.read_bytes(rel))
+
+    def __call__(self, line: str) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        if not self.storage.is_local:
+            self.storage.upload_file(self.path, self.rel)
+        if self.echo:
+            print(line, flush=True)

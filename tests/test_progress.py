@@ -1,0 +1,115 @@
+"""The study's progress display on hand-fed events: plain lines off a terminal, a live panel on one."""
+import io
+import json
+
+import pytest
+
+from study.progress import ARTIFACT_PROGRESS, STUDY_LOG, BenchmarkStatus, Progress, TrialEvents, attach, format_duration
+from study.storage import Storage
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("seconds,text", [(None, "?"), (-1, "?"), (0, "0s"), (42.4, "42s"), (185, "3m05s"), (3725, "1h02m")])
+def test_durations(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def _progress(tmp_path, out, live=False):
+    clock = Clock()
+    statuses = [BenchmarkStatus("digits", trials=4, seeds=2, concurrent=2, full_epochs=6),
+                BenchmarkStatus("cifar10", trials=2, seeds=1, concurrent=2, full_epochs=6)]
+    return Progress(Storage.create(tmp_path), statuses, out, live=live, clock=clock), clock
+
+
+def test_plain_events_count_trials_and_estimate_what_is_left(tmp_path):
+    out = io.StringIO()
+    p, clock = _progress(tmp_path, out)
+    p.phase("digits", "artifacts", "6 stages")
+    p.stages("digits", 0, 6)
+    clock.now += 30
+    p.stages("digits", 2, 6, "auxiliary, val protocol")  # 15 s a stage, 4 left
+    p.phase("digits", "search", "4 trials, 2 at a time")
+    for tid in ("aaa", "bbb"):
+        p.trial_started("digits", tid)
+    p.trial_result("digits", "aaa", {"val_map": 0.95, "epoch": 2})  # not its last report: not what counts
+    clock.now += 10
+    p.trial_finished("digits", "aaa", {"val_map": 0.8, "epoch": 3})  # fewer than 6 epochs: stopped by ASHA
+    p.trial_result("digits", "bbb", {"val_map": 0.9, "epoch": 6})
+    clock.now += 10
+    p.trial_finished("digits", "bbb", {"val_map": 0.7, "epoch": 6})  # more epochs beat a higher mAP
+    p.trial_started("digits", "ccc")
+    p.trial_finished("digits", "ccc", None, error="DivergedError: loss became nan")
+    assert out.getvalue().splitlines() == [
+        "[digits] artifacts: 6 stages",
+        "[digits] artifacts: stage 2/6 done (auxiliary, val protocol); ETA 1m00s",
+        "[digits] search: 4 trials, 2 at a time",
+        "[digits] search: trial 1 (aaa) stopped early after epoch 3, val mAP 80.00; best 80.00 (trial 1 (aaa)); "
+        "1/4 done, 1 running; ETA 15s",
+        "[digits] search: trial 2 (bbb) completed, val mAP 70.00; best 70.00 (trial 2 (bbb)); 2/4 done, 0 running; ETA 15s",
+        "[digits] search: trial 3 (ccc) failed (DivergedError: loss became nan); best 70.00 (trial 2 (bbb)); "
+        "3/4 done, 0 running; ETA 5s",
+    ]
+    st = p.status["digits"]
+    assert (st.done, st.stopped, st.failed) == (1, 1, 1)
+    assert "\x1b" not in out.getvalue()
+    # every event is in the study's log file too
+    assert (tmp_path / STUDY_LOG).read_text().splitlines() == out.getvalue().splitlines()
+    line = st.line(clock.now)
+    assert "search" in line and "trials 3/4 done, 0 running, 1 stopped, 1 failed" in line and "best val mAP 70.00" in line
+
+
+def test_final_seeds_and_a_finished_search_record(tmp_path):
+    out = io.StringIO()
+    p, clock = _progress(tmp_path, out)
+    p.searched("cifar10", {"counts": {"completed": 1, "stopped early": 0, "failed": 1},
+                           "best": {"trial_id": "xyz", "val_map": 0.5}})
+    p.phase("cifar10", "final", "seeds [0]")
+    p.trial_started("cifar10", "f1")
+    clock.now += 20
+    p.trial_finished("cifar10", "f1", {"row": 5})
+    assert out.getvalue().splitlines()[-1] == "[cifar10] final: seed run 1/1 done; ETA 0s"
+    assert "best val mAP 50.00 (trial xyz)" in p.status["cifar10"].line(clock.now)
+
+
+def test_artifact_progress_files_are_polled(tmp_path):
+    out = io.StringIO()
+    p, _ = _progress(tmp_path, out)
+    p.phase("digits", "artifacts")
+    (tmp_path / "digits/artifacts").mkdir(parents=True)
+    (tmp_path / "digits" / ARTIFACT_PROGRESS).write_text(json.dumps({"done": 3, "total": 6, "stage": "prune, val protocol"}))
+    p.poll_artifacts()
+    p.poll_artifacts()  # unchanged: no second line
+    assert [line for line in out.getvalue().splitlines() if "stage 3/6" in line] == [
+        "[digits] artifacts: stage 3/6 done (prune, val protocol); ETA 0s"]
+
+
+def test_live_panel_shows_one_row_per_benchmark(tmp_path):
+    out = io.StringIO()
+    p, _ = _progress(tmp_path, out, live=True)
+    with p:
+        p.phase("digits", "search", "4 trials")
+        p.trial_started("digits", "aaa")
+    text = out.getvalue()
+    assert "[digits] search: 4 trials" in text
+    assert "digits" in text and "cifar10" in text and "waiting" in text
+
+
+def test_tune_callback_pickles_without_the_display_and_finds_it_again(tmp_path):
+    import pickle
+
+    out = io.StringIO()
+    p, _ = _progress(tmp_path, out)
+    callback = pickle.loads(pickle.dumps(TrialEvents("digits")))
+    assert callback._progress() is None  # no display attached: events are dropped
+    attach(p)
+    try:
+        assert callback._progress() is p
+    finally:
+        attach(None)
