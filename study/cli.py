@@ -33,6 +33,8 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     *COMMON_ENVIRONMENT,
     (REPORT_POLL_ENV[0], f"Ray Train's report poll in seconds; the study sets {REPORT_POLL_ENV[1]} unless it is set"),
     ("TUNE_GLOBAL_CHECKPOINT_S", "read by Ray Tune: seconds between snapshots of the search's state (--resume)"),
+    ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "read by Ray Tune; the study sets 1 unless it is set: Tune writes no "
+                                           "TensorBoard files of its own (0 brings them back, under ray/)"),
     (STATE_SYNC_ENV[0], f"on s3:// --storage, seconds between uploads of that state (default {STATE_SYNC_ENV[1]})"),
     ("AWS_ENDPOINT_URL", "read by pyarrow for s3:// --storage: the S3 endpoint (e.g. a MinIO server)"),
     ("AWS_ACCESS_KEY_ID", "read by pyarrow for s3:// --storage: credentials (else ~/.aws, or the instance's role)"),

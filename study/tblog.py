@@ -1,26 +1,295 @@
-"""Rank-0 TensorBoard logging of a training run, mirrored into the study storage."""
+"""A study's TensorBoard logs: rank-0 curves mirrored into the study storage, the HParams of the
+search, the run names, and which loggers Tune itself runs.
+
+Where the runs are (relative to the study directory, the log directory TensorBoard opens):
+
+- ``<benchmark>/tensorboard/trials/trial-<k>-<id>``: one run per search trial (curves and its HParams
+  row); ``k`` is the trial's index in creation order, ``id`` Tune's trial id;
+- ``<benchmark>/tensorboard/final/<row>/seed-<s>``: the final runs;
+- ``<benchmark>/tensorboard/`` itself: the HParams experiment (:func:`write_hparams_experiment`).
+
+Tune's own TensorBoard logger is off (:func:`tune_loggers`): it wrote every trial a second time,
+under a run name cut at 150 characters.
+"""
 from __future__ import annotations
 
+import dataclasses
+import os
 import tempfile
+import time
 from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from torch.utils.tensorboard import SummaryWriter
 
 from .storage import Storage
 
+# ----------------------------------------------------------------------------- run names
+
+
+def trial_run_name(index: int, trial_id: str, trials: int = 0) -> str:
+    """``trial-<k>-<id>``: ``index`` zero-padded to three digits, or to the width of ``trials`` (the
+    search budget) when wider, so the names of one search sort in creation order."""
+    width = max(3, len(str(max(trials - 1, 0))))
+    return f"trial-{index:0{width}d}-{trial_id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialNamer:
+    """Tune's ``trial_name_creator`` for a search of ``trials`` trials: ``trial-<k>-<id>``.
+
+    ``k`` (0-based) comes from the trial's experiment tag, ``<n>_<params>``: Tune's search generator
+    numbers the trials it creates (n = 1, 2, ...) and keeps that count in the search's state, so a
+    resumed search (``--resume``) goes on numbering where it stopped. A tag without that number
+    gives ``trial-<id>``.
+    """
+
+    trials: int = 0
+
+    def __call__(self, trial: Any) -> str:
+        head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+        if not head.isdigit() or int(head) < 1:
+            return f"trial-{trial.trial_id}"
+        return trial_run_name(int(head) - 1, trial.trial_id, self.trials)
+
+
+def tensorboard_dir(benchmark: str) -> str:
+    return f"{benchmark}/tensorboard"
+
+
+def trial_run(benchmark: str, trial_name: str) -> str:
+    """A search trial's run (``trial_name``: Tune's trial name, see :class:`TrialNamer`)."""
+    return f"{tensorboard_dir(benchmark)}/trials/{trial_name}"
+
+
+def final_run(benchmark: str, row_slug: str, seed: int) -> str:
+    return f"{tensorboard_dir(benchmark)}/final/{row_slug}/seed-{seed}"
+
+
+# ----------------------------------------------------------------------------- Tune's loggers
+
+#: Ray Tune adds its CSV, JSON and TensorBoard (TBX) logger callbacks unless they are passed, or
+#: unless this variable is "1" (ray/tune/utils/callback.py, _create_default_callbacks); the study
+#: sets it unless it is set
+AUTO_LOGGERS_ENV = ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+def tune_loggers() -> list:
+    """The logger callbacks of the study's Tune runs: Tune's JSON and CSV loggers (``result.json``,
+    ``progress.csv``: Tune's result grid and the tests read them), not its TensorBoard logger.
+
+    Passing the JSON and CSV loggers does not keep Tune from adding its TBX logger; the variable
+    :data:`AUTO_LOGGERS_ENV` does. Tune reads it in this (the driver's) process when a Tuner fits, so
+    it is set here, for this process, unless the user set it (0 brings Tune's own TensorBoard files
+    back). A search resumed with ``--resume`` gets the callbacks it was started with (Tune keeps them
+    with its state); call this before it fits too.
+    """
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    os.environ.setdefault(*AUTO_LOGGERS_ENV)
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
+
+
+# ----------------------------------------------------------------------------- HParams
+
+
+@dataclasses.dataclass(frozen=True)
+class HParam:
+    """A searched hyperparameter as the HParams dashboard shows it: a discrete domain (``values``:
+    strings or bools) or an ``interval`` (numbers)."""
+
+    name: str
+    values: tuple = ()
+    interval: tuple[float, float] | None = None
+    description: str = ""
+
+    @property
+    def differs(self) -> bool:
+        """Whether the search varies it (the dashboard lists these first)."""
+        if self.interval is not None:
+            return self.interval[0] < self.interval[1]
+        return len(set(self.values)) > 1
+
+    def merged(self, other: "HParam") -> "HParam":
+        """One domain holding both (the same name in another benchmark's search)."""
+        if self.interval is not None and other.interval is not None:
+            return dataclasses.replace(self, interval=(min(self.interval[0], other.interval[0]),
+                                                       max(self.interval[1], other.interval[1])))
+        return dataclasses.replace(self, values=tuple(dict.fromkeys((*self.values, *other.values))))
+
+    def contains(self, value) -> bool:
+        if self.interval is not None:
+            return self.interval[0] <= value <= self.interval[1]
+        return value in self.values
+
+
+def _interval(low: float, high: float, description: str) -> HParam:
+    return HParam("", interval=(float(low), float(high)), description=description)
+
+
+def _discrete(values: Iterable, description: str) -> HParam:
+    return HParam("", values=tuple(dict.fromkeys(values)), description=description)
+
+
+def _weight_domain(space, k: int) -> HParam:
+    from .search_space import define_by_run
+
+    ranges = define_by_run(space).weights  # the sampler's weight range per loss (a loss without one: 1)
+    return _interval(min(r.low for r in ranges.values()), max(r.high for r in ranges.values()),
+                     f"weight of curriculum layer {k}'s loss; its range depends on the loss sampled for the layer")
+
+
+#: The searched hyperparameters as the HParams dashboard shows them, each once: its stable name
+#: (``{k}``: the curriculum layer), its value in a trial's RunConfig, and its domain from the search
+#: space (and the base config). The trial logs the values, the driver the domains. The sampler's
+#: names differ (a layer's weight is ``curriculum/weight_<k>_<loss>`` there); every trial has one
+#: column per name here.
+PER_LAYER: tuple[tuple[str, Callable, Callable], ...] = (
+    ("curriculum/epochs_{k}", lambda cfg, k: cfg.student.curriculum.epochs[k],
+     lambda space, base, k: _interval(space.curriculum.epochs[k].low, space.curriculum.epochs[k].high,
+                                      f"epochs of curriculum phase {k} (layer {k})")),
+    ("curriculum/loss_{k}", lambda cfg, k: cfg.student.curriculum.losses[k],
+     lambda space, base, k: _discrete(space.curriculum.losses, f"loss of curriculum layer {k}")),
+    ("curriculum/weight_{k}", lambda cfg, k: float(cfg.student.curriculum.weights[k]),
+     lambda space, base, k: _weight_domain(space, k)),
+)
+GLOBAL: tuple[tuple[str, Callable, Callable], ...] = (
+    ("curriculum/overlap", lambda cfg: bool(cfg.student.curriculum.overlap),
+     lambda space, base: _discrete(space.curriculum.overlap, "earlier layers' losses stay active")),
+    ("prune/criterion", lambda cfg: cfg.prune.criterion,
+     lambda space, base: _discrete(space.criteria, "pruning criterion")),
+    ("prune/target", lambda cfg: cfg.prune.target,
+     lambda space, base: _discrete((base.prune.target,), "pruned targets: batch statistics or the auxiliary's own")),
+    ("benchmark", lambda cfg: cfg.benchmark,
+     lambda space, base: _discrete((base.benchmark,), "the benchmark")),
+)
+
+
+def trial_hparams(cfg) -> dict[str, Any]:
+    """A trial's value of every hyperparameter of :data:`PER_LAYER` and :data:`GLOBAL`, from its RunConfig."""
+    out = {name.format(k=k): value(cfg, k)
+           for k in range(len(cfg.student.curriculum.epochs)) for name, value, _ in PER_LAYER}
+    out.update((name, value(cfg)) for name, value, _ in GLOBAL)
+    return out
+
+
+def study_hparams(space, base) -> list[HParam]:
+    """Every hyperparameter of one benchmark's search with its domain: its search space's ranges and
+    choices (one epochs, loss and weight per curriculum layer of the space), and the base config's
+    value where the space samples none."""
+    out = [dataclasses.replace(domain(space, base, k), name=name.format(k=k))
+           for k in range(len(space.curriculum.epochs)) for name, _, domain in PER_LAYER]
+    out += [dataclasses.replace(domain(space, base), name=name) for name, _, domain in GLOBAL]
+    return out
+
+
+def merge_hparams(lists: Iterable[Sequence[HParam]]) -> list[HParam]:
+    """The hyperparameters of several benchmarks' searches, by name, each domain holding all of theirs."""
+    merged: dict[str, HParam] = {}
+    for hparams in lists:
+        for hp in hparams:
+            merged[hp.name] = merged[hp.name].merged(hp) if hp.name in merged else hp
+    return list(merged.values())
+
+
+def _plugin_summary(tag: str, plugin_data):
+    """A Summary holding an HParams plugin message, as the plugin's own summary functions build it."""
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.hparams import metadata
+
+    summary = summary_pb2.Summary()
+    summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(plugin_data), tensor=metadata.NULL_TENSOR)
+    return summary
+
+
+def experiment_summary(hparams: Sequence[HParam], metrics: Sequence[tuple[str, str]]):
+    """The HParams experiment: its columns (``hparams`` with their domains; ``metrics``: (scalar tag,
+    description), in column order).
+
+    TensorBoard's HParams dashboard takes its columns from the first run holding an experiment
+    (backend_context.Context.experiment_from_metadata); without one it lists every scalar of the
+    trial runs as a metric, sorted by name. It shows the first five metrics and, of the hparams
+    sorted by (not differs, name), the first five. ``differs`` is set from the domains, so the
+    searched hyperparameters come before the fixed ones.
+    """
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    infos = []
+    for hp in hparams:
+        info = api_pb2.HParamInfo(name=hp.name, description=hp.description, differs=hp.differs)
+        if hp.interval is not None:
+            info.type = api_pb2.DATA_TYPE_FLOAT64
+            info.domain_interval.min_value, info.domain_interval.max_value = hp.interval
+        else:
+            kinds = {type(v) for v in hp.values}
+            if kinds == {bool}:
+                info.type = api_pb2.DATA_TYPE_BOOL
+                info.domain_discrete.extend(hp.values)
+            else:
+                info.type = api_pb2.DATA_TYPE_STRING
+                info.domain_discrete.extend(str(v) for v in hp.values)
+        infos.append(info)
+    experiment = api_pb2.Experiment(
+        hparam_infos=infos, time_created_secs=time.time(),
+        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), description=text) for tag, text in metrics],
+    )
+    return _plugin_summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
+
+
+#: the experiment's event file in ``<benchmark>/tensorboard/``: a fixed name, so writing it again
+#: (on --resume) replaces it; TensorBoard reads every file whose name holds "tfevents"
+EXPERIMENT_FILE = "events.out.tfevents.0.hparams-experiment"
+
+
+def write_hparams_experiment(storage: Storage, benchmarks: Sequence, metrics: Sequence[tuple[str, str]]) -> list[str]:
+    """The study's HParams experiment, written by the driver before the searches start, into every
+    benchmark's ``tensorboard/`` directory; returns the paths written (relative to the study).
+
+    ``benchmarks``: the study's plans (``.benchmark``, ``.space``, ``.base``). TensorBoard reads one
+    experiment per log directory (the first it meets), so each copy holds the hyperparameters of
+    all the study's benchmarks (domains merged): opened on the study directory, every trial of
+    every benchmark has its columns; opened on one benchmark's ``tensorboard/``, the same.
+    """
+    summary = experiment_summary(merge_hparams(study_hparams(b.space, b.base) for b in benchmarks), metrics)
+    with tempfile.TemporaryDirectory(prefix="indistill-hparams-") as tmp:
+        writer = SummaryWriter(log_dir=tmp)
+        writer._get_file_writer().add_summary(summary, global_step=0)
+        writer.close()
+        (event_file,) = Path(tmp).glob("*tfevents*")
+        written = []
+        for b in benchmarks:
+            rel = f"{tensorboard_dir(b.benchmark)}/{EXPERIMENT_FILE}"
+            storage.upload_file(event_file, rel)
+            written.append(rel)
+    return written
+
+
+# ----------------------------------------------------------------------------- the logger
+
 
 class TensorBoardLogger:
-    """Writes per-epoch scalars locally and copies the event files to ``storage/rel`` after each epoch."""
+    """Writes one run's scalars locally and copies the event files to ``storage/rel`` (after each
+    epoch and when closed)."""
 
     def __init__(self, storage: Storage, rel: str) -> None:
         self.storage, self.rel = storage, rel
         self.local = Path(tempfile.mkdtemp(prefix="indistill-tb-"))
         self.writer = SummaryWriter(log_dir=str(self.local))
 
-    def log(self, step: int, scalars: dict[str, float]) -> None:
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
         for key, value in scalars.items():
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, step)
+        self.flush()
+
+    def hparams(self, values: Mapping[str, Any], group: str, start_time: float | None = None) -> None:
+        """This run's HParams row (a session start): ``values`` by hyperparameter name; ``group``: the
+        name the dashboard shows for it. Written into this run itself (``SummaryWriter.add_hparams``
+        would write a timestamped sub-run instead)."""
+        from tensorboard.plugins.hparams import summary_v2
+
+        self.writer._get_file_writer().add_summary(summary_v2.hparams_pb(dict(values), trial_id=group,
+                                                                         start_time_secs=start_time), global_step=0)
         self.flush()
 
     def pr_curve(self, tag: str, labels, scores, step: int = 0) -> None:

@@ -29,7 +29,7 @@ from indistill.train.runtime import is_distributed, rank, world_size
 from indistill.train.stages import Context, evaluate_stage, prune_stage, student_stage
 
 from .storage import Storage
-from .tblog import TensorBoardLogger
+from .tblog import TensorBoardLogger, final_run, trial_hparams, trial_run
 
 OBJECTIVE = "val_map"
 EMBEDDING_EPOCH = "embedding_epoch"
@@ -221,7 +221,11 @@ def run_trial(config: dict) -> None:
     cfg = build_config(config["cfg"])
     storage = Storage(config["storage"])
     scratch = Path(tempfile.mkdtemp(prefix="indistill-trial-"))
-    tb = TensorBoardLogger(storage, f"{cfg.benchmark}/tensorboard/trials/{config['trial_id']}") if rank() == 0 else None
+    tb = None
+    if rank() == 0:  # the trial's run and its HParams row, before it trains (the sampled config, no fault)
+        name = config.get("trial_name") or config["trial_id"]
+        tb = TensorBoardLogger(storage, trial_run(cfg.benchmark, name))
+        tb.hparams(trial_hparams(cfg), group=f"{cfg.benchmark}/{name}", start_time=config.get("started_at"))
     try:
         if config.get("fail_with"):  # fault injection for tests: "nan" or "error"
             cfg = _inject_fault(cfg, config["fail_with"])
@@ -270,7 +274,7 @@ def final_seed(config: dict) -> None:
         for label, cfg, method in plan:
             ctx.cfg = cfg.replace(device=ctx.cfg.device)
             pruned = prune_stage(ctx, aux, protocol="test").pruned if method == "indistill" else None
-            tb = TensorBoardLogger(storage, f"{bench}/tensorboard/final/{_slug(label)}/seed-{seed}") if rank() == 0 else None
+            tb = TensorBoardLogger(storage, final_run(bench, _slug(label), seed)) if rank() == 0 else None
             try:
                 run = student_stage(ctx, method, aux, pruned, protocol="test", hooks=[_TensorBoardHook(tb)])
                 results = evaluate_stage(ctx, run.model, run.work_dir)
