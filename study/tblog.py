@@ -5,6 +5,10 @@ Where the runs are (relative to the study directory, the log directory TensorBoa
 
 - ``<benchmark>/tensorboard/trials/trial-<k>-<id>``: one run per search trial (curves and its HParams
   row); ``k`` is the trial's index in creation order, ``id`` Tune's trial id;
+- ``<benchmark>/tensorboard/artifacts/<stage>/<protocol>``: the teacher's and the auxiliary's
+  training curves (``auxiliary-ce``: its cross-entropy start; ``auxiliary``: its PKT phase);
+  protocol ``val``: trained without the val images (what the search reads), ``test``: on the full
+  train split (what the final runs read);
 - ``<benchmark>/tensorboard/final/<row>/seed-<s>``: the final runs;
 - ``<benchmark>/tensorboard/`` itself: the HParams experiment (:func:`write_hparams_experiment`).
 
@@ -60,6 +64,10 @@ def tensorboard_dir(benchmark: str) -> str:
 def trial_run(benchmark: str, trial_name: str) -> str:
     """A search trial's run (``trial_name``: Tune's trial name, see :class:`TrialNamer`)."""
     return f"{tensorboard_dir(benchmark)}/trials/{trial_name}"
+
+
+def artifact_run(benchmark: str, stage: str, protocol: str) -> str:
+    return f"{tensorboard_dir(benchmark)}/artifacts/{stage}/{protocol}"
 
 
 def final_run(benchmark: str, row_slug: str, seed: int) -> str:
@@ -280,6 +288,16 @@ class TensorBoardLogger:
         for key, value in scalars.items():
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, step)
+        self.flush()
+
+    def log_history(self, history: Sequence[Mapping[str, float]], skip: Iterable[str] = ("epoch", "samples")) -> None:
+        """A finished stage's per-epoch metrics (indistill's Loop history), at steps 1, 2, ..."""
+        skip = set(skip)
+        for i, metrics in enumerate(history):
+            step = int(metrics.get("epoch", i)) + 1
+            for key, value in metrics.items():
+                if key not in skip and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, step)
         self.flush()
 
     def hparams(self, values: Mapping[str, Any], group: str, start_time: float | None = None) -> None:

@@ -29,7 +29,7 @@ from indistill.train.runtime import is_distributed, rank, world_size
 from indistill.train.stages import Context, evaluate_stage, prune_stage, student_stage
 
 from .storage import Storage
-from .tblog import TensorBoardLogger, final_run, trial_hparams, trial_run
+from .tblog import TensorBoardLogger, artifact_run, final_run, trial_hparams, trial_run
 
 OBJECTIVE = "val_map"
 EMBEDDING_EPOCH = "embedding_epoch"
@@ -115,10 +115,48 @@ def prepare_artifacts(config: dict) -> None:
 
     with stage_cache(storage, cfg.benchmark) as (root, persist):
         ctx = _context(cfg, root, config.get("data_root"), persist)
-        build_artifacts(ctx, "val", done=done)
-        _, rows = build_artifacts(ctx, "test", rows=True, done=done)
+        results, _ = build_artifacts(ctx, "val", done=done)
+        _log_artifacts(storage, ctx, results, "val")
+        results, rows = build_artifacts(ctx, "test", rows=True, done=done)
+        _log_artifacts(storage, ctx, results, "test")
     if rank() == 0:
         storage.write_json(f"{cfg.benchmark}/{NETWORKS_FILE}", {"rows": rows})
+
+
+def _log_artifacts(storage: Storage, ctx: Context, results: dict, protocol: str) -> None:
+    """The training curves of the artifact stages just built (rank 0): each trained stage's
+    per-epoch history, and the auxiliary's cross-entropy start, one TensorBoard run each
+    (:func:`study.tblog.artifact_run`). A run already in the storage is left as it is: a retried
+    artifact run reloads finished stages, and their curves are not written twice."""
+    if rank() != 0:
+        return
+    bench = ctx.cfg.benchmark
+    curves = {stage: result.history for stage, result in results.items() if result.history}
+    aux = results.get("auxiliary")
+    if aux is not None and aux.directory is not None:  # trained here, not the user's checkpoint
+        curves = {"auxiliary-ce": _auxiliary_ce_history(ctx, protocol), **curves}
+    for stage, history in curves.items():
+        rel = artifact_run(bench, stage, protocol)
+        if not history or storage.exists(rel):
+            continue
+        tb = TensorBoardLogger(storage, rel)
+        try:
+            tb.log_history(history)
+        finally:
+            tb.close()
+
+
+def _auxiliary_ce_history(ctx: Context, protocol: str) -> list[dict[str, float]]:
+    """The per-epoch history of the auxiliary's cross-entropy start (indistill's auxiliary stage keeps
+    it in its own directory and returns the PKT phase's), or [] when it cannot be read."""
+    from indistill.train.keys import stage_key
+
+    path = ctx.stage_dir("auxiliary-ce", stage_key("auxiliary", ctx.cfg, protocol)) / FINAL
+    try:
+        history = torch.load(path, map_location="cpu", weights_only=True).get("history", [])
+    except Exception:  # a missing or unreadable file: no curve, the artifacts themselves are fine
+        return []
+    return history if isinstance(history, list) else []
 
 
 def _report_metrics(epoch: int, metrics: dict[str, float], curriculum_epochs: int = 0) -> dict[str, float]:

@@ -230,3 +230,42 @@ def test_tune_gets_json_and_csv_loggers_and_no_tensorboard_logger(monkeypatch):
     kinds = [type(c) for c in _create_default_callbacks(callbacks, metric="val_map", mode="max")]
     assert not any(issubclass(k, TBXLoggerCallback) for k in kinds)
     assert kinds.count(JsonLoggerCallback) == 1 and kinds.count(CSVLoggerCallback) == 1
+
+
+# ----------------------------------------------------------------------------- artifact curves
+
+
+def test_artifact_curves_are_written_once_per_stage_and_protocol(tmp_path):
+    """The real artifact stages on digits (shortened): teacher, the auxiliary's CE start and its PKT
+    phase each get a run with their per-epoch losses; the pruning stage (no training) none."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from indistill.configure import build_config
+    from indistill.pipeline import build_artifacts, make_context
+    from study import workers
+
+    cfg = build_config({"teacher": {"epochs": 1}, "auxiliary": {"ce": {"epochs": 2}, "pkt": {"epochs": 1}}, "device": "cpu"},
+                       benchmark="digits")
+    ctx = make_context(cfg, tmp_path / "cache", log=lambda _m: None)
+    results, _ = build_artifacts(ctx, "val")
+    assert set(results) == {"teacher", "auxiliary", "prune"}
+    storage = Storage.create(tmp_path / "study")
+    workers._log_artifacts(storage, ctx, results, "val")
+    root = tmp_path / "study/digits/tensorboard/artifacts"
+    assert sorted(p.name for p in root.iterdir()) == ["auxiliary", "auxiliary-ce", "teacher"]
+
+    def curve(stage, tag):
+        acc = EventAccumulator(str(root / stage / "val"))
+        acc.Reload()
+        assert "samples" not in acc.Tags()["scalars"] and "epoch" not in acc.Tags()["scalars"]
+        return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+    assert [step for step, _ in curve("teacher", "loss")] == [1]
+    assert [step for step, _ in curve("auxiliary-ce", "loss")] == [1, 2]  # its cross-entropy start
+    assert [(step, pytest.approx(v, rel=1e-6)) for step, v in curve("auxiliary", "loss/embedding")] == \
+        [(1, results["auxiliary"].history[0]["loss/embedding"])]
+    files = sorted(root.rglob("*tfevents*"))
+    # a retried artifact run reloads the finished stages (same histories): nothing is written twice
+    again, _ = build_artifacts(ctx, "val")
+    workers._log_artifacts(storage, ctx, again, "val")
+    assert sorted(root.rglob("*tfevents*")) == files
