@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import torch
+import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
 from .storage import Storage
@@ -272,6 +274,87 @@ def write_hparams_experiment(storage: Storage, benchmarks: Sequence, metrics: Se
     return written
 
 
+# ----------------------------------------------------------------------------- the PR curve
+
+
+@dataclasses.dataclass(frozen=True)
+class PRCurve:
+    """The 11-point interpolated precision-recall curve of a retrieval, averaged over the queries.
+
+    ``precision[j]``: the mean over queries of the interpolated precision at recall level j/10 (the
+    highest precision at any rank whose recall is at least j/10; in integers, 10·hits >= j·positives),
+    so ``precision.mean()`` is the ``map`` metric (indistill.retrieval); ``recall[j]`` = j/10.
+    ``tp`` ... ``fn``: counts summed over the queries, each query cut at the first rank whose recall
+    reaches the level (rank 1 for level 0; a query with no relevant item: rank 1).
+    """
+
+    precision: torch.Tensor
+    recall: torch.Tensor
+    tp: torch.Tensor
+    fp: torch.Tensor
+    tn: torch.Tensor
+    fn: torch.Tensor
+
+
+LEVELS = 11
+
+
+@torch.no_grad()
+def interpolated_pr_curve(query: torch.Tensor, query_labels: torch.Tensor, database: torch.Tensor,
+                          database_labels: torch.Tensor, metric: str = "cosine", chunk_bytes: int = 256 * 2**20) -> PRCurve:
+    """:class:`PRCurve` of ``query`` ranked against ``database`` by ``metric`` (cosine or euclidean),
+    ranked as indistill.retrieval ranks (float32 keys, stable sort, ties by database index), in
+    query chunks of about ``chunk_bytes`` of work memory, on the inputs' device."""
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"unknown retrieval metric {metric!r}; choose from: cosine, euclidean")
+    device = query.device
+    q, db = query.detach().float(), database.detach().to(device).float()
+    ql = query_labels.detach().to(device).reshape(-1)
+    dbl = database_labels.detach().to(device).reshape(-1)
+    nq, n = q.shape[0], db.shape[0]
+    if metric == "cosine":
+        q_unit, neg_db_t = F.normalize(q, dim=1), -F.normalize(db, dim=1).t()
+
+        def key(start: int, stop: int) -> torch.Tensor:
+            return q_unit[start:stop] @ neg_db_t
+    else:
+        db_t, db_sq = db.t(), db.pow(2).sum(1)
+
+        def key(start: int, stop: int) -> torch.Tensor:  # the squared distance minus |q|^2: the same order
+            return torch.addmm(db_sq[None, :], q[start:stop], db_t, alpha=-2.0)
+
+    levels = torch.arange(LEVELS, device=device)
+    precision = torch.zeros(LEVELS, dtype=torch.float64, device=device)
+    counts = torch.zeros(4, LEVELS, dtype=torch.float64, device=device)  # tp, fp, tn, fn
+    ranks = torch.arange(1, n + 1, device=device)
+    step = max(1, chunk_bytes // (64 * n))
+    matmul_precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # TF32 would blur the ranking
+    try:
+        for start in range(0, nq, step):
+            stop = min(start + step, nq)
+            order = torch.sort(key(start, stop), dim=1, stable=True).indices
+            hits = (dbl[order] == ql[start:stop, None]).cumsum(1)  # [c, n] hits up to each rank
+            del order
+            p = hits[:, -1]
+            # the highest level each rank reaches: 10*hits >= j*P  <=>  j <= 10*hits // P (every level when P = 0)
+            reached = torch.where(p[:, None] > 0, torch.div(10 * hits, p.clamp_min(1)[:, None], rounding_mode="floor"),
+                                  torch.full_like(hits, LEVELS - 1))
+            prec = hits.double() / ranks
+            best = torch.zeros(stop - start, LEVELS, dtype=torch.float64, device=device)
+            best.scatter_reduce_(1, reached, prec, reduce="amax", include_self=True)
+            precision += torch.cummax(best.flip(1), dim=1).values.flip(1).sum(0)  # max over levels >= j
+            cut = torch.searchsorted(reached, levels.expand(stop - start, LEVELS).contiguous())  # first rank reaching j
+            tp = hits.gather(1, cut).double()
+            r = (cut + 1).double()
+            pd = p[:, None].double()
+            counts += torch.stack([tp, r - tp, n - r - (pd - tp), pd - tp]).sum(1)
+    finally:
+        torch.set_float32_matmul_precision(matmul_precision)
+    tp, fp, tn, fn = counts.cpu()
+    return PRCurve(precision=(precision / nq).cpu(), recall=levels.double().cpu() / (LEVELS - 1), tp=tp, fp=fp, tn=tn, fn=fn)
+
+
 # ----------------------------------------------------------------------------- the logger
 
 
@@ -310,8 +393,12 @@ class TensorBoardLogger:
                                                                          start_time_secs=start_time), global_step=0)
         self.flush()
 
-    def pr_curve(self, tag: str, labels, scores, step: int = 0) -> None:
-        self.writer.add_pr_curve(tag, labels, scores, global_step=step)
+    def pr_curve(self, tag: str, curve: PRCurve, step: int = 0) -> None:
+        """An averaged 11-point curve (:func:`interpolated_pr_curve`) as a TensorBoard PR curve: the
+        dashboard's "threshold" j/10 is the recall level."""
+        self.writer.add_pr_curve_raw(tag, curve.tp.numpy(), curve.fp.numpy(), curve.tn.numpy(), curve.fn.numpy(),
+                                     curve.precision.numpy(), curve.recall.numpy(), global_step=step,
+                                     num_thresholds=len(curve.precision))
 
     def flush(self) -> None:
         self.writer.flush()

@@ -29,7 +29,7 @@ from indistill.train.runtime import is_distributed, rank, world_size
 from indistill.train.stages import Context, evaluate_stage, prune_stage, student_stage
 
 from .storage import Storage
-from .tblog import TensorBoardLogger, artifact_run, final_run, trial_hparams, trial_run
+from .tblog import TensorBoardLogger, artifact_run, final_run, interpolated_pr_curve, trial_hparams, trial_run
 
 OBJECTIVE = "val_map"
 EMBEDDING_EPOCH = "embedding_epoch"
@@ -371,12 +371,13 @@ class _TensorBoardHook:
 
 
 def _pr_curves(tb: TensorBoardLogger | None, ctx: Context, model) -> None:
-    """Precision-recall curves of the final student: cosine similarity of test queries vs train items."""
+    """The precision-recall curves behind the tuned student's test ``map`` (``final/pr_cosine``,
+    ``final/pr_euclidean``): every test query ranked against the full train split, its 11-point
+    interpolated precision averaged over the queries (:func:`study.tblog.interpolated_pr_curve`)."""
     if tb is None:
         return
     queries, database = ctx.eval_splits("test")
-    q = torch.nn.functional.normalize(embed(model, queries), dim=1)[:200]
-    db = torch.nn.functional.normalize(embed(model, database), dim=1)
-    scores = (q @ db.T).flatten().cpu()
-    labels = (queries.labels[:200, None] == database.labels[None, :]).flatten().cpu()
-    tb.pr_curve("final/pr_cosine", labels, (scores + 1) / 2)
+    size = ctx.cfg.eval.batch_size  # as evaluate_stage embeds them
+    q, db = embed(model, queries, batch_size=size), embed(model, database, batch_size=size)
+    for metric in ("cosine", "euclidean"):
+        tb.pr_curve(f"final/pr_{metric}", interpolated_pr_curve(q, queries.labels, db, database.labels, metric))
