@@ -283,8 +283,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 #: where the study's TensorBoard logs are, printed with the command
-TENSORBOARD_LOGS = ("  per-trial curves: <benchmark>/tensorboard/trials/<trial>; final runs: <benchmark>/tensorboard/final/; "
-                    "Tune's scalars and HParams: ray/<benchmark>-search/")
+TENSORBOARD_LOGS = ("  HParams: one row per search trial, val_map first. Runs, under the study directory:\n"
+                    "    <benchmark>/tensorboard/trials/trial-<k>-<id>  (a search trial; k: creation order)\n"
+                    "    <benchmark>/tensorboard/artifacts/<stage>/<protocol>  (teacher, auxiliary)\n"
+                    "    <benchmark>/tensorboard/final/<row>/seed-<s>  (the final runs)")
 
 
 def tensorboard_command(study_dir: str, port: int, host: str = LOCALHOST) -> list[str]:

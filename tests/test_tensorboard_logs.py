@@ -18,6 +18,8 @@ from study.tblog import (
     EXPERIMENT_FILE,
     TensorBoardLogger,
     TrialNamer,
+    artifact_run,
+    final_run,
     interpolated_pr_curve,
     merge_hparams,
     study_hparams,
@@ -211,6 +213,16 @@ def test_tune_calls_the_namer_with_the_experiment_tag_set():
     # Tune saves its trials as JSON in the experiment state (the namer cloudpickled): --resume reads it back
     state = _loads_with_cloudpickle(trial.get_json_state()[0])
     assert state["custom_trial_name"] == "trial-002-deadbeef" and state["trial_name_creator"] == TrialNamer(8)
+
+
+def test_the_tensorboard_hint_names_the_runs_where_they_are_written():
+    from study.cli import TENSORBOARD_LOGS
+
+    assert trial_run("<benchmark>", "trial-<k>-<id>") in TENSORBOARD_LOGS
+    assert artifact_run("<benchmark>", "<stage>", "<protocol>") in TENSORBOARD_LOGS
+    assert final_run("<benchmark>", "<row>", "<s>") in TENSORBOARD_LOGS
+    assert max(len(line) for line in TENSORBOARD_LOGS.splitlines()) <= 100
+    assert "ray/" not in TENSORBOARD_LOGS  # Tune writes no TensorBoard files any more
 
 
 # ----------------------------------------------------------------------------- Tune's loggers
