@@ -326,29 +326,39 @@ def interpolated_pr_curve(query: torch.Tensor, query_labels: torch.Tensor, datab
     levels = torch.arange(LEVELS, device=device)
     precision = torch.zeros(LEVELS, dtype=torch.float64, device=device)
     counts = torch.zeros(4, LEVELS, dtype=torch.float64, device=device)  # tp, fp, tn, fn
-    ranks = torch.arange(1, n + 1, device=device)
-    step = max(1, chunk_bytes // (64 * n))
+    step = max(1, chunk_bytes // (32 * n))
     matmul_precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")  # TF32 would blur the ranking
     try:
         for start in range(0, nq, step):
             stop = min(start + step, nq)
+            c = stop - start
             order = torch.sort(key(start, stop), dim=1, stable=True).indices
-            hits = (dbl[order] == ql[start:stop, None]).cumsum(1)  # [c, n] hits up to each rank
+            rel = dbl[order] == ql[start:stop, None]
             del order
-            p = hits[:, -1]
-            # the highest level each rank reaches: 10*hits >= j*P  <=>  j <= 10*hits // P (every level when P = 0)
-            reached = torch.where(p[:, None] > 0, torch.div(10 * hits, p.clamp_min(1)[:, None], rounding_mode="floor"),
-                                  torch.full_like(hits, LEVELS - 1))
-            prec = hits.double() / ranks
-            best = torch.zeros(stop - start, LEVELS, dtype=torch.float64, device=device)
-            best.scatter_reduce_(1, reached, prec, reduce="amax", include_self=True)
-            precision += torch.cummax(best.flip(1), dim=1).values.flip(1).sum(0)  # max over levels >= j
-            cut = torch.searchsorted(reached, levels.expand(stop - start, LEVELS).contiguous())  # first rank reaching j
-            tp = hits.gather(1, cut).double()
-            r = (cut + 1).double()
+            first_rel = rel[:, 0].double()  # hits at rank 1
+            # only the relevant ranks matter: row-major, each query's in increasing order
+            rows, cols = rel.nonzero(as_tuple=True)
+            del rel
+            p = torch.bincount(rows, minlength=c)
+            first = torch.cumsum(p, 0) - p  # where each query's entries start
+            hits = torch.arange(rows.numel(), device=device) - first[rows] + 1  # hits at that rank
+            # 10*hits >= j*P <=> j <= 10*hits // P: a relevant rank counts for every level up to that
+            # (the highest precision over ranks with recall >= j/10 is at a relevant rank); a query
+            # with P = 0 keeps precision 0 at every level
+            best = torch.zeros(c * LEVELS, dtype=torch.float64, device=device)
+            best.scatter_reduce_(0, rows * LEVELS + torch.div(10 * hits, p[rows], rounding_mode="floor"),
+                                 hits.double() / (cols + 1).double(), reduce="amax", include_self=True)
+            precision += torch.cummax(best.view(c, LEVELS).flip(1), dim=1).values.flip(1).sum(0)  # max over levels >= j
+            # the first rank reaching level j > 0 holds the ceil(j*P/10)-th relevant item; level 0 (and
+            # every level of a query with P = 0): rank 1
+            need = torch.div(levels[None, :] * p[:, None] + 9, 10, rounding_mode="floor")  # ceil(j*P/10), [c, 11]
+            found = need > 0
+            at = (first[:, None] + need - 1).clamp(0, max(rows.numel() - 1, 0))
+            rank = torch.where(found, cols[at] + 1 if rows.numel() else torch.ones_like(need), torch.ones_like(need)).double()
+            tp = torch.where(found, need.double(), first_rel[:, None].expand(c, LEVELS))
             pd = p[:, None].double()
-            counts += torch.stack([tp, r - tp, n - r - (pd - tp), pd - tp]).sum(1)
+            counts += torch.stack([tp, rank - tp, n - rank - (pd - tp), pd - tp]).sum(1)
     finally:
         torch.set_float32_matmul_precision(matmul_precision)
     tp, fp, tn, fn = counts.cpu()

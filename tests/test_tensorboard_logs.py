@@ -320,10 +320,11 @@ def test_pr_curve_by_hand():
     assert evaluate(*_line_case(), metric="euclidean")["map"] == pytest.approx(107 / 132)
 
 
-def test_a_query_without_relevant_items_counts_as_zero_as_in_map():
+@pytest.mark.parametrize("chunk_bytes", [2**20, 1])  # both queries in one chunk; one each (a chunk with no relevant item)
+def test_a_query_without_relevant_items_counts_as_zero_as_in_map(chunk_bytes):
     queries, q_labels, database, db_labels = _line_case()
     q_labels = torch.tensor([0, 7])  # label 7 is not in the database
-    curve = interpolated_pr_curve(queries, q_labels, database, db_labels, metric="euclidean")
+    curve = interpolated_pr_curve(queries, q_labels, database, db_labels, metric="euclidean", chunk_bytes=chunk_bytes)
     assert curve.precision.tolist() == pytest.approx([0.5] * 6 + [1 / 3] * 5)
     assert curve.tp.tolist() == [1] * 6 + [2] * 5 and curve.fp.tolist() == [1] * 6 + [2] * 5
     assert float(curve.precision.mean()) == pytest.approx(evaluate(queries, q_labels, database, db_labels, metric="euclidean")["map"])
