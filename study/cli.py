@@ -34,6 +34,8 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     *COMMON_ENVIRONMENT,
     (REPORT_POLL_ENV[0], f"Ray Train's report poll in seconds; the study sets {REPORT_POLL_ENV[1]} unless it is set"),
     ("TUNE_GLOBAL_CHECKPOINT_S", "read by Ray Tune: seconds between snapshots of the search's state (--resume)"),
+    ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "read by Ray Tune; the study sets 1 unless it is set: Tune writes no "
+                                           "TensorBoard files of its own (0 brings them back, under ray/)"),
     (STATE_SYNC_ENV[0], f"on s3:// --storage, seconds between uploads of that state (default {STATE_SYNC_ENV[1]})"),
     ("AWS_ENDPOINT_URL", "read by pyarrow for s3:// --storage: the S3 endpoint (e.g. a MinIO server)"),
     ("AWS_ACCESS_KEY_ID", "read by pyarrow for s3:// --storage: credentials (else ~/.aws, or the instance's role)"),
@@ -330,8 +332,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 #: where the study's TensorBoard logs are, printed with the command
-TENSORBOARD_LOGS = ("  per-trial curves: <benchmark>/tensorboard/trials/<trial>; final runs: <benchmark>/tensorboard/final/; "
-                    "Tune's scalars and HParams: ray/<benchmark>-search/")
+TENSORBOARD_LOGS = ("  HParams: one row per search trial, val_map first. Runs, under the study directory:\n"
+                    "    <benchmark>/tensorboard/trials/trial-<k>-<id>  (a search trial; k: creation order)\n"
+                    "    <benchmark>/tensorboard/artifacts/<stage>/<protocol>  (teacher, auxiliary)\n"
+                    "    <benchmark>/tensorboard/final/<row>/seed-<s>  (the final runs)")
 
 
 def tensorboard_command(study_dir: str, port: int, host: str = LOCALHOST) -> list[str]:

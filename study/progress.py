@@ -57,7 +57,7 @@ class BenchmarkStatus:
     failed: int = 0
     durations: list[float] = field(default_factory=list)  # wall seconds of finished trials / seeds
     started: dict[str, float] = field(default_factory=dict)
-    numbers: dict[str, int] = field(default_factory=dict)  # trial id -> its number (creation order, from 1)
+    names: dict[str, str] = field(default_factory=dict)  # trial id -> its name (its TensorBoard run)
     best: tuple[float, str] | None = None  # (val mAP, trial id) of the best finished trial
     best_key: tuple[int, float] | None = None  # its (epochs, last val mAP): the study's rule for the best trial
     seeds_done: int = 0
@@ -77,8 +77,7 @@ class BenchmarkStatus:
         return None
 
     def trial_label(self, trial_id: str) -> str:
-        number = self.numbers.get(trial_id)
-        return f"trial {number} ({trial_id})" if number else f"trial {trial_id}"
+        return self.names.get(trial_id) or f"trial {trial_id}"
 
     def line(self, now: float) -> str:
         """The benchmark's one-line status."""
@@ -139,11 +138,13 @@ class Progress:
             if done:
                 self(f"[{bench}] artifacts: stage {done}/{total} done ({name}); ETA {format_duration(st.eta(self.clock()))}")
 
-    def trial_started(self, bench: str, trial_id: str) -> None:
+    def trial_started(self, bench: str, trial_id: str, name: str | None = None) -> None:
+        """A trial (re)started; ``name``: what the study calls it (``trial-<k>-<id>``, as its TensorBoard run)."""
         with self._lock:
             st = self.status[bench]
             st.started.setdefault(trial_id, self.clock())
-            st.numbers.setdefault(trial_id, len(st.numbers) + 1)
+            if name:
+                st.names[trial_id] = name
             if st.phase == "search":
                 st.running.add(trial_id)
 
@@ -276,7 +277,8 @@ class TrialEvents(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         if (p := self._progress()) is not None:
-            p.trial_started(self.benchmark, trial.trial_id)
+            name = str(getattr(trial, "custom_trial_name", None) or "")
+            p.trial_started(self.benchmark, trial.trial_id, name if name.startswith("trial-") else None)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if (p := self._progress()) is not None:

@@ -31,6 +31,7 @@ from .results import build_table, summarize_trials, write_study_table
 from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
 from .search_space import SearchSpace, apply_params, define_by_run, shortest_curriculum
 from .storage import Storage
+from .tblog import TrialNamer, tune_loggers, write_hparams_experiment
 from .workers import (
     EMBEDDING_EPOCH,
     NETWORKS_FILE,
@@ -135,7 +136,7 @@ def tune_trial(params: dict, spec: TrialSpec) -> None:
     trial_id = ctx.get_trial_id()
     cfg = apply_params(spec.plan.base, params, spec.plan.space)
     config = {
-        "cfg": config_to_dict(cfg), "storage": spec.storage, "trial_id": trial_id,
+        "cfg": config_to_dict(cfg), "storage": spec.storage, "trial_id": trial_id, "trial_name": ctx.get_trial_name(),
         "data_root": spec.data_root, "fail_with": spec.faults.get(cfg.prune.criterion), "verbose": spec.verbose,
         "started_at": time.time(),  # wall-clock start of the trial, for its Ray overhead
     }
@@ -196,6 +197,7 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, cluster: 
     spec = TrialSpec(bp, plan.storage.uri, _ray_storage(plan.storage), plan.trial_resources, plan.data_root, plan.faults,
                      plan.verbose)
     trainable = _trainable(tune_trial, f"{bp.benchmark}_trial", spec)
+    loggers = tune_loggers()  # Tune's JSON and CSV loggers, not its TensorBoard one (also when resuming)
     if plan.resume and tune.Tuner.can_restore(exp_path):
         progress.phase(bp.benchmark, "search", f"resuming the search from {exp_path}")
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -213,10 +215,11 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, cluster: 
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                        num_samples=budget.trials, max_concurrent_trials=concurrent),
+                                        num_samples=budget.trials, max_concurrent_trials=concurrent,
+                                        trial_name_creator=TrialNamer(budget.trials)),  # trial-<k>-<id>
             run_config=tune.RunConfig(name=exp_name, storage_path=_ray_storage(plan.storage), sync_config=sync_config(),
                                       failure_config=tune.FailureConfig(max_failures=budget.max_failures),
-                                      verbose=_tune_verbosity(plan), callbacks=[TrialEvents(bp.benchmark)]),
+                                      verbose=_tune_verbosity(plan), callbacks=[*loggers, TrialEvents(bp.benchmark)]),
         )
     grid = tuner.fit()
     if not plan.storage.is_local:
@@ -267,7 +270,7 @@ def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, progress: Pro
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(name=f"{bp.benchmark}-final", storage_path=_ray_storage(plan.storage),
                                   sync_config=sync_config(), failure_config=tune.FailureConfig(max_failures=1),
-                                  verbose=_tune_verbosity(plan), callbacks=[TrialEvents(bp.benchmark)]),
+                                  verbose=_tune_verbosity(plan), callbacks=[*tune_loggers(), TrialEvents(bp.benchmark)]),
     ).fit()
     for result in grid:
         if result.error is not None:
@@ -401,6 +404,8 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
     t0 = time.perf_counter()
     if not plan.storage.exists(STATE):
         write_study_state(plan)
+    # the HParams dashboard's columns (every benchmark's hyperparameters, val_map first), before any trial
+    write_hparams_experiment(plan.storage, plan.benchmarks, [(OBJECTIVE, "val mAP (cosine, 11-point) of the trial's last epoch")])
     cluster = ray.cluster_resources()
     errors: list[BaseException] = []
     progress = new_progress(plan, out, live=live, cluster=cluster)

@@ -1,30 +1,414 @@
-"""Rank-0 TensorBoard logging of a training run, mirrored into the study storage."""
+"""A study's TensorBoard logs: rank-0 curves mirrored into the study storage, the HParams of the
+search, the run names, and which loggers Tune itself runs.
+
+Where the runs are (relative to the study directory, the log directory TensorBoard opens):
+
+- ``<benchmark>/tensorboard/trials/trial-<k>-<id>``: one run per search trial (curves and its HParams
+  row); ``k`` is the trial's index in creation order, ``id`` Tune's trial id;
+- ``<benchmark>/tensorboard/artifacts/<stage>/<protocol>``: the teacher's and the auxiliary's
+  training curves (``auxiliary-ce``: its cross-entropy start; ``auxiliary``: its PKT phase);
+  protocol ``val``: trained without the val images (what the search reads), ``test``: on the full
+  train split (what the final runs read);
+- ``<benchmark>/tensorboard/final/<row>/seed-<s>``: the final runs;
+- ``<benchmark>/tensorboard/`` itself: the HParams experiment (:func:`write_hparams_experiment`).
+
+Tune's own TensorBoard logger is off (:func:`tune_loggers`): it wrote every trial a second time,
+under a run name cut at 150 characters.
+"""
 from __future__ import annotations
 
+import dataclasses
+import os
 import tempfile
+import time
 from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import torch
+import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
 from .storage import Storage
 
+# ----------------------------------------------------------------------------- run names
+
+
+def trial_run_name(index: int, trial_id: str, trials: int = 0) -> str:
+    """``trial-<k>-<id>``: ``index`` zero-padded to three digits, or to the width of ``trials`` (the
+    search budget) when wider, so the names of one search sort in creation order."""
+    width = max(3, len(str(max(trials - 1, 0))))
+    return f"trial-{index:0{width}d}-{trial_id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialNamer:
+    """Tune's ``trial_name_creator`` for a search of ``trials`` trials: ``trial-<k>-<id>``.
+
+    ``k`` (0-based) comes from the trial's experiment tag, ``<n>_<params>``: Tune's search generator
+    numbers the trials it creates (n = 1, 2, ...) and keeps that count in the search's state, so a
+    resumed search (``--resume``) goes on numbering where it stopped. A tag without that number
+    gives ``trial-<id>``.
+    """
+
+    trials: int = 0
+
+    def __call__(self, trial: Any) -> str:
+        head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+        if not head.isdigit() or int(head) < 1:
+            return f"trial-{trial.trial_id}"
+        return trial_run_name(int(head) - 1, trial.trial_id, self.trials)
+
+
+def tensorboard_dir(benchmark: str) -> str:
+    return f"{benchmark}/tensorboard"
+
+
+def trial_run(benchmark: str, trial_name: str) -> str:
+    """A search trial's run (``trial_name``: Tune's trial name, see :class:`TrialNamer`)."""
+    return f"{tensorboard_dir(benchmark)}/trials/{trial_name}"
+
+
+def artifact_run(benchmark: str, stage: str, protocol: str) -> str:
+    return f"{tensorboard_dir(benchmark)}/artifacts/{stage}/{protocol}"
+
+
+def final_run(benchmark: str, row_slug: str, seed: int) -> str:
+    return f"{tensorboard_dir(benchmark)}/final/{row_slug}/seed-{seed}"
+
+
+# ----------------------------------------------------------------------------- Tune's loggers
+
+#: Ray Tune adds its CSV, JSON and TensorBoard (TBX) logger callbacks unless they are passed, or
+#: unless this variable is "1" (ray/tune/utils/callback.py, _create_default_callbacks); the study
+#: sets it unless it is set
+AUTO_LOGGERS_ENV = ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+def tune_loggers() -> list:
+    """The logger callbacks of the study's Tune runs: Tune's JSON and CSV loggers (``result.json``,
+    ``progress.csv``: Tune's result grid and the tests read them), not its TensorBoard logger.
+
+    Passing the JSON and CSV loggers does not keep Tune from adding its TBX logger; the variable
+    :data:`AUTO_LOGGERS_ENV` does. Tune reads it in this (the driver's) process when a Tuner fits, so
+    it is set here, for this process, unless the user set it (0 brings Tune's own TensorBoard files
+    back). A search resumed with ``--resume`` gets the callbacks it was started with (Tune keeps them
+    with its state); call this before it fits too.
+    """
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    os.environ.setdefault(*AUTO_LOGGERS_ENV)
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
+
+
+# ----------------------------------------------------------------------------- HParams
+
+
+@dataclasses.dataclass(frozen=True)
+class HParam:
+    """A searched hyperparameter as the HParams dashboard shows it: a discrete domain (``values``:
+    strings or bools) or an ``interval`` (numbers)."""
+
+    name: str
+    values: tuple = ()
+    interval: tuple[float, float] | None = None
+    description: str = ""
+
+    @property
+    def differs(self) -> bool:
+        """Whether the search varies it (the dashboard lists these first)."""
+        if self.interval is not None:
+            return self.interval[0] < self.interval[1]
+        return len(set(self.values)) > 1
+
+    def merged(self, other: "HParam") -> "HParam":
+        """One domain holding both (the same name in another benchmark's search)."""
+        if self.interval is not None and other.interval is not None:
+            return dataclasses.replace(self, interval=(min(self.interval[0], other.interval[0]),
+                                                       max(self.interval[1], other.interval[1])))
+        return dataclasses.replace(self, values=tuple(dict.fromkeys((*self.values, *other.values))))
+
+    def contains(self, value) -> bool:
+        if self.interval is not None:
+            return self.interval[0] <= value <= self.interval[1]
+        return value in self.values
+
+
+def _interval(low: float, high: float, description: str) -> HParam:
+    return HParam("", interval=(float(low), float(high)), description=description)
+
+
+def _discrete(values: Iterable, description: str) -> HParam:
+    return HParam("", values=tuple(dict.fromkeys(values)), description=description)
+
+
+def _weight_domain(space, k: int) -> HParam:
+    from .search_space import define_by_run
+
+    ranges = define_by_run(space).weights  # the sampler's weight range per loss (a loss without one: 1)
+    return _interval(min(r.low for r in ranges.values()), max(r.high for r in ranges.values()),
+                     f"weight of curriculum layer {k}'s loss; its range depends on the loss sampled for the layer")
+
+
+#: The searched hyperparameters as the HParams dashboard shows them, each once: its stable name
+#: (``{k}``: the curriculum layer), its value in a trial's RunConfig, and its domain from the search
+#: space (and the base config). The trial logs the values, the driver the domains. The sampler's
+#: names differ (a layer's weight is ``curriculum/weight_<k>_<loss>`` there); every trial has one
+#: column per name here.
+PER_LAYER: tuple[tuple[str, Callable, Callable], ...] = (
+    ("curriculum/epochs_{k}", lambda cfg, k: cfg.student.curriculum.epochs[k],
+     lambda space, base, k: _interval(space.curriculum.epochs[k].low, space.curriculum.epochs[k].high,
+                                      f"epochs of curriculum phase {k} (layer {k})")),
+    ("curriculum/loss_{k}", lambda cfg, k: cfg.student.curriculum.losses[k],
+     lambda space, base, k: _discrete(space.curriculum.losses, f"loss of curriculum layer {k}")),
+    ("curriculum/weight_{k}", lambda cfg, k: float(cfg.student.curriculum.weights[k]),
+     lambda space, base, k: _weight_domain(space, k)),
+)
+GLOBAL: tuple[tuple[str, Callable, Callable], ...] = (
+    ("curriculum/overlap", lambda cfg: bool(cfg.student.curriculum.overlap),
+     lambda space, base: _discrete(space.curriculum.overlap, "earlier layers' losses stay active")),
+    ("prune/criterion", lambda cfg: cfg.prune.criterion,
+     lambda space, base: _discrete(space.criteria, "pruning criterion")),
+    ("prune/target", lambda cfg: cfg.prune.target,
+     lambda space, base: _discrete((base.prune.target,), "pruned targets: batch statistics or the auxiliary's own")),
+    ("benchmark", lambda cfg: cfg.benchmark,
+     lambda space, base: _discrete((base.benchmark,), "the benchmark")),
+)
+
+
+def trial_hparams(cfg) -> dict[str, Any]:
+    """A trial's value of every hyperparameter of :data:`PER_LAYER` and :data:`GLOBAL`, from its RunConfig."""
+    out = {name.format(k=k): value(cfg, k)
+           for k in range(len(cfg.student.curriculum.epochs)) for name, value, _ in PER_LAYER}
+    out.update((name, value(cfg)) for name, value, _ in GLOBAL)
+    return out
+
+
+def study_hparams(space, base) -> list[HParam]:
+    """Every hyperparameter of one benchmark's search with its domain: its search space's ranges and
+    choices (one epochs, loss and weight per curriculum layer of the space), and the base config's
+    value where the space samples none."""
+    out = [dataclasses.replace(domain(space, base, k), name=name.format(k=k))
+           for k in range(len(space.curriculum.epochs)) for name, _, domain in PER_LAYER]
+    out += [dataclasses.replace(domain(space, base), name=name) for name, _, domain in GLOBAL]
+    return out
+
+
+def merge_hparams(lists: Iterable[Sequence[HParam]]) -> list[HParam]:
+    """The hyperparameters of several benchmarks' searches, by name, each domain holding all of theirs."""
+    merged: dict[str, HParam] = {}
+    for hparams in lists:
+        for hp in hparams:
+            merged[hp.name] = merged[hp.name].merged(hp) if hp.name in merged else hp
+    return list(merged.values())
+
+
+def _plugin_summary(tag: str, plugin_data):
+    """A Summary holding an HParams plugin message, as the plugin's own summary functions build it."""
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.hparams import metadata
+
+    summary = summary_pb2.Summary()
+    summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(plugin_data), tensor=metadata.NULL_TENSOR)
+    return summary
+
+
+def experiment_summary(hparams: Sequence[HParam], metrics: Sequence[tuple[str, str]]):
+    """The HParams experiment: its columns (``hparams`` with their domains; ``metrics``: (scalar tag,
+    description), in column order).
+
+    TensorBoard's HParams dashboard takes its columns from the first run holding an experiment
+    (backend_context.Context.experiment_from_metadata); without one it lists every scalar of the
+    trial runs as a metric, sorted by name. It shows the first five metrics and, of the hparams
+    sorted by (not differs, name), the first five. ``differs`` is set from the domains, so the
+    searched hyperparameters come before the fixed ones.
+    """
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    infos = []
+    for hp in hparams:
+        info = api_pb2.HParamInfo(name=hp.name, description=hp.description, differs=hp.differs)
+        if hp.interval is not None:
+            info.type = api_pb2.DATA_TYPE_FLOAT64
+            info.domain_interval.min_value, info.domain_interval.max_value = hp.interval
+        else:
+            kinds = {type(v) for v in hp.values}
+            if kinds == {bool}:
+                info.type = api_pb2.DATA_TYPE_BOOL
+                info.domain_discrete.extend(hp.values)
+            else:
+                info.type = api_pb2.DATA_TYPE_STRING
+                info.domain_discrete.extend(str(v) for v in hp.values)
+        infos.append(info)
+    experiment = api_pb2.Experiment(
+        hparam_infos=infos, time_created_secs=time.time(),
+        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), description=text) for tag, text in metrics],
+    )
+    return _plugin_summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
+
+
+#: the experiment's event file in ``<benchmark>/tensorboard/``: a fixed name, so writing it again
+#: (on --resume) replaces it; TensorBoard reads every file whose name holds "tfevents"
+EXPERIMENT_FILE = "events.out.tfevents.0.hparams-experiment"
+
+
+def write_hparams_experiment(storage: Storage, benchmarks: Sequence, metrics: Sequence[tuple[str, str]]) -> list[str]:
+    """The study's HParams experiment, written by the driver before the searches start, into every
+    benchmark's ``tensorboard/`` directory; returns the paths written (relative to the study).
+
+    ``benchmarks``: the study's plans (``.benchmark``, ``.space``, ``.base``). TensorBoard reads one
+    experiment per log directory (the first it meets), so each copy holds the hyperparameters of
+    all the study's benchmarks (domains merged): opened on the study directory, every trial of
+    every benchmark has its columns; opened on one benchmark's ``tensorboard/``, the same.
+    """
+    summary = experiment_summary(merge_hparams(study_hparams(b.space, b.base) for b in benchmarks), metrics)
+    with tempfile.TemporaryDirectory(prefix="indistill-hparams-") as tmp:
+        writer = SummaryWriter(log_dir=tmp)
+        writer._get_file_writer().add_summary(summary, global_step=0)
+        writer.close()
+        (event_file,) = Path(tmp).glob("*tfevents*")
+        written = []
+        for b in benchmarks:
+            rel = f"{tensorboard_dir(b.benchmark)}/{EXPERIMENT_FILE}"
+            storage.upload_file(event_file, rel)
+            written.append(rel)
+    return written
+
+
+# ----------------------------------------------------------------------------- the PR curve
+
+
+@dataclasses.dataclass(frozen=True)
+class PRCurve:
+    """The 11-point interpolated precision-recall curve of a retrieval, averaged over the queries.
+
+    ``precision[j]``: the mean over queries of the interpolated precision at recall level j/10 (the
+    highest precision at any rank whose recall is at least j/10; in integers, 10·hits >= j·positives),
+    so ``precision.mean()`` is the ``map`` metric (indistill.retrieval); ``recall[j]`` = j/10.
+    ``tp`` ... ``fn``: counts summed over the queries, each query cut at the first rank whose recall
+    reaches the level (rank 1 for level 0; a query with no relevant item: rank 1).
+    """
+
+    precision: torch.Tensor
+    recall: torch.Tensor
+    tp: torch.Tensor
+    fp: torch.Tensor
+    tn: torch.Tensor
+    fn: torch.Tensor
+
+
+LEVELS = 11
+
+
+@torch.no_grad()
+def interpolated_pr_curve(query: torch.Tensor, query_labels: torch.Tensor, database: torch.Tensor,
+                          database_labels: torch.Tensor, metric: str = "cosine", chunk_bytes: int = 256 * 2**20) -> PRCurve:
+    """:class:`PRCurve` of ``query`` ranked against ``database`` by ``metric`` (cosine or euclidean),
+    ranked as indistill.retrieval ranks (float32 keys, stable sort, ties by database index), in
+    query chunks of about ``chunk_bytes`` of work memory, on the inputs' device."""
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"unknown retrieval metric {metric!r}; choose from: cosine, euclidean")
+    device = query.device
+    q, db = query.detach().float(), database.detach().to(device).float()
+    ql = query_labels.detach().to(device).reshape(-1)
+    dbl = database_labels.detach().to(device).reshape(-1)
+    nq, n = q.shape[0], db.shape[0]
+    if metric == "cosine":
+        q_unit, neg_db_t = F.normalize(q, dim=1), -F.normalize(db, dim=1).t()
+
+        def key(start: int, stop: int) -> torch.Tensor:
+            return q_unit[start:stop] @ neg_db_t
+    else:
+        db_t, db_sq = db.t(), db.pow(2).sum(1)
+
+        def key(start: int, stop: int) -> torch.Tensor:  # the squared distance minus |q|^2: the same order
+            return torch.addmm(db_sq[None, :], q[start:stop], db_t, alpha=-2.0)
+
+    levels = torch.arange(LEVELS, device=device)
+    precision = torch.zeros(LEVELS, dtype=torch.float64, device=device)
+    counts = torch.zeros(4, LEVELS, dtype=torch.float64, device=device)  # tp, fp, tn, fn
+    step = max(1, chunk_bytes // (32 * n))
+    matmul_precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # TF32 would blur the ranking
+    try:
+        for start in range(0, nq, step):
+            stop = min(start + step, nq)
+            c = stop - start
+            order = torch.sort(key(start, stop), dim=1, stable=True).indices
+            rel = dbl[order] == ql[start:stop, None]
+            del order
+            first_rel = rel[:, 0].double()  # hits at rank 1
+            # only the relevant ranks matter: row-major, each query's in increasing order
+            rows, cols = rel.nonzero(as_tuple=True)
+            del rel
+            p = torch.bincount(rows, minlength=c)
+            first = torch.cumsum(p, 0) - p  # where each query's entries start
+            hits = torch.arange(rows.numel(), device=device) - first[rows] + 1  # hits at that rank
+            # 10*hits >= j*P <=> j <= 10*hits // P: a relevant rank counts for every level up to that
+            # (the highest precision over ranks with recall >= j/10 is at a relevant rank); a query
+            # with P = 0 keeps precision 0 at every level
+            best = torch.zeros(c * LEVELS, dtype=torch.float64, device=device)
+            best.scatter_reduce_(0, rows * LEVELS + torch.div(10 * hits, p[rows], rounding_mode="floor"),
+                                 hits.double() / (cols + 1).double(), reduce="amax", include_self=True)
+            precision += torch.cummax(best.view(c, LEVELS).flip(1), dim=1).values.flip(1).sum(0)  # max over levels >= j
+            # the first rank reaching level j > 0 holds the ceil(j*P/10)-th relevant item; level 0 (and
+            # every level of a query with P = 0): rank 1
+            need = torch.div(levels[None, :] * p[:, None] + 9, 10, rounding_mode="floor")  # ceil(j*P/10), [c, 11]
+            found = need > 0
+            at = (first[:, None] + need - 1).clamp(0, max(rows.numel() - 1, 0))
+            rank = torch.where(found, cols[at] + 1 if rows.numel() else torch.ones_like(need), torch.ones_like(need)).double()
+            tp = torch.where(found, need.double(), first_rel[:, None].expand(c, LEVELS))
+            pd = p[:, None].double()
+            counts += torch.stack([tp, rank - tp, n - rank - (pd - tp), pd - tp]).sum(1)
+    finally:
+        torch.set_float32_matmul_precision(matmul_precision)
+    tp, fp, tn, fn = counts.cpu()
+    return PRCurve(precision=(precision / nq).cpu(), recall=levels.double().cpu() / (LEVELS - 1), tp=tp, fp=fp, tn=tn, fn=fn)
+
+
+# ----------------------------------------------------------------------------- the logger
+
 
 class TensorBoardLogger:
-    """Writes per-epoch scalars locally and copies the event files to ``storage/rel`` after each epoch."""
+    """Writes one run's scalars locally and copies the event files to ``storage/rel`` (after each
+    epoch and when closed)."""
 
     def __init__(self, storage: Storage, rel: str) -> None:
         self.storage, self.rel = storage, rel
         self.local = Path(tempfile.mkdtemp(prefix="indistill-tb-"))
         self.writer = SummaryWriter(log_dir=str(self.local))
 
-    def log(self, step: int, scalars: dict[str, float]) -> None:
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
         for key, value in scalars.items():
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, step)
         self.flush()
 
-    def pr_curve(self, tag: str, labels, scores, step: int = 0) -> None:
-        self.writer.add_pr_curve(tag, labels, scores, global_step=step)
+    def log_history(self, history: Sequence[Mapping[str, float]], skip: Iterable[str] = ("epoch", "samples")) -> None:
+        """A finished stage's per-epoch metrics (indistill's Loop history), at steps 1, 2, ..."""
+        skip = set(skip)
+        for i, metrics in enumerate(history):
+            step = int(metrics.get("epoch", i)) + 1
+            for key, value in metrics.items():
+                if key not in skip and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, step)
+        self.flush()
+
+    def hparams(self, values: Mapping[str, Any], group: str, start_time: float | None = None) -> None:
+        """This run's HParams row (a session start): ``values`` by hyperparameter name; ``group``: the
+        name the dashboard shows for it. Written into this run itself (``SummaryWriter.add_hparams``
+        would write a timestamped sub-run instead)."""
+        from tensorboard.plugins.hparams import summary_v2
+
+        self.writer._get_file_writer().add_summary(summary_v2.hparams_pb(dict(values), trial_id=group,
+                                                                         start_time_secs=start_time), global_step=0)
+        self.flush()
+
+    def pr_curve(self, tag: str, curve: PRCurve, step: int = 0) -> None:
+        """An averaged 11-point curve (:func:`interpolated_pr_curve`) as a TensorBoard PR curve: the
+        dashboard's "threshold" j/10 is the recall level."""
+        self.writer.add_pr_curve_raw(tag, curve.tp.numpy(), curve.fp.numpy(), curve.tn.numpy(), curve.fn.numpy(),
+                                     curve.precision.numpy(), curve.recall.numpy(), global_step=step,
+                                     num_thresholds=len(curve.precision))
 
     def flush(self) -> None:
         self.writer.flush()

@@ -32,7 +32,7 @@ from indistill.train.stages import Context, evaluate_stage, prune_stage, student
 from .progress import ARTIFACT_PROGRESS
 from .runlog import RunLog
 from .storage import Storage
-from .tblog import TensorBoardLogger
+from .tblog import TensorBoardLogger, artifact_run, final_run, interpolated_pr_curve, trial_hparams, trial_run
 
 OBJECTIVE = "val_map"
 EMBEDDING_EPOCH = "embedding_epoch"
@@ -138,10 +138,48 @@ def prepare_artifacts(config: dict) -> None:
     log = _run_log(config, f"{cfg.benchmark}/logs/artifacts.log")
     with failure_logged(log), stage_cache(storage, cfg.benchmark) as (root, persist):
         ctx = _context(cfg, root, config, persist, log)
-        build_artifacts(ctx, "val", done=lambda stage: done(stage, "val"))
-        _, rows = build_artifacts(ctx, "test", rows=True, done=lambda stage: done(stage, "test"))
+        results, _ = build_artifacts(ctx, "val", done=lambda stage: done(stage, "val"))
+        _log_artifacts(storage, ctx, results, "val")
+        results, rows = build_artifacts(ctx, "test", rows=True, done=lambda stage: done(stage, "test"))
+        _log_artifacts(storage, ctx, results, "test")
     if rank() == 0:
         storage.write_json(f"{cfg.benchmark}/{NETWORKS_FILE}", {"rows": rows})
+
+
+def _log_artifacts(storage: Storage, ctx: Context, results: dict, protocol: str) -> None:
+    """The training curves of the artifact stages just built (rank 0): each trained stage's
+    per-epoch history, and the auxiliary's cross-entropy start, one TensorBoard run each
+    (:func:`study.tblog.artifact_run`). A run already in the storage is left as it is: a retried
+    artifact run reloads finished stages, and their curves are not written twice."""
+    if rank() != 0:
+        return
+    bench = ctx.cfg.benchmark
+    curves = {stage: result.history for stage, result in results.items() if result.history}
+    aux = results.get("auxiliary")
+    if aux is not None and aux.directory is not None:  # trained here, not the user's checkpoint
+        curves = {"auxiliary-ce": _auxiliary_ce_history(ctx, protocol), **curves}
+    for stage, history in curves.items():
+        rel = artifact_run(bench, stage, protocol)
+        if not history or storage.exists(rel):
+            continue
+        tb = TensorBoardLogger(storage, rel)
+        try:
+            tb.log_history(history)
+        finally:
+            tb.close()
+
+
+def _auxiliary_ce_history(ctx: Context, protocol: str) -> list[dict[str, float]]:
+    """The per-epoch history of the auxiliary's cross-entropy start (indistill's auxiliary stage keeps
+    it in its own directory and returns the PKT phase's), or [] when it cannot be read."""
+    from indistill.train.keys import stage_key
+
+    path = ctx.stage_dir("auxiliary-ce", stage_key("auxiliary", ctx.cfg, protocol)) / FINAL
+    try:
+        history = torch.load(path, map_location="cpu", weights_only=True).get("history", [])
+    except Exception:  # a missing or unreadable file: no curve, the artifacts themselves are fine
+        return []
+    return history if isinstance(history, list) else []
 
 
 def _report_metrics(epoch: int, metrics: dict[str, float], curriculum_epochs: int = 0) -> dict[str, float]:
@@ -244,7 +282,11 @@ def run_trial(config: dict) -> None:
     cfg = build_config(config["cfg"])
     storage = Storage(config["storage"])
     scratch = Path(tempfile.mkdtemp(prefix="indistill-trial-"))
-    tb = TensorBoardLogger(storage, f"{cfg.benchmark}/tensorboard/trials/{config['trial_id']}") if rank() == 0 else None
+    tb = None
+    if rank() == 0:  # the trial's run and its HParams row, before it trains (the sampled config, no fault)
+        name = config.get("trial_name") or config["trial_id"]
+        tb = TensorBoardLogger(storage, trial_run(cfg.benchmark, name))
+        tb.hparams(trial_hparams(cfg), group=f"{cfg.benchmark}/{name}", start_time=config.get("started_at"))
     log = _run_log(config, f"{cfg.benchmark}/logs/trials/{config['trial_id']}.log")
     try:
         with failure_logged(log):
@@ -296,7 +338,7 @@ def final_seed(config: dict) -> None:
         for label, cfg, method in plan:
             ctx.cfg = cfg.replace(device=ctx.cfg.device)
             pruned = prune_stage(ctx, aux, protocol="test").pruned if method == "indistill" else None
-            tb = TensorBoardLogger(storage, f"{bench}/tensorboard/final/{_slug(label)}/seed-{seed}") if rank() == 0 else None
+            tb = TensorBoardLogger(storage, final_run(bench, _slug(label), seed)) if rank() == 0 else None
             try:
                 run = student_stage(ctx, method, aux, pruned, protocol="test", hooks=[_TensorBoardHook(tb)])
                 results = evaluate_stage(ctx, run.model, run.work_dir)
@@ -355,12 +397,13 @@ class _TensorBoardHook:
 
 
 def _pr_curves(tb: TensorBoardLogger | None, ctx: Context, model) -> None:
-    """Precision-recall curves of the final student: cosine similarity of test queries vs train items."""
+    """The precision-recall curves behind the tuned student's test ``map`` (``final/pr_cosine``,
+    ``final/pr_euclidean``): every test query ranked against the full train split, its 11-point
+    interpolated precision averaged over the queries (:func:`study.tblog.interpolated_pr_curve`)."""
     if tb is None:
         return
     queries, database = ctx.eval_splits("test")
-    q = torch.nn.functional.normalize(embed(model, queries), dim=1)[:200]
-    db = torch.nn.functional.normalize(embed(model, database), dim=1)
-    scores = (q @ db.T).flatten().cpu()
-    labels = (queries.labels[:200, None] == database.labels[None, :]).flatten().cpu()
-    tb.pr_curve("final/pr_cosine", labels, (scores + 1) / 2)
+    size = ctx.cfg.eval.batch_size  # as evaluate_stage embeds them
+    q, db = embed(model, queries, batch_size=size), embed(model, database, batch_size=size)
+    for metric in ("cosine", "euclidean"):
+        tb.pr_curve(f"final/pr_{metric}", interpolated_pr_curve(q, queries.labels, db, database.labels, metric))

@@ -36,24 +36,24 @@ def test_plain_events_count_trials_and_estimate_what_is_left(tmp_path):
     clock.now += 30
     p.stages("digits", 2, 6, "auxiliary, val protocol")  # 15 s a stage, 4 left
     p.phase("digits", "search", "4 trials, 2 at a time")
-    for tid in ("aaa", "bbb"):
-        p.trial_started("digits", tid)
+    for k, tid in enumerate(("aaa", "bbb")):
+        p.trial_started("digits", tid, f"trial-{k}-{tid}")
     p.trial_result("digits", "aaa", {"val_map": 0.95, "epoch": 2})  # not its last report: not what counts
     clock.now += 10
     p.trial_finished("digits", "aaa", {"val_map": 0.8, "epoch": 3})  # fewer than 6 epochs: stopped by ASHA
     p.trial_result("digits", "bbb", {"val_map": 0.9, "epoch": 6})
     clock.now += 10
     p.trial_finished("digits", "bbb", {"val_map": 0.7, "epoch": 6})  # more epochs beat a higher mAP
-    p.trial_started("digits", "ccc")
+    p.trial_started("digits", "ccc", "trial-2-ccc")
     p.trial_finished("digits", "ccc", None, error="DivergedError: loss became nan")
     assert out.getvalue().splitlines() == [
         "[digits] artifacts: 6 stages",
         "[digits] artifacts: stage 2/6 done (auxiliary, val protocol); ETA 1m00s",
         "[digits] search: 4 trials, 2 at a time",
-        "[digits] search: trial 1 (aaa) stopped early after epoch 3, val mAP 80.00; best 80.00 (trial 1 (aaa)); "
+        "[digits] search: trial-0-aaa stopped early after epoch 3, val mAP 80.00; best 80.00 (trial-0-aaa); "
         "1/4 done, 1 running; ETA 15s",
-        "[digits] search: trial 2 (bbb) completed, val mAP 70.00; best 70.00 (trial 2 (bbb)); 2/4 done, 0 running; ETA 15s",
-        "[digits] search: trial 3 (ccc) failed (DivergedError: loss became nan); best 70.00 (trial 2 (bbb)); "
+        "[digits] search: trial-1-bbb completed, val mAP 70.00; best 70.00 (trial-1-bbb); 2/4 done, 0 running; ETA 15s",
+        "[digits] search: trial-2-ccc failed (DivergedError: loss became nan); best 70.00 (trial-1-bbb); "
         "3/4 done, 0 running; ETA 5s",
     ]
     st = p.status["digits"]

@@ -125,32 +125,78 @@ def test_the_console_shows_progress_and_the_runs_log_to_files(study):
 
 @pytest.mark.e2e
 def test_tensorboard_event_files_have_the_expected_tags(study):
+    import json
+    import math
+    import re
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+    from tests.test_tensorboard_logs import _dashboard, _value
 
     _, _, root, _ = study
+    trials = json.loads((root / "digits/search/trials.json").read_text())["trials"]
     trial_dirs = sorted((root / "digits/tensorboard/trials").iterdir())
-    assert trial_dirs
+    # one run per trial, trial-<k>-<Tune's trial id>, k the creation order
+    names = [d.name for d in trial_dirs]
+    assert all(re.fullmatch(r"trial-\d{3}-[0-9a-f]{8}", n) for n in names), names
+    assert [int(n.split("-")[1]) for n in names] == [0, 1, 2, 3]
+    assert {n.split("-")[2] for n in names} == {t["trial_id"] for t in trials}
+    # the HParams experiment: every searched hyperparameter under its stable name; val_map the one metric
+    exp = EventAccumulator(str(root / "digits/tensorboard"))
+    exp.Reload()
+    experiment = hparams_metadata.parse_experiment_plugin_data(
+        exp.SummaryMetadata(hparams_metadata.EXPERIMENT_TAG).plugin_data.content)
+    assert [m.name.tag for m in experiment.metric_infos] == ["val_map"]
+    columns = {f"curriculum/{what}_{k}" for what in ("epochs", "loss", "weight") for k in range(3)}
+    columns |= {"curriculum/overlap", "prune/criterion", "prune/target", "benchmark"}
+    assert {h.name for h in experiment.hparam_infos} == columns
+    domains = {h.name: [_value(v) for v in h.domain_discrete.values] for h in experiment.hparam_infos}
+    assert domains["prune/criterion"] == ["l1", "random"] and domains["curriculum/loss_1"] == ["mse", "pkt"]
     tags: set = set()
-    for d in trial_dirs:  # trials that diverged at once log nothing: look at all of them
+    for d in trial_dirs:  # trials that diverged at once log no scalars: look at all of them
         acc = EventAccumulator(str(d))
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
+        start = hparams_metadata.parse_session_start_info_plugin_data(
+            acc.SummaryMetadata(hparams_metadata.SESSION_START_INFO_TAG).plugin_data.content)
+        assert set(start.hparams) == columns and start.group_name == f"digits/{d.name}"  # its HParams row, in its own run
     assert {"loss", "lr", "phase", "val_map", "val/cosine/map"} <= tags
     assert any(t.startswith("loss/block") for t in tags)
+    # what the HParams dashboard shows: every trial once, with its sampled values and last val mAP
+    experiment, groups = _dashboard(root)
+    assert [m.name.tag for m in experiment.metric_infos] == ["val_map"]
+    rows = {g.name: g for g in groups}
+    assert set(rows) == {f"digits/{n}" for n in names}
+    by_id = {n.split("-")[2]: rows[f"digits/{n}"] for n in names}
+    for t in trials:
+        row = by_id[t["trial_id"]]
+        assert _value(row.hparams["prune/criterion"]) == t["params"]["prune"]["criterion"]
+        assert _value(row.hparams["curriculum/loss_0"]) == t["params"]["curriculum"]["loss_0"]
+        if t["status"] == "completed" and t["val_map"] is not None and not math.isnan(t["val_map"]):
+            assert [m.value for m in row.metric_values] == [pytest.approx(t["val_map"])]
+    # Tune's own TensorBoard logger is off (it duplicated every trial); its JSON and CSV logs stay
+    assert not list((root / "ray").rglob("events.out.tfevents*"))
+    assert list((root / "ray/digits-search").rglob("result.json")) and list((root / "ray/digits-search").rglob("progress.csv"))
+    # the artifact stages' curves, for both protocols
+    for stage, tag in (("teacher", "loss"), ("auxiliary-ce", "loss"), ("auxiliary", "loss/embedding")):
+        for protocol in ("val", "test"):
+            acc = EventAccumulator(str(root / f"digits/tensorboard/artifacts/{stage}/{protocol}"))
+            acc.Reload()
+            assert tag in acc.Tags()["scalars"], (stage, protocol)
     final = EventAccumulator(str(root / "digits/tensorboard/final/indistill-tuned/seed-0"), size_guidance={"tensors": 0})
     final.Reload()
-    assert "final/pr_cosine" in final.Tags()["tensors"] and "test/cosine/map" in final.Tags()["scalars"]
+    assert {"final/pr_cosine", "final/pr_euclidean"} <= set(final.Tags()["tensors"])
+    assert "test/cosine/map" in final.Tags()["scalars"]
+    # the PR curve is the one behind map: the mean of its 11 points is the logged test map
+    curve = final.Tensors("final/pr_cosine")[0]
+    from tensorboard.util import tensor_util
+
+    precision = tensor_util.make_ndarray(curve.tensor_proto)[4]
+    assert precision.mean() == pytest.approx(final.Scalars("test/cosine/map")[-1].value, abs=1e-4)
     baseline = EventAccumulator(str(root / "digits/tensorboard/final/student-ce/seed-1"))
     baseline.Reload()
     assert {"loss", "lr", "test/cosine/map"} <= set(baseline.Tags()["scalars"])
-    tune_events = list((root / "ray/digits-search").rglob("events.out.tfevents*"))
-    assert tune_events, "Tune writes its own event files"
-    tune_tags: set = set()
-    for event_file in tune_events:  # failed trials may have logged nothing
-        tune_acc = EventAccumulator(str(event_file.parent))
-        tune_acc.Reload()
-        tune_tags |= set(tune_acc.Tags()["scalars"])
-    assert "ray/tune/val_map" in tune_tags
 
 
 @pytest.mark.e2e

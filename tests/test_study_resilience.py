@@ -107,7 +107,7 @@ def assert_plain_progress(lines: list[str], benchmarks) -> None:
     for bench in benchmarks:
         for phase in ("artifacts", "search", "final"):
             assert any(line.startswith(f"[{bench}] {phase}: ") for line in events), (bench, phase, lines)
-        assert any(re.match(rf"\[{bench}\] search: trial \d+ \(\w+\) (completed|stopped early|failed)", line)
+        assert any(re.match(rf"\[{bench}\] search: trial-\d+-\w+ (completed|stopped early|failed)", line)
                    for line in events), bench
     assert re.match(r"\[study\] done in \d+", events[-1]), events[-1]
 
@@ -216,5 +216,6 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
 
 
 def _trial_results(s3: S3, search: str, trial_id: str) -> list[dict]:
-    (key,) = [k for k in s3.keys(search) if f"_{trial_id}_" in k and k.endswith("/result.json")]
+    # Tune's trial directory: <trial name>_<n>_<params>_<date>, the trial named trial-<k>-<id> (study.tblog.TrialNamer)
+    (key,) = [k for k in s3.keys(search) if f"-{trial_id}_" in k and k.endswith("/result.json")]
     return [json.loads(line) for line in s3.read(key).decode().splitlines() if line.strip()]
