@@ -9,7 +9,7 @@ import shlex
 import socket
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, TextIO
 
 from indistill.clihelp import COMMON_ENVIRONMENT, HelpFormatter, add_command, environment_epilog
 from indistill.errors import UserError, add_debug_flag, debug_requested, run_command
@@ -221,9 +221,10 @@ def check_before_ray(args: argparse.Namespace, plan) -> None:
 
 
 @contextlib.contextmanager
-def driver_log(storage) -> Iterator[None]:
-    """Ray's, Tune's and Python's warnings in the driver go to ``<study>/logs/driver.log``, not the
-    console (the study's progress display says what happens; ``--verbose`` keeps them on the console)."""
+def driver_log(storage) -> Iterator[TextIO]:
+    """Everything Ray, Tune and Python print or log in the driver goes to ``<study>/logs/driver.log``,
+    not the console (the study's progress display says what happens; ``--verbose`` keeps it on the
+    console). Yields the console, for the progress display."""
     import logging
     import tempfile
 
@@ -240,9 +241,15 @@ def driver_log(storage) -> Iterator[None]:
     for lg in loggers:
         lg.handlers = [handler]
         lg.propagate = False
+    # what libraries print (Tune's tables, Ray's "(raylet)" notices) lands in the same file
+    console, errors = sys.stdout, sys.stderr
+    sink = open(local, "a", buffering=1)
+    sys.stdout = sys.stderr = sink
     try:
-        yield
+        yield console
     finally:
+        sys.stdout, sys.stderr = console, errors
+        sink.close()
         for lg, handlers, propagate in saved:
             lg.handlers, lg.propagate = handlers, propagate
         logging.captureWarnings(False)
@@ -261,16 +268,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     # Ray's console output (workers' and actors' lines, raylet warnings) only with --verbose: the
     # study's own progress display and its log files say what happens
-    ray.init(address=address, log_to_driver=args.verbose, configure_logging=True, logging_level="WARNING")
-    try:
-        with contextlib.nullcontext() if args.verbose else driver_log(plan.storage):
+    with contextlib.nullcontext(sys.stdout) if args.verbose else driver_log(plan.storage) as console:
+        ray.init(address=address, log_to_driver=args.verbose, configure_logging=True, logging_level="WARNING")
+        try:
             cluster = ray.cluster_resources()
             if args.gpus_per_trial is None and cluster.get("GPU", 0) >= 1:
                 plan = make_plan(args, cluster)
-            table = run_study(plan, sys.stdout, live=sys.stdout.isatty() and not args.verbose)
+            table = run_study(plan, console, live=console.isatty() and not args.verbose)
             logs = _ray_logs_dir()
-    finally:
-        ray.shutdown()
+        finally:
+            ray.shutdown()
     _print_summary(plan.storage.uri, table)
     if logs:
         print(f"Ray's own logs  : {logs}")
