@@ -241,14 +241,14 @@ def driver_log(storage) -> Iterator[TextIO]:
     for lg in loggers:
         lg.handlers = [handler]
         lg.propagate = False
-    # what libraries print (Tune's tables, Ray's "(raylet)" notices) lands in the same file
-    console, errors = sys.stdout, sys.stderr
+    # what libraries print (Tune's experiment box, Ray's "(raylet)" notices, some from C++) lands in
+    # the same file: the process's stdout and stderr descriptors point there, and the progress
+    # display writes to a duplicate of the console's
     sink = open(local, "a", buffering=1)
-    sys.stdout = sys.stderr = sink
     try:
-        yield console
+        with _redirected_fds(sink) as console:
+            yield console
     finally:
-        sys.stdout, sys.stderr = console, errors
         sink.close()
         for lg, handlers, propagate in saved:
             lg.handlers, lg.propagate = handlers, propagate
@@ -256,6 +256,37 @@ def driver_log(storage) -> Iterator[TextIO]:
         handler.close()
         if not storage.is_local:
             Storage(storage.uri).upload_file(local, rel)
+
+
+@contextlib.contextmanager
+def _redirected_fds(sink: TextIO) -> Iterator[TextIO]:
+    """Point file descriptors 1 and 2 (and sys.stdout/stderr) at ``sink``; yield the console."""
+    try:
+        out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # not real files (an embedding host): Python level only
+        console, errors = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = sink
+        try:
+            yield console
+        finally:
+            sys.stdout, sys.stderr = console, errors
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    console = os.fdopen(os.dup(out_fd), "w", buffering=1)
+    saved = os.dup(out_fd), os.dup(err_fd)
+    os.dup2(sink.fileno(), out_fd)
+    os.dup2(sink.fileno(), err_fd)
+    try:
+        yield console
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], out_fd)
+        os.dup2(saved[1], err_fd)
+        os.close(saved[0])
+        os.close(saved[1])
+        console.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -125,6 +125,8 @@ class Progress:
     def phase(self, bench: str, phase: str, message: str | None = None) -> None:
         with self._lock:
             st = self.status[bench]
+            if phase != st.phase:  # the ETA of a phase comes from its own runs
+                st.durations.clear()
             st.phase, st.phase_started = phase, self.clock()
             if message:
                 self(f"[{bench}] {phase}: {message}")
@@ -236,7 +238,9 @@ class Progress:
             from rich.console import Console
             from rich.live import Live
 
-            self._panel = Live(self._render(), console=Console(file=self.out), refresh_per_second=2, transient=False)
+            # rich's Live would route everything printed meanwhile (Tune, Ray) onto the terminal
+            self._panel = Live(self._render(), console=Console(file=self.out), refresh_per_second=2, transient=False,
+                               redirect_stdout=False, redirect_stderr=False)
             self._panel.__enter__()
         self._ticker = threading.Thread(target=self._tick, args=(1.0 if self.live else 2.0,), daemon=True, name="progress")
         self._ticker.start()
