@@ -47,8 +47,8 @@ def test_two_node_cluster_runs_three_benchmarks_at_once(tmp_path):
     from .data_fixtures import write_cifar10, write_fashionmnist
 
     data = tmp_path / "data"
-    write_cifar10(data, per_batch=40, test=40)
-    write_fashionmnist(data, train=200, test=40)
+    write_cifar10(data, per_batch=20, test=20)
+    write_fashionmnist(data, train=100, test=20)
     # head: the drivers only; two worker nodes with one CPU and one logical GPU each: two runs
     # (1 CPU + 0.5 GPU) at a time, never on one node, shared by the three benchmarks
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True})
@@ -144,6 +144,7 @@ def _wait_for_group_exit(pgid: int, timeout: float) -> bool:
 def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3):
     """A study on S3 (moto on 127.0.0.1, through AWS_ENDPOINT_URL): SIGKILL the driver once
     trials have finished, resume, and find the table, configs and TensorBoard files in the bucket."""
+    # three trials, two at a time: the third starts when one finishes, so the kill lands mid-search
     space = _space(tmp_path, trials=3, epochs=3, final_seeds=1, fixed=LEAN_FIXED, curriculum=LEAN_CURRICULUM)
     cmd = [sys.executable, "-m", "study.cli", "run", "--search-space", str(space),
            "--storage", f"s3://{BUCKET}/studies", "--name", "killed"]
@@ -187,7 +188,8 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
     out = resumed.stdout.splitlines()
     end = out.index(next(line for line in out if line.startswith("[study] done")))
     assert_plain_progress(out[: end + 1], ["digits"])
-    assert all(len(line) <= 100 for line in out[end + 1:]), out[end + 1:]
+    table = out[end + 1: next(i for i, line in enumerate(out) if line.startswith("study directory"))]
+    assert table and all(len(line) <= 100 for line in table), table  # the locations below name the study's URI
     assert resumed.stderr.strip() == "", resumed.stderr[-2000:]
     trials = {t["trial_id"]: t for t in json.loads(s3.read("studies/killed/digits/search/trials.json"))["trials"]}
     assert len(trials) == 3  # the budget, neither lost nor repeated
