@@ -333,7 +333,7 @@ def final_seed(config: dict) -> None:
                     *(_student_dir(cfg, method) for _label, cfg, method in plan)})
     log = _run_log(config, f"{bench}/logs/final/seed-{seed}.log")
     with failure_logged(log), stage_cache(storage, bench, fetch=fetch) as (root, persist):
-        ctx = _context(base, root, config, persist, log)
+        ctx = _context(with_indistill(base), root, config, persist, log)  # the tuned row reads the auxiliary
         aux, _ = student_inputs(ctx, "test", pruning=False)
         for label, cfg, method in plan:
             ctx.cfg = cfg.replace(device=ctx.cfg.device)
