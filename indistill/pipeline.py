@@ -37,9 +37,18 @@ from .train.stages import (
     teacher_stage,
 )
 
-#: the artifact stages in order, each with the stages it reads; students read ``auxiliary`` and
-#: ``prune`` (InDistill), then every network is evaluated
-STAGE_GRAPH: dict[str, tuple[str, ...]] = {"teacher": (), "auxiliary": ("teacher",), "prune": ("auxiliary",)}
+def _network(results: dict[str, StageResult], stage: str) -> TapNet | None:
+    return results[stage].network if stage in results else None
+
+
+#: the artifact stages in order, each built from the results of the stages before it; students
+#: read ``auxiliary`` and ``prune`` (InDistill), then every network is evaluated
+STAGE_GRAPH: dict[str, Callable[[Context, dict[str, StageResult], Protocol], StageResult]] = {
+    "teacher": lambda ctx, _done, protocol: teacher_stage(ctx, protocol),
+    # a given auxiliary checkpoint needs no teacher (then none was built under ``val``)
+    "auxiliary": lambda ctx, done, protocol: auxiliary_stage(ctx, _network(done, "teacher"), protocol),
+    "prune": lambda ctx, done, protocol: prune_stage(ctx, done["auxiliary"].network, protocol=protocol),
+}
 
 
 def run_dir(out: Path, cfg: RunConfig) -> Path:
@@ -93,14 +102,7 @@ def build_artifacts(ctx: Context, protocol: Protocol, *, rows: bool = False,
     table_rows: list[dict] = []
     cfg = ctx.cfg
     for stage in artifact_stages(cfg, protocol):
-        if stage == "teacher":
-            result = teacher_stage(ctx, protocol)
-        elif stage == "auxiliary":
-            teacher = results.get("teacher")
-            result = auxiliary_stage(ctx, teacher.network if teacher else None, protocol)
-        else:
-            result = prune_stage(ctx, results["auxiliary"].network, protocol=protocol)
-        results[stage] = result
+        result = results[stage] = STAGE_GRAPH[stage](ctx, results, protocol)
         if rows and result.network is not None:
             directory = result.directory or ctx.stage_path(stage, protocol)
             table_rows.append({"seed": cfg.seed, **result_row(stage, count_parameters(result.network),

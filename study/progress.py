@@ -150,9 +150,6 @@ class Progress:
             if st.phase == "search":
                 st.running.add(trial_id)
 
-    def trial_result(self, bench: str, trial_id: str, result: dict) -> None:
-        """A trial's epoch report: nothing to show until it finishes (its last val mAP is what counts)."""
-
     def trial_finished(self, bench: str, trial_id: str, last: dict | None, error: str | None = None) -> None:
         with self._lock:
             st = self.status[bench]
@@ -284,27 +281,20 @@ class TrialEvents(tune.Callback):
             name = str(getattr(trial, "custom_trial_name", None) or "")
             p.trial_started(self.benchmark, trial.trial_id, name if name.startswith("trial-") else None)
 
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if (p := self._progress()) is not None:
-            p.trial_result(self.benchmark, trial.trial_id, result)
-
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         if (p := self._progress()) is not None:
             p.trial_finished(self.benchmark, trial.trial_id, trial.last_result)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         if (p := self._progress()) is not None:
-            error = "error"
-            if trial.error_file:
-                error = "see its error.txt"
-            p.trial_finished(self.benchmark, trial.trial_id, trial.last_result, error=_short_error(trial) or error)
+            p.trial_finished(self.benchmark, trial.trial_id, trial.last_result, error=_short_error(trial))
 
 
-def _short_error(trial) -> str | None:
-    """The last line of a failed trial's error, shortened (Tune keeps the full one)."""
+def _short_error(trial) -> str:
+    """The last line of a failed trial's error, shortened (Tune keeps the full one in its error.txt)."""
     try:
-        text = str(getattr(trial, "get_pickled_error", lambda: None)() or "")
-    except Exception:
+        text = str(trial.get_pickled_error() or "")
+    except Exception:  # an error that no longer unpickles
         text = ""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:120] if lines else None
+    return lines[-1][:120] if lines else "error (see the trial's error.txt)"

@@ -164,7 +164,8 @@ def plot_timeline(intervals: list[tuple[str, str, float, float]], path: Path) ->
                 label=phase)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), loc="lower right", fontsize=8)
+    ax.legend(unique.values(), unique.keys(), loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(unique),
+              fontsize=8, frameon=False)  # above the bars, never over them
     ax.set_yticks(range(len(benchmarks)), benchmarks[::-1])
     ax.set_xlabel("seconds since the study started")
     fig.tight_layout()

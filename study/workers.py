@@ -330,7 +330,7 @@ def final_seed(config: dict) -> None:
     # what the rows read: the auxiliary, the kept indices of both configs and each row's own
     # student directory (a retried run resumes its epochs)
     fetch = sorted({*artifact_files(base, "test"), *artifact_files(tuned, "test"),
-                    *(_student_dir(cfg, method) for _label, cfg, method in plan)})
+                    *(stage_dirname("student", cfg, "test", method) for _label, cfg, method in plan)})
     log = _run_log(config, f"{bench}/logs/final/seed-{seed}.log")
     with failure_logged(log), stage_cache(storage, bench, fetch=fetch) as (root, persist):
         ctx = _context(with_indistill(base), root, config, persist, log)  # the tuned row reads the auxiliary
@@ -375,10 +375,6 @@ def final_rows(base: RunConfig, tuned: RunConfig) -> list[tuple[str, RunConfig, 
     the base config's ``methods`` leave out are left out."""
     return [(label, tuned if is_tuned else base, method) for label, method, is_tuned in STUDENT_ROWS
             if method == "indistill" or method in base.methods]
-
-
-def _student_dir(cfg: RunConfig, method: str) -> str:
-    return stage_dirname("student", cfg, "test", method)
 
 
 def _slug(label: str) -> str:

@@ -38,10 +38,8 @@ def test_plain_events_count_trials_and_estimate_what_is_left(tmp_path):
     p.phase("digits", "search", "4 trials, 2 at a time")
     for k, tid in enumerate(("aaa", "bbb")):
         p.trial_started("digits", tid, f"trial-{k}-{tid}")
-    p.trial_result("digits", "aaa", {"val_map": 0.95, "epoch": 2})  # not its last report: not what counts
     clock.now += 10
     p.trial_finished("digits", "aaa", {"val_map": 0.8, "epoch": 3})  # fewer than 6 epochs: stopped by ASHA
-    p.trial_result("digits", "bbb", {"val_map": 0.9, "epoch": 6})
     clock.now += 10
     p.trial_finished("digits", "bbb", {"val_map": 0.7, "epoch": 6})  # more epochs beat a higher mAP
     p.trial_started("digits", "ccc", "trial-2-ccc")
