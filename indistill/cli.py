@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .clihelp import COMMON_ENVIRONMENT, HelpFormatter, add_command, environment_epilog
+from .clihelp import COMMON_ENVIRONMENT, add_command, command_parser, environment_epilog
 from .config import METHOD_NAMES, dump_config
 from .configure import load_config
 from .errors import add_debug_flag, debug_requested, run_command
@@ -42,9 +42,7 @@ EPILOG = environment_epilog(COMMON_ENVIRONMENT)
 def build_parser() -> argparse.ArgumentParser:
     from .data import BENCHMARKS
 
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
-    add_debug_flag(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser, sub = command_parser(PROG, DESCRIPTION, EPILOG)
 
     run = add_command(sub, "run", "teacher -> auxiliary -> prune -> students, then the results table", epilog=EPILOG)
     run.add_argument("--benchmark", help=f"one of {', '.join(BENCHMARKS)} "
@@ -113,9 +111,10 @@ def _command(args: argparse.Namespace) -> int:
         reference = config_to_dict(build_config(benchmark=REFERENCE_BENCHMARK))
         sys.stdout.write(dump_config(cfg, notes=annotations(config_to_dict(cfg), reference)))
         return 0
+    from .configure import with_data_root
     from .pipeline import run_pipeline
 
-    table = run_pipeline(cfg, args.out, seeds=args.seeds)
+    table = run_pipeline(with_data_root(cfg), args.out, seeds=args.seeds)
     print()
     from .table import to_markdown
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from .errors import DEBUG_ENV
+from .errors import DEBUG_ENV, add_debug_flag
 
 #: the environment variables both CLIs read, as (name, what it does) for an epilog
 COMMON_ENVIRONMENT: tuple[tuple[str, str], ...] = (
@@ -33,6 +33,13 @@ def environment_epilog(variables: tuple[tuple[str, str], ...], width: int = 79) 
         lines.extend(textwrap.wrap(f"{name}: {what}", width, initial_indent="  ", subsequent_indent="      ",
                                    break_long_words=False, break_on_hyphens=False))
     return "\n".join(lines)
+
+
+def command_parser(prog: str, description: str, epilog: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """A CLI's top-level parser (``--debug``, defaults shown) and its set of sub-commands."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog, formatter_class=HelpFormatter)
+    add_debug_flag(parser)
+    return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
 
 
 def add_command(sub: argparse._SubParsersAction, name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:

@@ -7,11 +7,12 @@ registry (``Registry.check``), so an error is one line naming the field and the 
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Mapping
 
 from .config import ROLES, RunConfig, check_schedules, deep_merge
-from .data import BENCHMARKS, validate_options
+from .data import BENCHMARKS, default_data_root, validate_options
 from .losses import LOSSES
 from .models.zoo import check_overrides, intermediate_taps, network_entry
 from .pruning import CRITERIA
@@ -52,6 +53,16 @@ def load_config(path: str | Path | None = None, benchmark: str | None = None, ov
     data = deep_merge(doc.data, overrides) if overrides else doc.data
     with doc.blame(unless=overrides):
         return build_config(data, benchmark=benchmark)
+
+
+def with_data_root(cfg: RunConfig, root: str | Path | None = None) -> RunConfig:
+    """``cfg`` with its data root resolved once, where the run is planned: ``root``, else the
+    config's ``data.root``, else ``$INDISTILL_DATA``, else ``~/.cache/indistill/data``; as an
+    absolute path, so every process of the run (a Ray worker on another node too) reads the same
+    place instead of resolving its own environment and working directory."""
+    chosen = root or cfg.data.root
+    path = Path(chosen).expanduser().absolute() if chosen else default_data_root().absolute()
+    return cfg.replace(data=dataclasses.replace(cfg.data, root=str(path)))
 
 
 def validate_config(cfg: RunConfig) -> None:

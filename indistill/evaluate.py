@@ -11,9 +11,19 @@ import torch
 from torch import Tensor, nn
 
 from .models.base import EMBEDDING, TapReader, unwrap
-from .retrieval import evaluate_all
+from .retrieval import METRICS, evaluate_all
 
-METRICS = ("cosine", "euclidean")
+#: the retrieval figures a training run records at each evaluation (its history and TensorBoard)
+CURVE_KEYS = ("map", "map_legacy")
+
+
+def metric_key(protocol: str, metric: str, key: str = "map") -> str:
+    """The name of one retrieval figure in a run's history and TensorBoard: ``<protocol>/<metric>/<key>``."""
+    return f"{protocol}/{metric}/{key}"
+
+
+#: what a search selects by: cosine mAP on the val split
+SELECTION_KEY = metric_key("val", "cosine", "map")
 
 
 class EvalSplit(Protocol):
@@ -69,6 +79,11 @@ def evaluate_network(
     q = embed(model, queries, batch_size=batch_size)
     db = embed(model, database, batch_size=batch_size)
     return evaluate_all(q, queries.labels, db, database.labels, metrics=METRICS, ks=tuple(ks))
+
+
+def curve_metrics(protocol: str, results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``{metric_key: value}`` of the :data:`CURVE_KEYS` of :func:`evaluate_network`'s ``results``."""
+    return {metric_key(protocol, m, k): v for m, vals in results.items() for k, v in vals.items() if k in CURVE_KEYS}
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -22,9 +22,10 @@ from .models.checkpoint import load_checkpoint
 from .models.zoo import create_network
 from .pruning import PrunedTaps
 from .schema import ConfigError
-from .table import ROW_LABELS, aggregate, integer_counts, result_row, write_table
+from .table import aggregate, integer_counts, result_row, write_table
 from .train.runtime import resolve_device
 from .train.keys import Protocol, stage_dirname
+from .train.methods import method_label
 from .train.stages import (
     STAGE_FILES,
     Context,
@@ -51,16 +52,21 @@ STAGE_GRAPH: dict[str, Callable[[Context, dict[str, StageResult], Protocol], Sta
 }
 
 
+#: the artifact stages whose networks are results-table rows (named after their stage)
+NETWORK_ROWS: tuple[str, ...] = ("teacher", "auxiliary")
+
+
 def run_dir(out: Path, cfg: RunConfig) -> Path:
     return Path(out) / f"{cfg.benchmark}-seed{cfg.seed}"
 
 
-def make_context(cfg: RunConfig, cache_root: Path, log: Callable[[str], None] = print, data_root: str | None = None) -> Context:
-    """Load the benchmark, resolve the device and set torch's CPU threads for ``cfg``."""
+def make_context(cfg: RunConfig, cache_root: Path, log: Callable[[str], None] = print) -> Context:
+    """Load the benchmark (from ``cfg.data.root``: see :func:`indistill.configure.with_data_root`),
+    resolve the device and set torch's CPU threads for ``cfg``."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)  # no GPU for 'cuda' fails before the data is read
-    data = load_benchmark(cfg.benchmark, data_root or cfg.data.root, download=cfg.data.download, options=cfg.data.options)
+    data = load_benchmark(cfg.benchmark, cfg.data.root, download=cfg.data.download, options=cfg.data.options)
     return Context(cfg, data, device, Path(cache_root), log)
 
 
@@ -103,7 +109,7 @@ def build_artifacts(ctx: Context, protocol: Protocol, *, rows: bool = False,
     cfg = ctx.cfg
     for stage in artifact_stages(cfg, protocol):
         result = results[stage] = STAGE_GRAPH[stage](ctx, results, protocol)
-        if rows and result.network is not None:
+        if rows and stage in NETWORK_ROWS:
             directory = result.directory or ctx.stage_path(stage, protocol)
             table_rows.append({"seed": cfg.seed, **result_row(stage, count_parameters(result.network),
                                                                evaluate_stage(ctx, result.network, directory))})
@@ -168,15 +174,15 @@ def run_pipeline(cfg: RunConfig, out: Path, log: Callable[[str], None] = print,
         ctx.cfg = cfg.with_student_seed(seed)
         for method in cfg.methods:
             run = student_stage(ctx, method, auxiliary, pruned, protocol="test")
-            rows.append({"seed": seed, **result_row(ROW_LABELS[method], count_parameters(run.model),
+            rows.append({"seed": seed, **result_row(method_label(method), count_parameters(run.model),
                                                     evaluate_stage(ctx, run.model, run.work_dir))})
     ctx.cfg = cfg
     per_seed = pd.DataFrame(rows)
     # the config is written with the results it produced, so a failed run leaves both as they were
     save_config(cfg, rdir / "config.yaml")
     atomic_write_text(rdir / "results_per_seed.csv", integer_counts(per_seed).to_csv(index=False))
-    reference = ROW_LABELS["indistill"] if "indistill" in cfg.methods else None
-    table = aggregate(per_seed, reference, compare=ROW_LABELS.values())  # students only
+    reference = method_label("indistill") if "indistill" in cfg.methods else None
+    table = aggregate(per_seed, reference, compare=[method_label(m) for m in cfg.methods])  # students only
     write_table(table, rdir / "results", title=f"{cfg.benchmark}, teacher/auxiliary seed {cfg.seed}, "
                 f"student seeds {', '.join(map(str, seeds))} (test split, values in %, mean ± std over seeds)")
     log(f"[run] done in {time.perf_counter() - t0:.1f}s; results in {rdir}")

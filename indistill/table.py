@@ -7,17 +7,19 @@ from typing import Iterable
 import pandas as pd
 
 from .io import atomic_write_text
+from .retrieval import METRICS
 from .stats import mean_std, paired_difference
 
-ROW_LABELS = {
-    "ce": "student (ce)",
-    "pkt": "student (pkt)",
-    "mkt": "student (mkt)",
-    "indistill": "student (indistill)",
-}
 TABLE_KEYS = ("map", "map_legacy", "p@100")
+
+
+def column(metric: str, key: str) -> str:
+    """The table column of retrieval figure ``key`` under ``metric``, in percent: ``<metric> <key>``."""
+    return f"{metric} {key}"
+
+
 #: the column whose paired differences to the reference row the tables report
-DIFF_COLUMN = "cosine map"
+DIFF_COLUMN = column("cosine", "map")
 #: columns that count things: integers in every file
 COUNT_COLUMNS = ("params", "n", "seed")
 
@@ -28,12 +30,12 @@ def result_row(name: str, params: int, results: dict[str, dict[str, float]], key
     for metric, values in results.items():
         for key in keys:
             if key in values:
-                row[f"{metric} {key}"] = 100.0 * values[key]
+                row[column(metric, key)] = 100.0 * values[key]
     return row
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c.split(" ")[0] in ("cosine", "euclidean")]
+    return [c for c in frame.columns if c.split(" ")[0] in METRICS]
 
 
 def diff_label(reference: str) -> str:

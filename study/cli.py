@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Sequence, TextIO
 
-from indistill.clihelp import COMMON_ENVIRONMENT, HelpFormatter, add_command, environment_epilog
+from indistill.clihelp import COMMON_ENVIRONMENT, add_command, command_parser, environment_epilog
 from indistill.errors import UserError, add_debug_flag, debug_requested, run_command
 from indistill.schema import ConfigError
 
@@ -48,9 +48,7 @@ EPILOG = environment_epilog(ENVIRONMENT)
 def build_parser() -> argparse.ArgumentParser:
     from indistill.data import BENCHMARKS
 
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
-    add_debug_flag(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser, sub = command_parser(PROG, DESCRIPTION, EPILOG)
 
     run = add_command(sub, "run", "run (or --resume) a study; with no options: the embedded digits study", epilog=EPILOG)
     run.add_argument("--benchmarks", default="digits", help=f"comma-separated benchmarks, or 'all' ({','.join(BENCHMARKS)})")
@@ -127,6 +125,8 @@ def _benchmarks(text: str) -> list[str]:
 
 def make_plan(args: argparse.Namespace, cluster: dict | None = None):
     """Validate everything the user typed and build the StudyPlan (no Ray needed)."""
+    from indistill.configure import with_data_root
+
     from .resources import TrialResources, default_gpus_per_trial
     from .runner import BenchmarkPlan, StudyPlan
     from .search_space import base_config, default_space_path, load_space
@@ -170,14 +170,15 @@ def make_plan(args: argparse.Namespace, cluster: dict | None = None):
         extra = {"data": {"download": True}} if args.download else {}
         # the CPU threads a worker runs with (Ray sets OMP_NUM_THREADS so): recorded for exact reproduction
         extra["threads"] = max(1, int(resources.cpus / resources.workers))
-        plans.append(BenchmarkPlan(bench, space, str(path), base_config(space, bench, extra)))
+        # the data root, resolved here once: every worker on every node reads the driver's choice
+        base = with_data_root(base_config(space, bench, extra), args.data_root)
+        plans.append(BenchmarkPlan(bench, space, str(path), base))
     if args.artifact_workers < 1:
         raise ConfigError("--artifact-workers: must be >= 1")
     if not args.name or args.name in (".", "..") or "/" in args.name or "\\" in args.name:
         raise ConfigError(f"--name: {args.name!r} is not a study name (one directory name under --storage)")
     storage = Storage.create(args.storage).sub(args.name)
-    return StudyPlan(args.name, storage, tuple(plans), resources, args.artifact_workers, args.data_root, args.resume,
-                     verbose=args.verbose)
+    return StudyPlan(args.name, storage, tuple(plans), resources, args.artifact_workers, args.resume, verbose=args.verbose)
 
 
 def _check_data(plan) -> None:
@@ -187,7 +188,7 @@ def _check_data(plan) -> None:
     from indistill.pipeline import check_inputs
 
     for bp in plan.benchmarks:
-        data = load_benchmark(bp.benchmark, plan.data_root or bp.base.data.root, download=bp.base.data.download,
+        data = load_benchmark(bp.benchmark, bp.base.data.root, download=bp.base.data.download,
                               options=bp.base.data.options)
         check_inputs(bp.base, data)
 
@@ -294,13 +295,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_before_ray(args, plan)
     import ray
 
-    from .runner import run_study
+    from .runner import init_ray, run_study
 
     address = args.address or os.environ.get("RAY_ADDRESS")
     # Ray's console output (workers' and actors' lines, raylet warnings) only with --verbose: the
     # study's own progress display and its log files say what happens
     with contextlib.nullcontext(sys.stdout) if args.verbose else driver_log(plan.storage) as console:
-        ray.init(address=address, log_to_driver=args.verbose, configure_logging=True, logging_level="WARNING")
+        init_ray(address, log_to_driver=args.verbose, configure_logging=True, logging_level="WARNING")
         try:
             cluster = ray.cluster_resources()
             if args.gpus_per_trial is None and cluster.get("GPU", 0) >= 1:

@@ -1,6 +1,7 @@
 """Export the best configs: a complete YAML per benchmark that ``indistill run --config`` accepts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from indistill.io import atomic_write_text, check_output_dir
 from indistill.yamlio import parse_yaml
 
 from .results import TABLE_FILES, per_seed_rows
-from .workers import TUNED
+from .names import TUNED
 from .storage import Storage
 
 
@@ -32,6 +33,8 @@ def export_study(storage: Storage, out: Path) -> list[Path]:
         # what the tuned row is: the InDistill student on the test protocol, evaluated once at the end
         with doc.blame():
             cfg = build_config(deep_merge(doc.data, {"methods": ["indistill"], "student": {"eval_every": 0}}), benchmark=bench)
+        # the study resolved its data root on its own machine; whoever reproduces resolves theirs
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, root=None))
         check_output_dir(out / bench, "--out")
         configs[bench] = (cfg, [r for r in per_seed_rows(storage, bench) if r["network"] == TUNED])
     for bench, (cfg, tuned) in configs.items():

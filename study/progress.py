@@ -18,6 +18,7 @@ from typing import Callable, TextIO
 
 from ray import tune
 
+from .names import OBJECTIVE
 from .storage import Storage
 
 #: where an artifact run writes which of its stages are done (read by the driver's ticker)
@@ -172,7 +173,7 @@ class Progress:
             else:
                 st.done += 1
                 outcome = "completed"
-            value = (last or {}).get("val_map")
+            value = (last or {}).get(OBJECTIVE)
             scored = isinstance(value, (int, float)) and value == value
             if error is None and scored and (st.best_key is None or (epochs, value) > st.best_key):
                 st.best, st.best_key = (float(value), trial_id), (epochs, float(value))  # as search/trials.json picks it
@@ -189,9 +190,9 @@ class Progress:
             st.done, st.stopped, st.failed = (counts.get(k, 0) for k in ("completed", "stopped early", "failed"))
             st.running.clear()
             best = trials.get("best")
-            if best and isinstance(best.get("val_map"), (int, float)):
-                st.best = (float(best["val_map"]), best["trial_id"])
-                st.best_key = (int(best.get("epochs", 0)), float(best["val_map"]))
+            if best and isinstance(best.get(OBJECTIVE), (int, float)):
+                st.best = (float(best[OBJECTIVE]), best["trial_id"])
+                st.best_key = (int(best.get("epochs", 0)), float(best[OBJECTIVE]))
 
     # ------------------------------------------------------------------ display
     def _render(self):

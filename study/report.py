@@ -25,6 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from indistill.table import DIFF_COLUMN  # noqa: E402
+
 from .optuna_record import OPTUNA_FILE, sqlite_url  # noqa: E402
 from .storage import Storage  # noqa: E402
 
@@ -120,7 +122,7 @@ def plot_importance(study: optuna.Study, path: Path) -> str:
     return note
 
 
-def plot_results(table: pd.DataFrame, path: Path, column: str = "cosine map") -> None:
+def plot_results(table: pd.DataFrame, path: Path, column: str = DIFF_COLUMN) -> None:
     table = table.reset_index()
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1.2))
     labels = [f"{b} / {n}" for b, n in zip(table["benchmark"], table["network"])]

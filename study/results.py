@@ -9,12 +9,11 @@ import pandas as pd
 import yaml
 
 from indistill.configure import build_config
-from indistill.table import aggregate, display, integer_counts, latex
+from indistill.retrieval import METRICS
+from indistill.table import aggregate, column, display, integer_counts, latex
 
 from .storage import Storage
-from .workers import NETWORKS_FILE, STUDENT_ROWS, TUNED
-
-ROW_ORDER = ("teacher", "auxiliary", "student (ce)", "student (pkt)", "student (mkt)", "InDistill (paper defaults)", "InDistill (tuned)")
+from .names import NETWORKS_FILE, OBJECTIVE, ROW_ORDER, STUDENT_ROWS, TUNED
 TABLE_FILES = ("results.csv", "results.md", "results.tex", "results_per_seed.csv")
 
 
@@ -37,7 +36,7 @@ def summarize_trials(grid, bp) -> dict:
     for result in grid:
         metrics = result.metrics or {}
         epochs = int(metrics.get("epoch", 0))
-        value = metrics.get("val_map")
+        value = metrics.get(OBJECTIVE)
         if result.error is not None:
             status, reason = "failed", f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:300]}"
         elif epochs >= max_epochs:
@@ -46,7 +45,7 @@ def summarize_trials(grid, bp) -> dict:
             status, reason = "stopped early", (f"ASHA stopped it after {epochs} epochs "
                                                f"({int(metrics.get('embedding_epoch', 0))} in the embedding phase)")
         df = result.metrics_dataframe
-        best_val = float(df["val_map"].max()) if df is not None and "val_map" in df else None
+        best_val = float(df[OBJECTIVE].max()) if df is not None and OBJECTIVE in df else None
         params = _nested({k: v for k, v in (result.config or {}).items()})
         timing = None
         if "trial_wall_s" in metrics and "loop_time_s" in metrics:  # up to the trial's last report
@@ -54,10 +53,10 @@ def summarize_trials(grid, bp) -> dict:
                       "startup_s": metrics.get("startup_s"), "ray_startup_s": metrics.get("ray_startup_s"),
                       "report_s": metrics.get("report_time_s")}
         row = {"trial_id": metrics.get("trial_id") or _trial_id(result), "status": status, "reason": reason, "epochs": epochs,
-               "val_map": value, "best_val_map": best_val, "params": params, "timing": timing}
+               OBJECTIVE: value, f"best_{OBJECTIVE}": best_val, "params": params, "timing": timing}
         trials.append(row)
         if status != "failed" and value is not None and not math.isnan(value):
-            if best is None or (row["epochs"], value) > (best["epochs"], best["val_map"]):
+            if best is None or (row["epochs"], value) > (best["epochs"], best[OBJECTIVE]):
                 best = row
     counts = {s: sum(t["status"] == s for t in trials) for s in ("completed", "stopped early", "failed")}
     return {"trials": trials, "best": best, "counts": counts}
@@ -128,7 +127,7 @@ def build_table(storage: Storage, benchmarks: list[str]) -> tuple[pd.DataFrame, 
             key = (bench, TUNED)
             table.loc[key, "tuned"] = f"{sum(trials['counts'].values())} trials"
             table.loc[key, "best trial"] = best["trial_id"] if best else ""
-            table.loc[key, "best val map"] = 100.0 * best["val_map"] if best else float("nan")
+            table.loc[key, "best val map"] = 100.0 * best[OBJECTIVE] if best else float("nan")
             for k, v in trials["counts"].items():
                 table.loc[key, f"trials {k}"] = v
             table.loc[key, "best config"] = _key_values(best["params"]) if best else ""
@@ -141,7 +140,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 #: the columns of the summary printed at the end of a study (the files hold every column)
-SUMMARY_COLUMNS = ("cosine map", "euclidean map", "params")
+SUMMARY_COLUMNS = (*(column(m, "map") for m in METRICS), "params")
 
 
 def summary(table: pd.DataFrame, width: int = 100) -> list[str]:
@@ -191,6 +190,10 @@ def _tuned_notes(bench: str, row: pd.Series, width: int) -> list[str]:
 
 
 def write_study_table(storage: Storage, table: pd.DataFrame, per_seed: pd.DataFrame) -> None:
+    """The table files (:data:`TABLE_FILES`); none when no row finished (every benchmark failed:
+    the study then ends with the first failure, not with an error about an empty table)."""
+    if table.empty:
+        return
     storage.write_text("results.csv", integer_counts(table).to_csv())
     storage.write_text("results_per_seed.csv", integer_counts(per_seed).to_csv(index=False))
     title = ("# InDistill study: test split (values in %)\n\nStudents: mean ± std over the final seeds (teacher and "

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
@@ -31,11 +31,9 @@ from .results import build_table, summarize_trials, write_study_table
 from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
 from .search_space import SearchSpace, apply_params, define_by_run, shortest_curriculum
 from .storage import Storage
-from .tblog import TrialNamer, tune_loggers, write_hparams_experiment
+from .tblog import AUTO_LOGGERS_ENV, TrialNamer, tune_loggers, write_hparams_experiment
+from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE
 from .workers import (
-    EMBEDDING_EPOCH,
-    NETWORKS_FILE,
-    OBJECTIVE,
     final_seed,
     prepare_artifacts,
     read_placements,
@@ -57,10 +55,25 @@ def sync_config() -> tune.SyncConfig:
     return tune.SyncConfig(sync_period=period)
 
 
+def runtime_env(**extra) -> dict:
+    """The study's Ray job environment: :data:`~study.resources.REPORT_POLL_ENV` in every Ray
+    process of the study (the driver's value when set, else the study's), plus ``extra`` runtime_env
+    fields. Set once, by :func:`init_ray`, not by each run."""
+    name, default = REPORT_POLL_ENV
+    return {"env_vars": {name: os.environ.get(name, default)}, **extra}
+
+
+def init_ray(address: str | None = None, *, runtime_env_extra: dict | None = None, **kwargs) -> None:
+    """``ray.init`` with the study's :func:`runtime_env` (``runtime_env_extra``: more of its fields),
+    and the driver's own Tune setting :data:`~study.tblog.AUTO_LOGGERS_ENV` unless the user set it:
+    the one place the study sets environment variables."""
+    os.environ.setdefault(*AUTO_LOGGERS_ENV)
+    ray.init(address=address, runtime_env=runtime_env(**(runtime_env_extra or {})), **kwargs)
+
+
 def _fit(fn: Callable[[dict], None], config: dict, resources: TrialResources, name: str, storage_path: str,
          max_failures: int, **run_options) -> None:
-    """One Ray Train run of ``fn`` on ``resources``, quiet, with the short report poll."""
-    os.environ.setdefault(*REPORT_POLL_ENV)
+    """One quiet Ray Train run of ``fn`` on ``resources``."""
     TorchTrainer(
         fn, train_loop_config=config, scaling_config=_scaling(resources),
         torch_config=TorchConfig(backend=resources.backend),
@@ -88,10 +101,8 @@ class StudyPlan:
     benchmarks: tuple[BenchmarkPlan, ...]
     trial_resources: TrialResources
     artifact_workers: int = 1
-    data_root: str | None = None
     resume: bool = False
     verbose: bool = False  # Ray's and Tune's console output, and the runs' log lines, on the console too
-    faults: dict = field(default_factory=dict)  # sampled criterion -> "nan" | "error": fault injection for tests
 
 
 @dataclass(frozen=True)
@@ -102,8 +113,6 @@ class TrialSpec:
     storage: str
     ray_storage: str
     resources: TrialResources
-    data_root: str | None
-    faults: dict
     verbose: bool = False
 
 
@@ -137,7 +146,7 @@ def tune_trial(params: dict, spec: TrialSpec) -> None:
     cfg = apply_params(spec.plan.base, params, spec.plan.space)
     config = {
         "cfg": config_to_dict(cfg), "storage": spec.storage, "trial_id": trial_id, "trial_name": ctx.get_trial_name(),
-        "data_root": spec.data_root, "fail_with": spec.faults.get(cfg.prune.criterion), "verbose": spec.verbose,
+        "verbose": spec.verbose,
         "started_at": time.time(),  # wall-clock start of the trial, for its Ray overhead
     }
     # named after the trial (no timestamp): a retried trial resumes its own checkpoints
@@ -163,7 +172,7 @@ def run_artifacts(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress) -> Non
                    f"images, then {', '.join(final)} with them; {plan.artifact_workers} worker(s); "
                    f"log: {bp.benchmark}/logs/artifacts.log")
     _train_run(prepare_artifacts, f"{bp.benchmark}-artifacts",
-               {"cfg": config_to_dict(cfg), "storage": plan.storage.uri, "data_root": plan.data_root, "verbose": plan.verbose},
+               {"cfg": config_to_dict(cfg), "storage": plan.storage.uri, "verbose": plan.verbose},
                plan, plan.artifact_workers)
 
 
@@ -194,8 +203,7 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, cluster: 
     optuna_db = _optuna_db(plan, bp)
     exp_name = f"{bp.benchmark}-search"
     exp_path = plan.storage.join("ray", exp_name)
-    spec = TrialSpec(bp, plan.storage.uri, _ray_storage(plan.storage), plan.trial_resources, plan.data_root, plan.faults,
-                     plan.verbose)
+    spec = TrialSpec(bp, plan.storage.uri, _ray_storage(plan.storage), plan.trial_resources, plan.verbose)
     trainable = _trainable(tune_trial, f"{bp.benchmark}_trial", spec)
     loggers = tune_loggers()  # Tune's JSON and CSV loggers, not its TensorBoard one (also when resuming)
     if plan.resume and tune.Tuner.can_restore(exp_path):
@@ -262,7 +270,7 @@ def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, progress: Pro
     progress.phase(bp.benchmark, "final", f"every student row on the full train split, evaluated on test: seeds "
                    f"{todo}, {concurrent} at a time (teacher and auxiliary shared); logs: {bp.benchmark}/logs/final/")
     config = {"cfg": config_to_dict(_final_config(best)), "base": config_to_dict(_final_config(bp.base)),
-              "storage": plan.storage.uri, "data_root": plan.data_root, "export_seed": seeds[0], "verbose": plan.verbose}
+              "storage": plan.storage.uri, "export_seed": seeds[0], "verbose": plan.verbose}
     trainable = _trainable(final_trial, f"{bp.benchmark}_final",
                            FinalSpec(bp.benchmark, config, _ray_storage(plan.storage), plan.trial_resources))
     grid = tune.Tuner(

@@ -18,7 +18,6 @@ under a run name cut at 150 characters.
 from __future__ import annotations
 
 import dataclasses
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
+
+from indistill.retrieval import METRICS
 
 from .storage import Storage
 
@@ -89,14 +90,13 @@ def tune_loggers() -> list:
     ``progress.csv``: Tune's result grid and the tests read them), not its TensorBoard logger.
 
     Passing the JSON and CSV loggers does not keep Tune from adding its TBX logger; the variable
-    :data:`AUTO_LOGGERS_ENV` does. Tune reads it in this (the driver's) process when a Tuner fits, so
-    it is set here, for this process, unless the user set it (0 brings Tune's own TensorBoard files
-    back). A search resumed with ``--resume`` gets the callbacks it was started with (Tune keeps them
-    with its state); call this before it fits too.
+    :data:`AUTO_LOGGERS_ENV` does. Tune reads it in the driver's process when a Tuner fits:
+    :func:`study.runner.init_ray` sets it there once, unless the user set it (0 brings Tune's own
+    TensorBoard files back). A search resumed with ``--resume`` gets the callbacks it was started
+    with (Tune keeps them with its state); pass these again.
     """
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    os.environ.setdefault(*AUTO_LOGGERS_ENV)
     return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
@@ -305,8 +305,8 @@ def interpolated_pr_curve(query: torch.Tensor, query_labels: torch.Tensor, datab
     """:class:`PRCurve` of ``query`` ranked against ``database`` by ``metric`` (cosine or euclidean),
     ranked as indistill.retrieval ranks (float32 keys, stable sort, ties by database index), in
     query chunks of about ``chunk_bytes`` of work memory, on the inputs' device."""
-    if metric not in ("cosine", "euclidean"):
-        raise ValueError(f"unknown retrieval metric {metric!r}; choose from: cosine, euclidean")
+    if metric not in METRICS:
+        raise ValueError(f"unknown retrieval metric {metric!r}; choose from: {', '.join(METRICS)}")
     device = query.device
     q, db = query.detach().float(), database.detach().to(device).float()
     ql = query_labels.detach().to(device).reshape(-1)

@@ -21,21 +21,20 @@ import torch
 from indistill.config import RunConfig
 from indistill.configure import build_config
 from indistill.errors import one_line
-from indistill.evaluate import count_parameters, embed
+from indistill.evaluate import SELECTION_KEY, count_parameters, embed, metric_key
 from indistill.pipeline import artifact_files, artifact_stages, build_artifacts, make_context, student_inputs
-from indistill.table import ROW_LABELS, result_row
+from indistill.table import result_row
 from indistill.train.keys import stage_dirname
 from indistill.train.loop import FINAL, LAST
 from indistill.train.runtime import is_distributed, rank, world_size
 from indistill.train.stages import Context, evaluate_stage, prune_stage, student_stage
 
+from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, STUDENT_ROWS, TUNED
 from .progress import ARTIFACT_PROGRESS
 from .runlog import RunLog
 from .storage import Storage
 from .tblog import TensorBoardLogger, artifact_run, final_run, interpolated_pr_curve, trial_hparams, trial_run
 
-OBJECTIVE = "val_map"
-EMBEDDING_EPOCH = "embedding_epoch"
 
 
 def _quiet_ray_train() -> None:
@@ -106,7 +105,7 @@ def failure_logged(log: Callable[[str], None]) -> Iterator[None]:
 def _context(cfg: RunConfig, root: Path, config: dict, persist: Callable[[Path], None] | None,
              log: Callable[[str], None]) -> Context:
     cfg = cfg.replace(device=_device_name(cfg))
-    ctx = make_context(cfg, root, log=log, data_root=config.get("data_root"))
+    ctx = make_context(cfg, root, log=log)
     ctx.persist = persist
     return ctx
 
@@ -188,8 +187,8 @@ def _report_metrics(epoch: int, metrics: dict[str, float], curriculum_epochs: in
     # ASHA's time attribute: epochs completed in the embedding phase, so trials are compared at equal
     # progress after their curricula (val mAP before the embedding phase is low by construction)
     out[EMBEDDING_EPOCH] = max(0, epoch + 1 - curriculum_epochs)
-    if "val/cosine/map" in metrics:
-        out[OBJECTIVE] = metrics["val/cosine/map"]
+    if SELECTION_KEY in metrics:
+        out[OBJECTIVE] = metrics[SELECTION_KEY]
     return out
 
 
@@ -283,15 +282,12 @@ def run_trial(config: dict) -> None:
     storage = Storage(config["storage"])
     scratch = Path(tempfile.mkdtemp(prefix="indistill-trial-"))
     tb = None
-    if rank() == 0:  # the trial's run and its HParams row, before it trains (the sampled config, no fault)
+    if rank() == 0:  # the trial's run and its HParams row, before it trains (the sampled config)
         name = config.get("trial_name") or config["trial_id"]
         tb = TensorBoardLogger(storage, trial_run(cfg.benchmark, name))
         tb.hparams(trial_hparams(cfg), group=f"{cfg.benchmark}/{name}", start_time=config.get("started_at"))
     log = _run_log(config, f"{cfg.benchmark}/logs/trials/{config['trial_id']}.log")
     try:
-        with failure_logged(log):
-            if config.get("fail_with"):  # fault injection for tests: "nan" or "error"
-                cfg = _inject_fault(cfg, config["fail_with"])
         with failure_logged(log), stage_cache(storage, cfg.benchmark, fetch=artifact_files(cfg, "val")) as (root, persist):
             ctx = _context(cfg, root, config, persist, log)
             _record_placement(storage, cfg.benchmark, config["trial_id"], str(ctx.device))
@@ -304,15 +300,6 @@ def run_trial(config: dict) -> None:
         if tb is not None:
             tb.close()
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _inject_fault(cfg: RunConfig, kind: str) -> RunConfig:
-    if kind == "nan":
-        import dataclasses
-
-        cur = dataclasses.replace(cfg.student.curriculum, weights=tuple(float("nan") for _ in cfg.student.curriculum.weights))
-        return cfg.replace(student=dataclasses.replace(cfg.student, curriculum=cur))
-    raise RuntimeError(f"injected failure ({kind})")
 
 
 def final_seed(config: dict) -> None:
@@ -343,7 +330,7 @@ def final_seed(config: dict) -> None:
                 run = student_stage(ctx, method, aux, pruned, protocol="test", hooks=[_TensorBoardHook(tb)])
                 results = evaluate_stage(ctx, run.model, run.work_dir)
                 if tb is not None:
-                    tb.log(len(run.history), {f"test/{m}/map": v["map"] for m, v in results.items()})
+                    tb.log(len(run.history), {metric_key("test", m): v["map"] for m, v in results.items()})
                     if label == TUNED:
                         _pr_curves(tb, ctx, run.model)
             finally:
@@ -355,19 +342,6 @@ def final_seed(config: dict) -> None:
                 storage.upload_file(run.work_dir / FINAL, f"{bench}/final/run/{FINAL}")
     if rank() == 0:
         storage.write_json(f"{bench}/final/seed-{seed}.json", {"rows": rows})
-
-
-TUNED = "InDistill (tuned)"
-NETWORKS_FILE = "artifacts/networks.json"
-
-
-#: (row label, method, tuned?) of every student row of a study's table: the baselines with the
-#: paper defaults, then the tuned InDistill
-STUDENT_ROWS: tuple[tuple[str, str, bool], ...] = (
-    *((ROW_LABELS[m], m, False) for m in ("ce", "pkt", "mkt")),
-    ("InDistill (paper defaults)", "indistill", False),
-    (TUNED, "indistill", True),
-)
 
 
 def final_rows(base: RunConfig, tuned: RunConfig) -> list[tuple[str, RunConfig, str]]:

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from indistill.table import latex, result_row
-from study.results import build_table, summary, write_study_table
+from study.results import TABLE_FILES, build_table, summary, write_study_table
 from study.storage import Storage
-from study.workers import NETWORKS_FILE, TUNED
+from study.names import NETWORKS_FILE, TUNED
 
 SPECIALS = r"w_0 & 50% #1 {a} ~b ^c \d"  # every LaTeX special in one label
 LONG = "student (pkt, a label much longer than any row of a real study has, to be wrapped)"
@@ -154,3 +154,12 @@ def test_the_tuned_row_records_its_trial(study):
     assert row["best trial"] == BEST["trial_id"] and row["tuned"] == "9 trials"
     assert row["best val map"] == pytest.approx(88.96)
     assert row["trials stopped early"] == 2 and str(table["trials stopped early"].dtype) == "Int64"
+
+
+def test_a_study_where_nothing_finished_writes_no_table(tmp_path):
+    """Every benchmark failed: no rows, no table files (the study ends with the first failure)."""
+    storage = Storage(str(tmp_path / "empty"))
+    table, per_seed = build_table(storage, ["digits"])
+    assert table.empty and per_seed.empty
+    write_study_table(storage, table, per_seed)
+    assert not any(storage.exists(name) for name in TABLE_FILES)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -28,6 +28,7 @@ class StudentBatch:
 class Method:
     """A student method: which taps it reads in each epoch and the loss of a batch."""
 
+    label: ClassVar[str]  # its row in results tables
     needs_source = True
     needs_pruning = False
 
@@ -63,6 +64,7 @@ METHODS: Registry[Callable[..., Method]] = Registry("method")
 class CrossEntropy(Method):
     """Student trained on labels only."""
 
+    label = "student (ce)"
     needs_source = False
 
     def loss_taps(self, epoch: int) -> tuple[str, ...]:
@@ -77,6 +79,8 @@ class CrossEntropy(Method):
 class EmbeddingPKT(Method):
     """PKT on the embedding only (no curriculum)."""
 
+    label = "student (pkt)"
+
     def loss(self, b: StudentBatch) -> tuple[Tensor, dict[str, Tensor]]:
         pkt = LOSSES.get("pkt")(b.source[EMBEDDING], b.student[EMBEDDING])
         return self._with_ce(pkt, {"loss/embedding": pkt.detach()}, b)
@@ -85,6 +89,8 @@ class EmbeddingPKT(Method):
 @METHODS.register("mkt")
 class AllLayersPKT(Method):
     """PKT on every tap at once, intermediate weights ``w * gamma**epoch`` (no pruning)."""
+
+    label = "student (mkt)"
 
     def loss_taps(self, epoch: int) -> tuple[str, ...]:
         return (*self.taps, EMBEDDING)
@@ -107,6 +113,7 @@ class AllLayersPKT(Method):
 class InDistill(Method):
     """The curriculum over pruned auxiliary taps, then PKT on the embedding."""
 
+    label = "student (indistill)"
     needs_pruning = True
 
     def __init__(self, cfg: StudentConfig, taps: tuple[str, ...], epochs: int) -> None:
@@ -139,6 +146,11 @@ class InDistill(Method):
         assert loss is not None
         parts["phase"] = loss.new_full((), float(p.index)).detach()
         return self._with_ce(loss, parts, b)
+
+
+def method_label(name: str) -> str:
+    """The results-table row of student method ``name``."""
+    return METHODS.get(name).label
 
 
 def create_method(name: str, cfg: StudentConfig, taps: tuple[str, ...], epochs: int | None = None) -> Method:

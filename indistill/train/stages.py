@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..config import RunConfig, StageConfig
 from ..data import BenchmarkData, Split, normalize
-from ..evaluate import evaluate_network
+from ..evaluate import curve_metrics, evaluate_network
 from ..errors import CheckpointError, UserError, one_line
 from ..io import atomic_torch_save, atomic_write_json, read_json_file, read_torch, recover, stable_hash
 from ..losses import LOSSES
@@ -308,7 +308,7 @@ def student_stage(
 
     def evaluate(epoch: int) -> dict[str, float]:
         res = evaluate_network(model, queries, database, ks=cfg.eval.ks, batch_size=cfg.eval.batch_size)
-        return {f"{protocol}/{m}/{k}": v for m, vals in res.items() for k, v in vals.items() if k in ("map", "map_legacy")}
+        return curve_metrics(protocol, res)
 
     loop = Loop(
         work_dir, model, optim, epochs, step,

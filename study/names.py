@@ -1,0 +1,29 @@
+"""Names the study's modules share, each defined once: what trials report, the table's rows, files."""
+from __future__ import annotations
+
+from indistill.pipeline import NETWORK_ROWS
+from indistill.train.methods import METHODS, method_label
+
+#: what every trial reports to Tune and the search maximises: its epoch's
+#: :data:`indistill.evaluate.SELECTION_KEY` (val cosine mAP)
+OBJECTIVE = "val_map"
+#: ASHA's time attribute: epochs completed in the embedding phase (after the trial's curriculum)
+EMBEDDING_EPOCH = "embedding_epoch"
+
+#: the row of the searched InDistill, and of InDistill with the paper's defaults
+TUNED = "InDistill (tuned)"
+PAPER_DEFAULTS = "InDistill (paper defaults)"
+#: the student methods the study trains as baselines: every registered method but InDistill
+BASELINES: tuple[str, ...] = tuple(m for m in METHODS.names() if m != "indistill")
+#: (row label, method, tuned?) of every student row of a study's table: the baselines with the
+#: paper defaults, then InDistill with them, then the tuned InDistill
+STUDENT_ROWS: tuple[tuple[str, str, bool], ...] = (
+    *((method_label(m), m, False) for m in BASELINES),
+    (PAPER_DEFAULTS, "indistill", False),
+    (TUNED, "indistill", True),
+)
+#: the table's rows of a benchmark, in order: the artifact networks, then the students
+ROW_ORDER: tuple[str, ...] = (*NETWORK_ROWS, *(label for label, _method, _tuned in STUDENT_ROWS))
+
+#: the teacher's and the auxiliary's test rows, written by the artifact run
+NETWORKS_FILE = "artifacts/networks.json"
