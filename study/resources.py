@@ -8,8 +8,9 @@ BACKENDS = (None, "nccl", "gloo")
 
 # Ray Train's controller collects a worker's report once per health-check poll (default 2 s) and a
 # worker's next report blocks until then, so a trial whose epochs are shorter than the poll interval
-# waits ~2 s per epoch (measured: 88 % of a digits trial's wall time). The controller inherits this
-# variable from the process that calls fit(); a value the user set wins.
+# waits ~2 s per epoch (measured: 88 % of a digits trial's wall time). ``study.runner.init_ray`` puts
+# this variable into every Ray process of the study, once, through ray.init's runtime_env; a value
+# the user set in the driver's environment wins.
 REPORT_POLL_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 # On remote storage Tune uploads its experiment state (what --resume restores) at most every
 # SyncConfig.sync_period (Ray's default: 300 s, so a killed driver could lose 5 minutes of finished
