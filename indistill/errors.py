@@ -57,6 +57,13 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def last_line(exc: BaseException, limit: int = 300) -> str:
+    """The last line of ``exc``'s message (where a traceback-carrying error says what went wrong), at
+    most ``limit`` characters; the exception's type when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[-1][:limit] if lines else type(exc).__name__
+
+
 def describe_os_error(exc: OSError) -> str:
     """``<file>: <what the system said>``, one line (e.g. ``out: Not a directory``)."""
     what = exc.strerror or one_line(exc) or type(exc).__name__

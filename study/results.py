@@ -9,11 +9,12 @@ import pandas as pd
 import yaml
 
 from indistill.configure import build_config
+from indistill.errors import last_line
 from indistill.retrieval import METRICS
 from indistill.table import aggregate, column, display, integer_counts, latex
 
 from .storage import Storage
-from .names import NETWORKS_FILE, OBJECTIVE, ROW_ORDER, STUDENT_ROWS, TUNED
+from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, ROW_ORDER, STUDENT_ROWS, TUNED
 TABLE_FILES = ("results.csv", "results.md", "results.tex", "results_per_seed.csv")
 
 
@@ -38,12 +39,12 @@ def summarize_trials(grid, bp) -> dict:
         epochs = int(metrics.get("epoch", 0))
         value = metrics.get(OBJECTIVE)
         if result.error is not None:
-            status, reason = "failed", f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:300]}"
+            status, reason = "failed", f"{type(result.error).__name__}: {last_line(result.error)}"
         elif epochs >= max_epochs:
             status, reason = "completed", ""
         else:
             status, reason = "stopped early", (f"ASHA stopped it after {epochs} epochs "
-                                               f"({int(metrics.get('embedding_epoch', 0))} in the embedding phase)")
+                                               f"({int(metrics.get(EMBEDDING_EPOCH, 0))} in the embedding phase)")
         df = result.metrics_dataframe
         best_val = float(df[OBJECTIVE].max()) if df is not None and OBJECTIVE in df else None
         params = _nested({k: v for k, v in (result.config or {}).items()})

@@ -21,6 +21,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from indistill.config import RunConfig, config_to_dict
+from indistill.errors import last_line
 from indistill.pipeline import artifact_stages
 from indistill.io import atomic_write_bytes, stable_hash
 from indistill.schema import ConfigError, to_dict
@@ -282,7 +283,7 @@ def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, progress: Pro
     ).fit()
     for result in grid:
         if result.error is not None:
-            progress(f"[{bp.benchmark}] final: a run failed: {str(result.error).strip().splitlines()[-1][:300]}")
+            progress(f"[{bp.benchmark}] final: a run failed: {last_line(result.error)}")
 
 
 def _tune_verbosity(plan: StudyPlan) -> int:
@@ -431,7 +432,7 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
                     if exc is None:
                         progress.phase(bench, "done")
                         continue
-                    progress.phase(bench, "failed", _last_line(exc))
+                    progress.phase(bench, "failed", last_line(exc))
                     errors.append(exc)
             table, per_seed = build_table(plan.storage, [b.benchmark for b in plan.benchmarks])
             write_study_table(plan.storage, table, per_seed)
@@ -444,11 +445,6 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
     if errors:
         raise errors[0]
     return table
-
-
-def _last_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[-1][:300] if text else type(exc).__name__
 
 
 def run_benchmark(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, cluster: dict) -> None:

@@ -23,11 +23,12 @@ from indistill.configure import build_config
 from indistill.errors import one_line
 from indistill.evaluate import SELECTION_KEY, count_parameters, embed, metric_key
 from indistill.pipeline import artifact_files, artifact_stages, build_artifacts, make_context, student_inputs
+from indistill.retrieval import METRICS
 from indistill.table import result_row
 from indistill.train.keys import stage_dirname
 from indistill.train.loop import FINAL, LAST
 from indistill.train.runtime import is_distributed, rank, world_size
-from indistill.train.stages import Context, evaluate_stage, prune_stage, student_stage
+from indistill.train.stages import Context, auxiliary_ce_dir, evaluate_stage, prune_stage, student_stage
 
 from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, STUDENT_ROWS, TUNED
 from .progress import ARTIFACT_PROGRESS
@@ -171,9 +172,7 @@ def _log_artifacts(storage: Storage, ctx: Context, results: dict, protocol: str)
 def _auxiliary_ce_history(ctx: Context, protocol: str) -> list[dict[str, float]]:
     """The per-epoch history of the auxiliary's cross-entropy start (indistill's auxiliary stage keeps
     it in its own directory and returns the PKT phase's), or [] when it cannot be read."""
-    from indistill.train.keys import stage_key
-
-    path = ctx.stage_dir("auxiliary-ce", stage_key("auxiliary", ctx.cfg, protocol)) / FINAL
+    path = auxiliary_ce_dir(ctx, protocol) / FINAL
     try:
         history = torch.load(path, map_location="cpu", weights_only=True).get("history", [])
     except Exception:  # a missing or unreadable file: no curve, the artifacts themselves are fine
@@ -375,5 +374,5 @@ def _pr_curves(tb: TensorBoardLogger | None, ctx: Context, model) -> None:
     queries, database = ctx.eval_splits("test")
     size = ctx.cfg.eval.batch_size  # as evaluate_stage embeds them
     q, db = embed(model, queries, batch_size=size), embed(model, database, batch_size=size)
-    for metric in ("cosine", "euclidean"):
+    for metric in METRICS:
         tb.pr_curve(f"final/pr_{metric}", interpolated_pr_curve(q, queries.labels, db, database.labels, metric))

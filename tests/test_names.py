@@ -117,3 +117,14 @@ def test_the_study_sets_environment_variables_in_one_place() -> None:
     edits = [f"{p.relative_to(root)}:{line.strip()}" for folder in ("study", "indistill") for p in sorted((root / folder).rglob("*.py"))
              for line in p.read_text().splitlines() if pattern.search(line)]
     assert edits == ["study/runner.py:os.environ.setdefault(*AUTO_LOGGERS_ENV)"]
+
+
+@pytest.mark.parametrize("exc, shown", [
+    (RuntimeError("Traceback (most recent call last):\n  File x\nDivergedError: loss became nan"), "DivergedError: loss became nan"),
+    (RuntimeError(), "RuntimeError"),  # an empty message: its type, not an IndexError
+    (ValueError("x" * 400), "x" * 300),
+])
+def test_an_error_is_shown_by_its_last_line(exc, shown) -> None:
+    from indistill.errors import last_line
+
+    assert last_line(exc) == shown

@@ -156,6 +156,11 @@ def teacher_stage(ctx: Context, protocol: Protocol = "test") -> StageResult:
     return StageResult("teacher", work_dir, _freeze(model), history=history)
 
 
+def auxiliary_ce_dir(ctx: Context, protocol: Protocol) -> Path:
+    """Where the auxiliary stage keeps its cross-entropy start (keyed like the auxiliary itself)."""
+    return ctx.stage_dir("auxiliary-ce", stage_key("auxiliary", ctx.cfg, protocol))
+
+
 def auxiliary_stage(ctx: Context, teacher: TapNet | None, protocol: Protocol = "test") -> StageResult:
     """Cross-entropy, then PKT from the teacher's embedding, starting from the CE weights
     (or the user's ``auxiliary.checkpoint``, when given: then ``teacher`` is not read)."""
@@ -167,7 +172,7 @@ def auxiliary_stage(ctx: Context, teacher: TapNet | None, protocol: Protocol = "
     if teacher is None:
         raise ValueError("the auxiliary stage needs the teacher (no auxiliary.checkpoint given)")
     work_dir = ctx.stage_path("auxiliary", protocol)
-    ce_dir = ctx.stage_dir("auxiliary-ce", stage_key("auxiliary", cfg, protocol))
+    ce_dir = auxiliary_ce_dir(ctx, protocol)
     if not (work_dir / FINAL).exists():  # a finished auxiliary needs neither its CE start nor the teacher
         _ce_loop(ctx, "auxiliary/ce", model, cfg.auxiliary.ce, ce_dir, protocol).run()
     trainable = _maybe_compile(_ddp(model, ctx.device), cfg)
