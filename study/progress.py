@@ -18,7 +18,10 @@ from typing import Callable, TextIO
 
 from ray import tune
 
+from indistill.errors import last_line
+
 from .names import OBJECTIVE
+from .runlog import RunLog
 from .storage import Storage
 
 #: where an artifact run writes which of its stages are done (read by the driver's ticker)
@@ -109,19 +112,21 @@ class Progress:
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._panel = None
-        self._log: list[str] = []
+        self._log = RunLog(storage, STUDY_LOG, stamp=False)  # continued by a resumed study
 
     # ------------------------------------------------------------------ events
     def __call__(self, message: str) -> None:
         """One event line (``[benchmark] ...`` or ``[study] ...``)."""
         with self._lock:
-            self._log.append(message)
             if self._panel is not None:
                 self._panel.console.print(message, highlight=False, markup=False)
                 self._panel.update(self._render())
             else:
                 print(message, file=self.out, flush=True)
-            self._write_log()
+            try:
+                self._log(message)
+            except OSError:
+                pass  # the display must never stop the study
 
     def phase(self, bench: str, phase: str, message: str | None = None) -> None:
         with self._lock:
@@ -204,12 +209,6 @@ class Progress:
             table.add_row(st.line(now))
         return table
 
-    def _write_log(self) -> None:
-        try:
-            self.storage.write_text(STUDY_LOG, "\n".join(self._log) + "\n")
-        except OSError:
-            pass  # the display must never stop the study
-
     def poll_artifacts(self) -> None:
         """Read the artifact runs' progress files of the benchmarks in their artifacts phase."""
         for bench, st in list(self.status.items()):
@@ -217,10 +216,8 @@ class Progress:
             if st.phase != "artifacts":
                 continue
             try:
-                if not self.storage.exists(rel):
-                    continue
                 state = self.storage.read_json(rel)
-            except Exception:  # mid-write or unreachable: next tick
+            except Exception:  # not written yet, mid-write or unreachable: next tick
                 continue
             self.stages(bench, int(state.get("done", 0)), int(state.get("total", 0)), str(state.get("stage", "")))
 
@@ -255,14 +252,13 @@ class Progress:
             self._panel = None
 
 
-_ACTIVE: dict[str, Progress] = {}  # benchmark -> the display of this driver process
+_ACTIVE: Progress | None = None  # the display of this driver process
 
 
 def attach(progress: Progress | None) -> None:
     """Make ``progress`` the display the Tune callbacks of this process report to (None: none)."""
-    _ACTIVE.clear()
-    if progress is not None:
-        _ACTIVE.update({bench: progress for bench in progress.status})
+    global _ACTIVE
+    _ACTIVE = progress
 
 
 class TrialEvents(tune.Callback):
@@ -275,7 +271,7 @@ class TrialEvents(tune.Callback):
         self.benchmark = benchmark
 
     def _progress(self) -> Progress | None:
-        return _ACTIVE.get(self.benchmark)
+        return _ACTIVE if _ACTIVE is not None and self.benchmark in _ACTIVE.status else None
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         if (p := self._progress()) is not None:
@@ -294,8 +290,7 @@ class TrialEvents(tune.Callback):
 def _short_error(trial) -> str:
     """The last line of a failed trial's error, shortened (Tune keeps the full one in its error.txt)."""
     try:
-        text = str(trial.get_pickled_error() or "")
+        error = trial.get_pickled_error()
     except Exception:  # an error that no longer unpickles
-        text = ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:120] if lines else "error (see the trial's error.txt)"
+        error = None
+    return last_line(error, 120) if error is not None else "error (see the trial's error.txt)"

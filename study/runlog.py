@@ -9,12 +9,13 @@ from .storage import Storage
 
 
 class RunLog:
-    """Appends timestamped lines to ``<study>/<rel>``: in place on local storage, through a local
-    copy uploaded after every line on object storage. ``echo`` also prints them (``--verbose``:
-    they then reach the driver's console through Ray)."""
+    """Appends lines (timestamped unless ``stamp`` is off) to ``<study>/<rel>``: in place on local
+    storage, through a local copy uploaded after every line on object storage; a log already there
+    (a retried run, a resumed study) is continued. ``echo`` also prints them (``--verbose``: they
+    then reach the driver's console through Ray)."""
 
-    def __init__(self, storage: Storage, rel: str, *, echo: bool = False) -> None:
-        self.storage, self.rel, self.echo = storage, rel, echo
+    def __init__(self, storage: Storage, rel: str, *, echo: bool = False, stamp: bool = True) -> None:
+        self.storage, self.rel, self.echo, self.stamp = storage, rel, echo, stamp
         if storage.is_local:
             self.path = storage.local_path() / rel
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,7 +26,7 @@ class RunLog:
 
     def __call__(self, line: str) -> None:
         with open(self.path, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n" if self.stamp else f"{line}\n")
         if not self.storage.is_local:
             self.storage.upload_file(self.path, self.rel)
         if self.echo:

@@ -274,16 +274,13 @@ def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, progress: Pro
               "storage": plan.storage.uri, "export_seed": seeds[0], "verbose": plan.verbose}
     trainable = _trainable(final_trial, f"{bp.benchmark}_final",
                            FinalSpec(bp.benchmark, config, _ray_storage(plan.storage), plan.trial_resources))
-    grid = tune.Tuner(
+    tune.Tuner(
         trainable, param_space={"seed": tune.grid_search(todo)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(name=f"{bp.benchmark}-final", storage_path=_ray_storage(plan.storage),
                                   sync_config=sync_config(), failure_config=tune.FailureConfig(max_failures=1),
                                   verbose=_tune_verbosity(plan), callbacks=[*tune_loggers(), TrialEvents(bp.benchmark)]),
-    ).fit()
-    for result in grid:
-        if result.error is not None:
-            progress(f"[{bp.benchmark}] final: a run failed: {last_line(result.error)}")
+    ).fit()  # a failed seed run is reported by TrialEvents as it fails
 
 
 def _tune_verbosity(plan: StudyPlan) -> int:

@@ -383,13 +383,12 @@ class TensorBoardLogger:
                 self.writer.add_scalar(key, value, step)
         self.flush()
 
-    def log_history(self, history: Sequence[Mapping[str, float]], skip: Iterable[str] = ("epoch", "samples")) -> None:
-        """A finished stage's per-epoch metrics (indistill's Loop history), at steps 1, 2, ..."""
-        skip = set(skip)
+    def log_history(self, history: Sequence[Mapping[str, float]]) -> None:
+        """A finished stage's per-epoch metrics (indistill's Loop history, not its counters), at steps 1, 2, ..."""
         for i, metrics in enumerate(history):
             step = int(metrics.get("epoch", i)) + 1
             for key, value in metrics.items():
-                if key not in skip and isinstance(value, (int, float)):
+                if key not in ("epoch", "samples") and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, step)
         self.flush()
 

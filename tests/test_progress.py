@@ -1,6 +1,7 @@
 """The study's progress display on hand-fed events: plain lines off a terminal, a live panel on one."""
 import io
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -57,8 +58,11 @@ def test_plain_events_count_trials_and_estimate_what_is_left(tmp_path):
     st = p.status["digits"]
     assert (st.done, st.stopped, st.failed) == (1, 1, 1)
     assert "\x1b" not in out.getvalue()
-    # every event is in the study's log file too
+    # every event is in the study's log file too, and a resumed study's display continues it
     assert (tmp_path / STUDY_LOG).read_text().splitlines() == out.getvalue().splitlines()
+    resumed, _ = _progress(tmp_path, io.StringIO())
+    resumed("[study] resumed")
+    assert (tmp_path / STUDY_LOG).read_text().splitlines() == [*out.getvalue().splitlines(), "[study] resumed"]
     line = st.line(clock.now)
     assert "search" in line and "trials 3/4 done, 0 running, 1 stopped, 1 failed" in line and "best val mAP 70.00" in line
 
@@ -96,7 +100,8 @@ def test_live_panel_shows_one_row_per_benchmark(tmp_path):
         p.trial_started("digits", "aaa")
     text = out.getvalue()
     assert "[digits] search: 4 trials" in text
-    assert "digits" in text and "cifar10" in text and "waiting" in text
+    assert "trials 0/4 done, 1 running" in text  # the digits row of the panel
+    assert "cifar10" in text and "waiting" in text
 
 
 def test_tune_callback_pickles_without_the_display_and_finds_it_again(tmp_path):
@@ -109,5 +114,19 @@ def test_tune_callback_pickles_without_the_display_and_finds_it_again(tmp_path):
     attach(p)
     try:
         assert callback._progress() is p
+        assert TrialEvents("mnist")._progress() is None  # a benchmark the display does not show
+        # Tune's trial events, as Tune passes them: a trial's name, last result and pickled error
+        trial = SimpleNamespace(trial_id="aaa", custom_trial_name="trial-0-aaa", last_result={"val_map": 0.5, "epoch": 6})
+        failed = SimpleNamespace(trial_id="bbb", custom_trial_name=None, last_result={},
+                                 get_pickled_error=lambda: RuntimeError("Traceback:\n  x\nDivergedError: loss became nan"))
+        p.phase("digits", "search")
+        callback.on_trial_start(0, [], trial)
+        callback.on_trial_start(0, [], failed)
+        callback.on_trial_complete(1, [], trial)
+        callback.on_trial_error(2, [], failed)
     finally:
         attach(None)
+    assert out.getvalue().splitlines() == [
+        "[digits] search: trial-0-aaa completed, val mAP 50.00; best 50.00 (trial-0-aaa); 1/4 done, 1 running; ETA 0s",
+        "[digits] search: trial bbb failed (DivergedError: loss became nan); best 50.00 (trial-0-aaa); 2/4 done, 0 running; ETA 0s",
+    ]

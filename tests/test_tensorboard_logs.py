@@ -237,16 +237,16 @@ def test_tune_gets_json_and_csv_loggers_and_no_tensorboard_logger(monkeypatch):
     # passing JSON and CSV alone does not keep Tune from adding its TensorBoard logger
     added = _create_default_callbacks([JsonLoggerCallback(), CSVLoggerCallback()], metric="val_map", mode="max")
     assert any(isinstance(c, TBXLoggerCallback) for c in added)
-    assert [type(c) for c in tune_loggers()] == [JsonLoggerCallback, CSVLoggerCallback]
-    assert os.environ[name] == "0"  # the user's own setting stays
 
     import ray
 
     from study.runner import init_ray
 
-    monkeypatch.delenv(name)
     started = []
     monkeypatch.setattr(ray, "init", lambda **kw: started.append(kw))
+    init_ray()
+    assert os.environ[name] == "0"  # the user's own setting stays
+    monkeypatch.delenv(name)
     init_ray()  # the study's one place for environment variables: Tune's, in the driver
     assert os.environ[name] == "1" and started and "runtime_env" in started[0]
     callbacks = tune_loggers()
