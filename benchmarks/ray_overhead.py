@@ -113,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{'?' if ray_part is None else f'{ray_part:.1f} s'}), "
                       f"reporting {summary['median_report_s_per_epoch']:.2f} s per epoch (median)")
         if phases:
-            print("phases (wall s): " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in phases.items()))
+            # phases.json: "<phase>_s" totals plus their "intervals"
+            print("phases (wall s): " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in phases.items() if k.endswith("_s")))
         if search:
             print(f"search phase: {search['search_s']:.0f} s x {search['concurrent']} slots, {search['loop_s']:.0f} s in trial loops: "
                   f"{100 * search['overhead_frac']:.0f}% of the slot time is overhead (start, stop, idle slots)")

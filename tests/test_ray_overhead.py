@@ -30,10 +30,12 @@ def test_main_reads_a_study_directory(tmp_path, capsys):
     (tmp_path / "digits/search").mkdir(parents=True)
     (tmp_path / "study.json").write_text(json.dumps({"benchmarks": ["digits"]}))
     (tmp_path / "digits/search/trials.json").write_text(json.dumps({"trials": TRIALS, "max_concurrent": 2}))
-    (tmp_path / "digits/phases.json").write_text(json.dumps({"artifacts_s": 30.0, "search_s": 100.0}))
+    intervals = {"artifacts": [{"start": 0.0, "end": 30.0}], "search": [{"start": 30.0, "end": 130.0}]}
+    (tmp_path / "digits/phases.json").write_text(json.dumps({"artifacts_s": 30.0, "search_s": 100.0, "intervals": intervals}))
     assert main([str(tmp_path), "--json", str(tmp_path / "o.json")]) == 0
     out = capsys.readouterr().out
-    assert "2 trials ran to the end" in out and "overhead 2.0 s = 15% of the trial" in out and "search 100" in out
+    assert "2 trials ran to the end" in out and "overhead 2.0 s = 15% of the trial" in out
+    assert "phases (wall s): artifacts 30, search 100\n" in out
     assert "start-up 1.2 s (median; Ray's part 0.8 s), reporting 0.20 s per epoch" in out
     assert "100 s x 2 slots, 26 s in trial loops: 87% of the slot time" in out
     report = json.loads((tmp_path / "o.json").read_text())

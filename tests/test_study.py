@@ -1,8 +1,11 @@
-"""The Ray study end to end on a local Ray with a tiny budget: table, failures, TensorBoard, export."""
+"""The Ray study end to end with a tiny budget: two benchmarks at once on a two-node Ray cluster;
+its table, failures, console, TensorBoard files, Optuna record, report and export."""
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import pytest
@@ -12,7 +15,9 @@ from tests import faults
 
 TINY_SPACE = {
     "benchmark": "digits",
-    "budget": {"trials": 4, "epochs": 4, "grace_period": 1, "reduction_factor": 2, "seed": 0, "max_failures": 1,
+    # no Tune retries: the injected divergence (tests/faults.py) is deterministic, a retry would
+    # only pay a trial's Ray start-up again
+    "budget": {"trials": 4, "epochs": 4, "grace_period": 1, "reduction_factor": 2, "seed": 0, "max_failures": 0,
                "final_seeds": 2},
     "curriculum": {
         "epochs": [{"low": 1, "high": 1}, {"low": 0, "high": 1}, {"low": 0, "high": 1}],
@@ -33,44 +38,90 @@ def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=900)
 
 
+#: the study's second benchmark: a tiny CIFAR-10 fabricated in its real on-disk format, InDistill's
+#: two rows only, a small CNN teacher, one retrieval cut-off, a one-epoch curriculum (two student
+#: epochs with the grace period), every trial complete (criterion l1: the fault hook spares it)
+MULTI_FIXED = {"networks": {"teacher": {"arch": "cnn", "widths": [16, 32, 64], "embedding_dim": 64}}, "eval": {"ks": [10]}}
+LEAN_FIXED = {**TINY_SPACE["fixed"], "methods": ["indistill"],
+              "student": {**TINY_SPACE["fixed"]["student"], "curriculum": {"epochs": [1, 0, 0]}}}
+LEAN_CURRICULUM = {**TINY_SPACE["curriculum"], "epochs": [{"low": 1, "high": 1}, {"low": 0, "high": 0}, {"low": 0, "high": 0}]}
+CIFAR_SPACE = {**TINY_SPACE, "benchmark": "cifar10", "criteria": ["l1"], "curriculum": LEAN_CURRICULUM,
+               "fixed": {**LEAN_FIXED, **MULTI_FIXED},
+               "budget": {**TINY_SPACE["budget"], "trials": 2, "epochs": 2, "early_stopping": False, "final_seeds": 1}}
+BENCHMARKS = ("digits", "cifar10")
+
+
+class Study(NamedTuple):
+    plan: object
+    table: pd.DataFrame
+    root: Path
+    console: str
+    node_ids: frozenset
+
+
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tmp_path_factory) -> Study:
+    """One study of two benchmarks at once on a two-node Ray cluster (the head holds the drivers
+    only; each node one CPU and one logical GPU: two runs of 1 CPU + 0.5 GPU at a time, never on
+    one node). Every trial that samples the 'random' criterion diverges (a worker hook, see
+    tests/faults.py)."""
+    import dataclasses
+
     import ray
+    from ray.cluster_utils import Cluster
 
     from study.cli import build_parser, make_plan
     from study.runner import init_ray, run_study
 
+    from .data_fixtures import write_cifar10
+
     tmp = tmp_path_factory.mktemp("study")
-    space = tmp / "space.yaml"
-    space.write_text(yaml.safe_dump(TINY_SPACE))
-    args = build_parser().parse_args(["run", "--search-space", str(space), "--storage", str(tmp / "studies"), "--name", "tiny"])
-    plan = make_plan(args)
-    # every trial that samples the 'random' criterion diverges (a worker hook, see tests/faults.py)
-    init_ray(num_cpus=2, include_dashboard=True, configure_logging=False, log_to_driver=False,
-             runtime_env_extra=faults.runtime_env_extra())
+    write_cifar10(tmp / "data", per_batch=20, test=20)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True})
+    nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
     console = io.StringIO()
     try:
+        # the data root only in the driver's environment (the nodes started without it): the plan
+        # resolves it once, and every worker on either node reads it from the config
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("INDISTILL_DATA", str(tmp / "data"))
+            init_ray(cluster.address, configure_logging=False, log_to_driver=False,
+                     runtime_env_extra=faults.runtime_env_extra())
+            assert ray.cluster_resources()["GPU"] == 2
+            plans = []
+            for bench, space in zip(BENCHMARKS, (TINY_SPACE, CIFAR_SPACE)):
+                path = tmp / f"{bench}.yaml"
+                path.write_text(yaml.safe_dump(space))
+                args = build_parser().parse_args(["run", "--benchmarks", bench, "--search-space", str(path),
+                                                  "--storage", str(tmp / "studies"), "--name", "tiny",
+                                                  "--gpus-per-trial", "0.5", "--dist-backend", "gloo"])
+                plans.append(make_plan(args, ray.cluster_resources()))
+        plan = dataclasses.replace(plans[0], benchmarks=tuple(bp for p in plans for bp in p.benchmarks))
         table = run_study(plan, out=console)
     finally:
         ray.shutdown()
-    return plan, table, Path(plan.storage.uri), console.getvalue()
+        cluster.shutdown()
+    return Study(plan, table, Path(plan.storage.uri), console.getvalue(), frozenset(n.node_id for n in nodes))
 
 
 @pytest.mark.e2e
 @pytest.mark.ray
 def test_study_table_rows_and_trial_accounting(study):
-    plan, table, root, _ = study
-    rows = [n for _, n in table.index]
-    assert rows == ["teacher", "auxiliary", "student (ce)", "student (pkt)", "student (mkt)",
-                    "InDistill (paper defaults)", "InDistill (tuned)"]
+    table, root = study.table, study.root
+    rows = {bench: [n for b, n in table.index if b == bench] for bench in BENCHMARKS}
+    assert rows["digits"] == ["teacher", "auxiliary", "student (ce)", "student (pkt)", "student (mkt)",
+                              "InDistill (paper defaults)", "InDistill (tuned)"]
+    assert rows["cifar10"] == ["teacher", "auxiliary", "InDistill (paper defaults)", "InDistill (tuned)"]
     for name in ("results.csv", "results.md", "results.tex"):
         assert (root / name).is_file()
     tuned = table.loc[("digits", "InDistill (tuned)")]
     # every student row over the two final seeds, teacher and auxiliary once; epochs and the tuned mark
-    assert table["n"].tolist() == [1, 1, 2, 2, 2, 2, 2]
-    assert table["epochs"].tolist() == ["1", "1+1", "4", "4", "2 (MKT's recipe)", "4", "4"]
+    assert table.loc["digits", "n"].tolist() == [1, 1, 2, 2, 2, 2, 2]
+    assert table.loc["digits", "epochs"].tolist() == ["1", "1+1", "4", "4", "2 (MKT's recipe)", "4", "4"]
     assert table.loc[("digits", "InDistill (tuned)"), "tuned"] == "4 trials"
     per_seed = pd.read_csv(root / "results_per_seed.csv")
+    per_seed = per_seed[per_seed["benchmark"] == "digits"]
     assert sorted(per_seed[per_seed["network"] == "student (ce)"]["seed"]) == [0, 1]
     ce = per_seed[per_seed["network"] == "student (ce)"].set_index("seed")["cosine map"]
     ref = per_seed[per_seed["network"] == "InDistill (tuned)"].set_index("seed")["cosine map"]
@@ -112,11 +163,9 @@ def test_study_table_rows_and_trial_accounting(study):
 @pytest.mark.e2e
 @pytest.mark.ray
 def test_the_console_shows_progress_and_the_runs_log_to_files(study):
-    from .test_study_resilience import assert_plain_progress
-
-    _, _, root, console = study
+    root, console = study.root, study.console
     lines = console.splitlines()
-    assert_plain_progress(lines, ["digits"])  # plain lines, no ANSI, no duplicates, no Ray internals
+    assert_plain_progress(lines, BENCHMARKS)  # plain lines, no ANSI, no duplicates, no Ray internals
     assert any(" failed (" in line for line in lines)  # the injected NaN trials, as events
     assert (root / "logs/study.log").read_text().splitlines() == lines
     # the runs' own lines are in their log files, not on the console
@@ -124,6 +173,48 @@ def test_the_console_shows_progress_and_the_runs_log_to_files(study):
     assert len(list((root / "digits/logs/trials").glob("*.log"))) == 4
     assert "[student/indistill] epoch" in (root / "digits/logs/final/seed-0.log").read_text()
     assert "epoch 1/" not in console
+
+
+@pytest.mark.e2e
+@pytest.mark.ray
+def test_both_benchmarks_ran_at_once_across_the_two_nodes(study):
+    import json
+
+    root = study.root
+    trials = {b: json.loads((root / b / "search/trials.json").read_text()) for b in BENCHMARKS}
+    assert trials["cifar10"]["counts"] == {"completed": 2, "stopped early": 0, "failed": 0}
+    placements = [rank for b in BENCHMARKS for t in trials[b]["trials"] for rank in t["placement"]]
+    assert {p["device"] for p in placements} == {"cpu"}  # logical GPUs: the CPU fallback
+    assert {p["node_id"] for p in placements} == study.node_ids  # the trials ran on both nodes
+    # the benchmarks advanced at once: every pair's active spans (artifacts to final) overlap
+    spans = {}
+    for bench in BENCHMARKS:
+        intervals = json.loads((root / bench / "phases.json").read_text())["intervals"]
+        assert set(intervals) == {"artifacts", "search", "final"}, bench
+        spans[bench] = (min(i["start"] for v in intervals.values() for i in v), max(i["end"] for v in intervals.values() for i in v))
+    for a in BENCHMARKS:
+        for b in BENCHMARKS:
+            assert spans[a][0] < spans[b][1], (a, b, spans)
+    # the artifact runs started together
+    starts = [json.loads((root / b / "phases.json").read_text())["intervals"]["artifacts"][0]["start"] for b in BENCHMARKS]
+    assert max(starts) - min(starts) < 5.0, starts
+
+
+def assert_plain_progress(lines: list[str], benchmarks) -> None:
+    """A study's console when stdout is not a terminal: no ANSI escapes, no duplicate lines, no
+    Ray/Tune internals; every benchmark's phases and the study's end as one line per event."""
+    assert lines and not [line for line in lines if "\x1b" in line]
+    events = [line for line in lines if line.startswith("[")]
+    assert len(events) == len(set(events)), [e for e in events if events.count(e) > 1]
+    internal = re.compile(r"\(raylet\)|\(pid=|repeated \d+x|Trial status|PreemptionWatcher|PlacementGroupCleaner|"
+                          r"[╭│╰]|INFO |WARNING |View detailed results|Error file")
+    assert not [line for line in lines if internal.search(line)]
+    for bench in benchmarks:
+        for phase in ("artifacts", "search", "final"):
+            assert any(line.startswith(f"[{bench}] {phase}: ") for line in events), (bench, phase, lines)
+        assert any(re.match(rf"\[{bench}\] search: trial-\d+-\w+ (completed|stopped early|failed)", line)
+                   for line in events), bench
+    assert re.match(r"\[study\] done in \d+", events[-1]), events[-1]
 
 
 @pytest.mark.e2e
@@ -138,7 +229,7 @@ def test_tensorboard_event_files_have_the_expected_tags(study):
 
     from tests.test_tensorboard_logs import _dashboard, _value
 
-    _, _, root, _ = study
+    root = study.root
     trials = json.loads((root / "digits/search/trials.json").read_text())["trials"]
     trial_dirs = sorted((root / "digits/tensorboard/trials").iterdir())
     # one run per trial, trial-<k>-<Tune's trial id>, k the creation order
@@ -170,8 +261,8 @@ def test_tensorboard_event_files_have_the_expected_tags(study):
     # what the HParams dashboard shows: every trial once, with its sampled values and last val mAP
     experiment, groups = _dashboard(root)
     assert [m.name.tag for m in experiment.metric_infos] == ["val_map"]
-    rows = {g.name: g for g in groups}
-    assert set(rows) == {f"digits/{n}" for n in names}
+    rows = {g.name: g for g in groups if g.name.startswith("digits/")}  # the other benchmark's trials too
+    assert set(rows) == {f"digits/{n}" for n in names} and len(groups) == len(rows) + CIFAR_SPACE["budget"]["trials"]
     by_id = {n.split("-")[2]: rows[f"digits/{n}"] for n in names}
     for t in trials:
         row = by_id[t["trial_id"]]
@@ -210,7 +301,7 @@ def test_export_reproduces_the_tuned_map(study, tmp_path):
 
     from indistill.cli import main as indistill_main
 
-    _, table, root, _ = study
+    root = study.root
     proc = run_cli("export", str(root), "--out", str(tmp_path / "best"))
     assert proc.returncode == 0, proc.stderr
     best = tmp_path / "best" / "digits" / "best_config.yaml"
@@ -228,6 +319,7 @@ def test_export_reproduces_the_tuned_map(study, tmp_path):
         torch.set_num_threads(threads)
     ours = pd.read_csv(tmp_path / "runs" / "digits-seed0" / "results_per_seed.csv")
     study_rows = pd.read_csv(root / "results_per_seed.csv")
+    study_rows = study_rows[study_rows["benchmark"] == "digits"]
     for seed in (0, 1):
         mine = ours[(ours["network"] == "student (indistill)") & (ours["seed"] == seed)].iloc[0]
         theirs = study_rows[(study_rows["network"] == "InDistill (tuned)") & (study_rows["seed"] == seed)].iloc[0]
@@ -238,7 +330,7 @@ def test_export_reproduces_the_tuned_map(study, tmp_path):
 @pytest.mark.e2e
 @pytest.mark.ray
 def test_table_and_tensorboard_commands(study):
-    _, _, root, _ = study
+    root = study.root
     proc = run_cli("table", str(root))
     assert proc.returncode == 0 and "InDistill (tuned)" in proc.stdout
     proc = run_cli("tensorboard", str(root))
@@ -324,7 +416,7 @@ def test_optuna_study_is_persisted_with_honest_states(study):
 
     import optuna
 
-    _, _, root, _ = study
+    root = study.root
     trials = json.loads((root / "digits/search/trials.json").read_text())["trials"]
     record = optuna.load_study(study_name="digits", storage=f"sqlite:///{root / 'digits/search/optuna.db'}")
     states = sorted(t.state.name for t in record.trials)
@@ -391,7 +483,7 @@ def test_asha_rungs_count_embedding_epochs_only():
 def test_report_figures_decode_and_are_embedded(study):
     import matplotlib.image as mpimg
 
-    _, _, root, _ = study
+    root = study.root
     proc = run_cli("report", str(root))
     assert proc.returncode == 0, proc.stderr
     report = root / "report"

@@ -1,8 +1,6 @@
-"""The study across a two-node Ray cluster, and a study whose driver is SIGKILLed then resumed."""
-import io
+"""A study on S3 whose driver is SIGKILLed, then resumed (the two-node study: tests/test_study.py)."""
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,7 +11,7 @@ import pytest
 import yaml
 
 from .s3 import BUCKET, S3
-from .test_study import TINY_SPACE
+from .test_study import LEAN_CURRICULUM, LEAN_FIXED, TINY_SPACE, assert_plain_progress
 
 
 def _space(tmp_path: Path, benchmark: str | None = "digits", fixed: dict | None = None,
@@ -23,96 +21,6 @@ def _space(tmp_path: Path, benchmark: str | None = "digits", fixed: dict | None 
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space))
     return path
-
-
-#: two benchmarks at once: digits plus a tiny fabricated dataset in its real on-disk format; a
-#: small CNN teacher everywhere and one retrieval cut-off keep them short
-MULTI = ("digits", "cifar10")
-MULTI_FIXED = {"networks": {"teacher": {"arch": "cnn", "widths": [16, 32, 64], "embedding_dim": 64}}, "eval": {"ks": [10]}}
-#: the e2e studies below test orchestration, not the baselines: InDistill's two rows only, and a
-#: one-epoch curriculum (two student epochs with the grace period)
-LEAN_FIXED = {**TINY_SPACE["fixed"], "methods": ["indistill"],
-              "student": {**TINY_SPACE["fixed"]["student"], "curriculum": {"epochs": [1, 0, 0]}}}
-LEAN_CURRICULUM = {**TINY_SPACE["curriculum"], "epochs": [{"low": 1, "high": 1}, {"low": 0, "high": 0}, {"low": 0, "high": 0}]}
-
-
-@pytest.mark.e2e
-@pytest.mark.ray
-def test_two_node_cluster_runs_two_benchmarks_at_once(tmp_path, monkeypatch):
-    import ray
-    from ray.cluster_utils import Cluster
-
-    from study.cli import build_parser, make_plan
-    from study.runner import init_ray, run_study
-
-    from .data_fixtures import write_cifar10
-
-    data = tmp_path / "data"
-    write_cifar10(data, per_batch=20, test=20)
-    # head: the drivers only; two worker nodes with one CPU and one logical GPU each: two runs
-    # (1 CPU + 0.5 GPU) at a time, never on one node, shared by the two benchmarks
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True})
-    nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
-    cluster.wait_for_nodes()
-    # the data root only in the driver's environment (the nodes started without it): the plan
-    # resolves it once, and every worker on either node reads it from the config
-    monkeypatch.setenv("INDISTILL_DATA", str(data))
-    space = _space(tmp_path, trials=2, epochs=2, early_stopping=False, final_seeds=1, benchmark=None,
-                   fixed={**LEAN_FIXED, **MULTI_FIXED}, curriculum=LEAN_CURRICULUM)
-    args = build_parser().parse_args(["run", "--benchmarks", ",".join(MULTI), "--search-space", str(space),
-                                      "--storage", str(tmp_path / "studies"),
-                                      "--name", "multi", "--gpus-per-trial", "0.5", "--dist-backend", "gloo"])
-    console = io.StringIO()
-    try:
-        init_ray(cluster.address, configure_logging=False, log_to_driver=False)
-        assert ray.cluster_resources()["GPU"] == 2
-        plan = make_plan(args, ray.cluster_resources())
-        table = run_study(plan, out=console)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    root = tmp_path / "studies/multi"
-    rows = {bench: [n for b, n in table.index if b == bench] for bench in MULTI}
-    assert all(rows[b] == rows["digits"] and "InDistill (tuned)" in rows[b] for b in MULTI), rows
-    for bench in MULTI:
-        trials = json.loads((root / bench / "search/trials.json").read_text())
-        assert trials["counts"] == {"completed": 2, "stopped early": 0, "failed": 0}, bench
-        placements = [rank for t in trials["trials"] for rank in t["placement"]]
-        assert len(placements) == 2 and {p["device"] for p in placements} == {"cpu"}  # logical GPUs: CPU fallback
-    placed = {p["node_id"] for b in MULTI for t in json.loads((root / b / "search/trials.json").read_text())["trials"]
-              for p in t["placement"]}
-    assert placed == {n.node_id for n in nodes}
-    # the benchmarks advanced at once: every pair's active spans (artifacts to final) overlap
-    spans = {}
-    for bench in MULTI:
-        intervals = json.loads((root / bench / "phases.json").read_text())["intervals"]
-        assert set(intervals) == {"artifacts", "search", "final"}, bench
-        spans[bench] = (min(i["start"] for v in intervals.values() for i in v), max(i["end"] for v in intervals.values() for i in v))
-    for a in MULTI:
-        for b in MULTI:
-            assert spans[a][0] < spans[b][1], (a, b, spans)
-    # every benchmark's phases and trials on the console, as plain lines
-    assert_plain_progress(console.getvalue().splitlines(), MULTI)
-    # the artifact runs started together
-    starts = [json.loads((root / b / "phases.json").read_text())["intervals"]["artifacts"][0]["start"] for b in MULTI]
-    assert max(starts) - min(starts) < 5.0, starts
-
-
-def assert_plain_progress(lines: list[str], benchmarks) -> None:
-    """A study's console when stdout is not a terminal: no ANSI escapes, no duplicate lines, no
-    Ray/Tune internals; every benchmark's phases and the study's end as one line per event."""
-    assert lines and not [line for line in lines if "\x1b" in line]
-    events = [line for line in lines if line.startswith("[")]
-    assert len(events) == len(set(events)), [e for e in events if events.count(e) > 1]
-    internal = re.compile(r"\(raylet\)|\(pid=|repeated \d+x|Trial status|PreemptionWatcher|PlacementGroupCleaner|"
-                          r"[╭│╰]|INFO |WARNING |View detailed results|Error file")
-    assert not [line for line in lines if internal.search(line)]
-    for bench in benchmarks:
-        for phase in ("artifacts", "search", "final"):
-            assert any(line.startswith(f"[{bench}] {phase}: ") for line in events), (bench, phase, lines)
-        assert any(re.match(rf"\[{bench}\] search: trial-\d+-\w+ (completed|stopped early|failed)", line)
-                   for line in events), bench
-    assert re.match(r"\[study\] done in \d+", events[-1]), events[-1]
 
 
 def _snapshot(s3: S3, prefix: str) -> dict[str, dict]:

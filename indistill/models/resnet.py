@@ -9,7 +9,6 @@ structurally pruning that single conv.
 from __future__ import annotations
 
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
 from .base import EMBEDDING, TapNet, TapSpec
@@ -87,6 +86,8 @@ class ResNet18(TapNet):
         super().__init__()
         if stem not in ("imagenet", "small"):
             raise ValueError(f"resnet18: unknown stem {stem!r}; choose from: imagenet, small")
+        import torchvision  # here, not at import: it costs ~1.7 s in every Ray worker process
+
         net = torchvision.models.resnet18(weights=None)
         if pretrained:
             net.load_state_dict(_imagenet_weights())
@@ -111,6 +112,8 @@ class ResNet18(TapNet):
 
 
 def _imagenet_weights() -> dict:
+    import torchvision
+
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     try:
         return weights.get_state_dict(progress=False)
