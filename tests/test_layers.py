@@ -81,3 +81,21 @@ def test_data_imports_no_layer_above_it(path: Path) -> None:
     forbidden = ("indistill.models", "indistill.losses", "indistill.pruning", "indistill.train", "indistill.configure",
                  "indistill.evaluate", "indistill.pipeline")
     assert offending(path, forbidden) == []
+
+
+#: libraries only some paths need (the ResNet-18 teacher, a confidence interval, the report's
+#: figures, the digits loader): imported where used, because every Ray worker process of a study
+#: imports the package's modules, and at module level they cost seconds of each trial's start-up
+OPTIONAL_HEAVY = ("torchvision", "scipy", "matplotlib", "sklearn")
+
+
+def test_optional_heavy_libraries_are_imported_where_used() -> None:
+    found = []
+    for folder in ("indistill", "study"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.parse(path.read_text(), str(path)).body:  # module level only
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in OPTIONAL_HEAVY]
+    # the report's module: the driver imports it, once, after the study
+    assert found == ["study/report.py: matplotlib", "study/report.py: matplotlib.pyplot"]
