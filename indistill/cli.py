@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .clihelp import COMMON_ENVIRONMENT, add_command, command_parser, environment_epilog
+from .clihelp import COMMON_ENVIRONMENT, add_command, command_parser, environment_epilog, parse_command
 from .config import METHOD_NAMES, dump_config
 from .configure import load_config
 from .errors import add_debug_flag, debug_requested, run_command
@@ -89,10 +89,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:  # no sub-command (at most --debug): say what there is
-        parser.print_help()
+    args = parse_command(build_parser(), argv)
+    if args is None:
         return 0
     try:
         return run_command(PROG, lambda: _command(args), debug=debug_requested(args))

@@ -42,6 +42,15 @@ def command_parser(prog: str, description: str, epilog: str) -> tuple[argparse.A
     return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
 
 
+def parse_command(parser: argparse.ArgumentParser, argv) -> argparse.Namespace | None:
+    """``argv`` parsed; None, after printing the help, when no sub-command was given (at most --debug)."""
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return None
+    return args
+
+
 def add_command(sub: argparse._SubParsersAction, name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
     """A sub-command whose own --help starts with ``help`` and shows each option's default."""
     return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Sequence, TextIO
 
-from indistill.clihelp import COMMON_ENVIRONMENT, add_command, command_parser, environment_epilog
+from indistill.clihelp import COMMON_ENVIRONMENT, add_command, command_parser, environment_epilog, parse_command
 from indistill.errors import UserError, add_debug_flag, debug_requested, run_command
 from indistill.schema import ConfigError
 
@@ -430,10 +430,8 @@ COMMANDS = {"run": cmd_run, "table": cmd_table, "export": cmd_export, "report": 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:  # no sub-command (at most --debug): say what there is
-        parser.print_help()
+    args = parse_command(build_parser(), argv)
+    if args is None:
         return 0
     # one line and exit 2 for bad input (config, search space, dataset, checkpoint, study directory)
     return run_command(PROG, lambda: COMMANDS[args.command](args), debug=debug_requested(args))

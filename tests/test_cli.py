@@ -26,6 +26,17 @@ REPO = Path(__file__).resolve().parents[1]
 PARSERS = {"indistill": indistill_parser, "indistill-study": study_cli.build_parser}
 
 
+MAINS = {"indistill": indistill_main, "indistill-study": study_cli.main}
+
+
+@pytest.mark.parametrize("prog", PARSERS)
+@pytest.mark.parametrize("argv", [[], ["--debug"]])
+def test_no_sub_command_prints_the_help_and_succeeds(prog, argv, capsys) -> None:
+    assert MAINS[prog](argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {prog} ") and all(name in out for name in _subparsers(PARSERS[prog]()).choices)
+
+
 def _sub_commands() -> list[tuple[str, str]]:
     return [(prog, name) for prog, build in PARSERS.items() for name in _subparsers(build()).choices]
 
