@@ -16,13 +16,16 @@ float32 keys' bits (two passes of numpy's 16-bit radix argsort, carrying only th
 and the keys are computed in numpy, rows split over ``torch.get_num_threads()`` threads: a fraction
 of the CPU time of a stable ``torch.sort`` with indices, which bounded the former version
 (benchmarks/RESULTS.md). Both paths give the same ranking, ties included, and the same keys. ``reference_evaluate`` is a plain float64 numpy version
-of the same keys (one query at a time), for tests and as a brute-force baseline.
+of the same keys (one query at a time), for tests and as a brute-force baseline. ``pr_curve`` is the
+averaged 11-point curve behind ``map`` (with TP/FP/TN/FN counts, for TensorBoard), from the same
+ranking and the same interpolation as the device path.
 """
 from __future__ import annotations
 
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 METRICS = ("cosine", "euclidean")
+LEVELS = 11  # the recall levels j/10 of the 11-point interpolated precision (``map``)
+LEVELS_PER_UNIT = LEVELS - 1
 LEGACY_BATCH = 128  # query batch size of the reference code (its quirk depends on it)
 # Recall levels exactly as the reference code builds them (0.30000000000000004 etc.).
 LEGACY_LEVELS = np.arange(0, 1.01, 0.1)
@@ -199,6 +204,46 @@ def _suffix_max(x: Tensor) -> Tensor:
     return torch.cummax(x.flip(1), dim=1).values.flip(1)
 
 
+def _ranked_relevance(key: Tensor, q_labels: Tensor, db_labels: Tensor) -> Tensor:
+    """[c, N] bool: whether the database item at each rank shares the query's label, the ranking
+    being the stable ascending sort of ``key`` [c, N] (ties by database index)."""
+    order = torch.sort(key, dim=1, stable=True).indices
+    return torch.gather(db_labels[None, :] == q_labels[:, None], 1, order)
+
+
+@dataclass(frozen=True)
+class _RelevantRanks:
+    """The relevant ranks of a chunk of rankings, which every key is a function of."""
+
+    rows: Tensor  # the query of each relevant entry (row-major: each query's ranks in increasing order)
+    cols: Tensor  # its rank, 0-based
+    p: Tensor  # [c] the number of relevant items of each query
+    first: Tensor  # [c] the offset of each query's first entry in rows/cols
+    hits: Tensor  # the hits up to and including each entry's rank
+
+    @classmethod
+    def of(cls, rel: Tensor) -> "_RelevantRanks":
+        rows, cols = rel.nonzero(as_tuple=True)
+        p = torch.bincount(rows, minlength=rel.shape[0])
+        first = torch.cumsum(p, 0) - p
+        return cls(rows, cols, p, first, torch.arange(rows.numel(), device=rel.device) - first[rows] + 1)
+
+    def precision(self) -> Tensor:
+        """float64 precision at each relevant rank."""
+        return self.hits.double() / (self.cols + 1).double()
+
+    def interpolated_precision(self, prec: Tensor) -> Tensor:
+        """[c, 11] float64: each query's interpolated precision at recall levels j/10 (``map`` is its
+        mean). The max precision over ranks with 10*hits >= j*P is attained at a relevant rank; one
+        with h hits counts for every level j <= (10*h) // P: a max per bucket, then the suffix max
+        over the buckets. A query with P = 0 keeps 0 at every level."""
+        c = self.p.shape[0]
+        bucket = self.rows * LEVELS + torch.div(LEVELS_PER_UNIT * self.hits, self.p[self.rows], rounding_mode="floor")
+        maxima = torch.zeros(c * LEVELS, dtype=torch.float64, device=self.p.device)
+        maxima.scatter_reduce_(0, bucket, prec, reduce="amax", include_self=True)
+        return _suffix_max(maxima.view(c, LEVELS))
+
+
 def _keys_torch(
     key: Tensor, q_labels: Tensor, db_labels: Tensor, batch_sizes: Tensor, ks: Sequence[int], levels: Tensor
 ) -> dict[str, Tensor]:
@@ -209,29 +254,17 @@ def _keys_torch(
     """
     c, n = key.shape
     device = key.device
-    order = torch.sort(key, dim=1, stable=True).indices
+    rel = _ranked_relevance(key, q_labels, db_labels)
     del key
-    rel = torch.gather(db_labels[None, :] == q_labels[:, None], 1, order)
-    del order
-    rows, cols = rel.nonzero(as_tuple=True)  # row-major: each row's relevant ranks in increasing order
-    p = torch.bincount(rows, minlength=c)
+    ranks = _RelevantRanks.of(rel)
+    rows, cols, p, first = ranks.rows, ranks.cols, ranks.p, ranks.first
     has = p > 0
     pd = p.clamp_min(1).double()
-    first = torch.cumsum(p, 0) - p  # offset of each row's first relevant entry in rows/cols
-    hits_at = torch.arange(rows.numel(), device=device) - first[rows] + 1  # hits at that rank
-    prec = hits_at.double() / (cols + 1).double()
+    prec = ranks.precision()
     zero = torch.zeros(c, dtype=torch.float64, device=device)
 
     ap_full = zero.index_add(0, rows, prec) / pd
-
-    # 11-point: the max precision over ranks with 10*hits >= j*P is attained at a relevant rank; one
-    # with h hits counts for every level j <= (10*h) // P. Max per bucket, then suffix max over buckets.
-    bucket = rows * 11 + torch.div(10 * hits_at, p[rows], rounding_mode="floor")
-    maxima = torch.zeros(c * 11, dtype=torch.float64, device=device)
-    maxima.scatter_reduce_(0, bucket, prec, reduce="amax", include_self=True)
-    ap11 = _suffix_max(maxima.view(c, 11)).mean(1)
-
-    out: dict[str, Tensor] = {"map": ap11, "ap_full": ap_full}
+    out: dict[str, Tensor] = {"map": ranks.interpolated_precision(prec).mean(1), "ap_full": ap_full}
     hits_k: dict[int, Tensor] = {}
     for k in ks:
         kc = min(int(k), n)
@@ -277,6 +310,37 @@ def _keys_torch(
 # ----------------------------------------------------------------------------- entry points
 
 
+def _sort_keys(q: Tensor, db: Tensor, metrics: Sequence[str]) -> Callable[[str, int, int], Tensor]:
+    """``sort_key(metric, start, stop)``: [stop - start, N] float32 keys that sort like the distance
+    of queries ``q[start:stop]`` to every database item (the per-metric parts computed once)."""
+    if "cosine" in metrics:
+        q_unit = F.normalize(q, dim=1)
+        neg_db_unit_t = -F.normalize(db, dim=1).t()  # q_unit @ this = -cosine: ascending like the distance
+    if "euclidean" in metrics:
+        db_t = db.t()
+        db_sq = db.pow(2).sum(1)
+
+    def sort_key(metric: str, start: int, stop: int) -> Tensor:
+        if metric == "cosine":
+            return q_unit[start:stop] @ neg_db_unit_t
+        # |x|^2 - 2 q.x is the squared distance minus the row constant |q|^2: the same order, without
+        # the rounding of adding |q|^2 (so no clamp at 0 is needed either).
+        return torch.addmm(db_sq[None, :], q[start:stop], db_t, alpha=-2.0)
+
+    return sort_key
+
+
+@contextlib.contextmanager
+def _full_fp32_matmul() -> Iterator[None]:
+    """Full fp32 matmuls inside: TF32 (which training code may switch on) would blur the ranking."""
+    matmul_precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(matmul_precision)
+
+
 @torch.no_grad()
 def evaluate_all(
     query: Tensor,
@@ -307,32 +371,14 @@ def evaluate_all(
     starts = torch.arange(nq, device=device) // LEGACY_BATCH * LEGACY_BATCH
     batch_sizes = torch.clamp(nq - starts, max=LEGACY_BATCH)
 
-    if "cosine" in metrics:
-        q_unit = F.normalize(q, dim=1)
-        neg_db_unit_t = -F.normalize(db, dim=1).t()  # q_unit @ this = -cosine: ascending like the distance
-    if "euclidean" in metrics:
-        db_t = db.t()
-        db_sq = db.pow(2).sum(1)
-
-    def sort_key(metric: str, start: int, stop: int) -> Tensor:
-        if metric == "cosine":
-            return q_unit[start:stop] @ neg_db_unit_t
-        # |x|^2 - 2 q.x is the squared distance minus the row constant |q|^2: the same order, without
-        # the rounding of adding |q|^2 (so no clamp at 0 is needed either).
-        return torch.addmm(db_sq[None, :], q[start:stop], db_t, alpha=-2.0)
-
+    sort_key = _sort_keys(q, db, metrics)
     step = chunk_size or _default_chunk(n)
     on_cpu = device.type == "cpu" and _NUMPY_ON_CPU
-    # Full fp32 matmuls: TF32 (which training code may switch on) would blur the ranking.
-    matmul_precision = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
+    with _full_fp32_matmul():
         if on_cpu:
             values = _evaluate_cpu(sort_key, ql.numpy(), dbl.numpy(), batch_sizes.numpy(), q, db, metrics, ks, step)
         else:
             values = _evaluate_torch(sort_key, ql, dbl, batch_sizes, metrics, ks, step)
-    finally:
-        torch.set_float32_matmul_precision(matmul_precision)
     return {m: {name: min(max(values[m][name], 0.0), 1.0) for name in _keys(ks)} for m in metrics}
 
 
@@ -377,6 +423,70 @@ def _evaluate_torch(sort_key, ql, dbl, batch_sizes, metrics, ks, step) -> dict[s
             for name, values in stats.items():
                 per_query[m].setdefault(name, []).append(values)
     return {m: {name: float(torch.cat(v).mean()) for name, v in per_query[m].items()} for m in metrics}
+
+
+@dataclass(frozen=True)
+class PRCurve:
+    """The 11-point interpolated precision-recall curve of a retrieval, averaged over the queries.
+
+    ``precision[j]``: the mean over queries of the interpolated precision at recall level j/10 (the
+    highest precision at any rank whose recall is at least j/10; in integers, 10·hits >= j·positives),
+    so ``precision.mean()`` is the ``map`` key; ``recall[j]`` = j/10. ``tp`` ... ``fn``: counts
+    summed over the queries, each query cut at the first rank whose recall reaches the level (rank 1
+    for level 0; a query with no relevant item: rank 1). float64, on the CPU.
+    """
+
+    precision: Tensor
+    recall: Tensor
+    tp: Tensor
+    fp: Tensor
+    tn: Tensor
+    fn: Tensor
+
+
+@torch.no_grad()
+def pr_curve(
+    query: Tensor,
+    query_labels: Tensor,
+    database: Tensor,
+    database_labels: Tensor,
+    metric: str = "cosine",
+    chunk_size: int | None = None,
+) -> PRCurve:
+    """:class:`PRCurve` of ``query`` ranked against ``database`` by ``metric``, ranked as
+    :func:`evaluate` ranks, in query chunks on the inputs' device."""
+    _check_inputs(query, query_labels, database, database_labels, (metric,), ())
+    device = query.device
+    q = query.detach().to(device, torch.float32)
+    db = database.detach().to(device, torch.float32)
+    ql, dbl = query_labels.detach().to(device).reshape(-1), database_labels.detach().to(device).reshape(-1)
+    nq, n = q.shape[0], db.shape[0]
+    sort_key = _sort_keys(q, db, (metric,))
+    levels = torch.arange(LEVELS, device=device)
+    precision = torch.zeros(LEVELS, dtype=torch.float64, device=device)
+    counts = torch.zeros(4, LEVELS, dtype=torch.float64, device=device)  # tp, fp, tn, fn
+    step = chunk_size or _default_chunk(n)
+    with _full_fp32_matmul():
+        for start in range(0, nq, step):
+            stop = min(start + step, nq)
+            c = stop - start
+            rel = _ranked_relevance(sort_key(metric, start, stop), ql[start:stop], dbl)
+            first_rel = rel[:, 0].double()  # hits at rank 1
+            r = _RelevantRanks.of(rel)
+            del rel
+            precision += r.interpolated_precision(r.precision()).sum(0)
+            # the first rank reaching level j > 0 holds the ceil(j*P/10)-th relevant item; level 0 (and
+            # every level of a query with P = 0): rank 1
+            need = torch.div(levels[None, :] * r.p[:, None] + LEVELS_PER_UNIT - 1, LEVELS_PER_UNIT, rounding_mode="floor")
+            found = need > 0
+            at = (r.first[:, None] + need - 1).clamp(0, max(r.rows.numel() - 1, 0))
+            ones = torch.ones_like(need)
+            rank = torch.where(found, r.cols[at] + 1 if r.rows.numel() else ones, ones).double()
+            tp = torch.where(found, need.double(), first_rel[:, None].expand(c, LEVELS))
+            pd = r.p[:, None].double()
+            counts += torch.stack([tp, rank - tp, n - rank - (pd - tp), pd - tp]).sum(1)
+    tp, fp, tn, fn = counts.cpu()
+    return PRCurve(precision=(precision / nq).cpu(), recall=levels.double().cpu() / LEVELS_PER_UNIT, tp=tp, fp=fp, tn=tn, fn=fn)
 
 
 def evaluate(

@@ -23,11 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import torch
-import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
-from indistill.retrieval import METRICS
+from indistill.retrieval import PRCurve
 
 from .storage import Storage
 
@@ -274,97 +272,6 @@ def write_hparams_experiment(storage: Storage, benchmarks: Sequence, metrics: Se
     return written
 
 
-# ----------------------------------------------------------------------------- the PR curve
-
-
-@dataclasses.dataclass(frozen=True)
-class PRCurve:
-    """The 11-point interpolated precision-recall curve of a retrieval, averaged over the queries.
-
-    ``precision[j]``: the mean over queries of the interpolated precision at recall level j/10 (the
-    highest precision at any rank whose recall is at least j/10; in integers, 10·hits >= j·positives),
-    so ``precision.mean()`` is the ``map`` metric (indistill.retrieval); ``recall[j]`` = j/10.
-    ``tp`` ... ``fn``: counts summed over the queries, each query cut at the first rank whose recall
-    reaches the level (rank 1 for level 0; a query with no relevant item: rank 1).
-    """
-
-    precision: torch.Tensor
-    recall: torch.Tensor
-    tp: torch.Tensor
-    fp: torch.Tensor
-    tn: torch.Tensor
-    fn: torch.Tensor
-
-
-LEVELS = 11
-
-
-@torch.no_grad()
-def interpolated_pr_curve(query: torch.Tensor, query_labels: torch.Tensor, database: torch.Tensor,
-                          database_labels: torch.Tensor, metric: str = "cosine", chunk_bytes: int = 256 * 2**20) -> PRCurve:
-    """:class:`PRCurve` of ``query`` ranked against ``database`` by ``metric`` (cosine or euclidean),
-    ranked as indistill.retrieval ranks (float32 keys, stable sort, ties by database index), in
-    query chunks of about ``chunk_bytes`` of work memory, on the inputs' device."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown retrieval metric {metric!r}; choose from: {', '.join(METRICS)}")
-    device = query.device
-    q, db = query.detach().float(), database.detach().to(device).float()
-    ql = query_labels.detach().to(device).reshape(-1)
-    dbl = database_labels.detach().to(device).reshape(-1)
-    nq, n = q.shape[0], db.shape[0]
-    if metric == "cosine":
-        q_unit, neg_db_t = F.normalize(q, dim=1), -F.normalize(db, dim=1).t()
-
-        def key(start: int, stop: int) -> torch.Tensor:
-            return q_unit[start:stop] @ neg_db_t
-    else:
-        db_t, db_sq = db.t(), db.pow(2).sum(1)
-
-        def key(start: int, stop: int) -> torch.Tensor:  # the squared distance minus |q|^2: the same order
-            return torch.addmm(db_sq[None, :], q[start:stop], db_t, alpha=-2.0)
-
-    levels = torch.arange(LEVELS, device=device)
-    precision = torch.zeros(LEVELS, dtype=torch.float64, device=device)
-    counts = torch.zeros(4, LEVELS, dtype=torch.float64, device=device)  # tp, fp, tn, fn
-    step = max(1, chunk_bytes // (32 * n))
-    matmul_precision = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")  # TF32 would blur the ranking
-    try:
-        for start in range(0, nq, step):
-            stop = min(start + step, nq)
-            c = stop - start
-            order = torch.sort(key(start, stop), dim=1, stable=True).indices
-            rel = dbl[order] == ql[start:stop, None]
-            del order
-            first_rel = rel[:, 0].double()  # hits at rank 1
-            # only the relevant ranks matter: row-major, each query's in increasing order
-            rows, cols = rel.nonzero(as_tuple=True)
-            del rel
-            p = torch.bincount(rows, minlength=c)
-            first = torch.cumsum(p, 0) - p  # where each query's entries start
-            hits = torch.arange(rows.numel(), device=device) - first[rows] + 1  # hits at that rank
-            # 10*hits >= j*P <=> j <= 10*hits // P: a relevant rank counts for every level up to that
-            # (the highest precision over ranks with recall >= j/10 is at a relevant rank); a query
-            # with P = 0 keeps precision 0 at every level
-            best = torch.zeros(c * LEVELS, dtype=torch.float64, device=device)
-            best.scatter_reduce_(0, rows * LEVELS + torch.div(10 * hits, p[rows], rounding_mode="floor"),
-                                 hits.double() / (cols + 1).double(), reduce="amax", include_self=True)
-            precision += torch.cummax(best.view(c, LEVELS).flip(1), dim=1).values.flip(1).sum(0)  # max over levels >= j
-            # the first rank reaching level j > 0 holds the ceil(j*P/10)-th relevant item; level 0 (and
-            # every level of a query with P = 0): rank 1
-            need = torch.div(levels[None, :] * p[:, None] + 9, 10, rounding_mode="floor")  # ceil(j*P/10), [c, 11]
-            found = need > 0
-            at = (first[:, None] + need - 1).clamp(0, max(rows.numel() - 1, 0))
-            rank = torch.where(found, cols[at] + 1 if rows.numel() else torch.ones_like(need), torch.ones_like(need)).double()
-            tp = torch.where(found, need.double(), first_rel[:, None].expand(c, LEVELS))
-            pd = p[:, None].double()
-            counts += torch.stack([tp, rank - tp, n - rank - (pd - tp), pd - tp]).sum(1)
-    finally:
-        torch.set_float32_matmul_precision(matmul_precision)
-    tp, fp, tn, fn = counts.cpu()
-    return PRCurve(precision=(precision / nq).cpu(), recall=levels.double().cpu() / (LEVELS - 1), tp=tp, fp=fp, tn=tn, fn=fn)
-
-
 # ----------------------------------------------------------------------------- the logger
 
 
@@ -403,7 +310,7 @@ class TensorBoardLogger:
         self.flush()
 
     def pr_curve(self, tag: str, curve: PRCurve, step: int = 0) -> None:
-        """An averaged 11-point curve (:func:`interpolated_pr_curve`) as a TensorBoard PR curve: the
+        """An averaged 11-point curve (:func:`indistill.retrieval.pr_curve`) as a TensorBoard PR curve: the
         dashboard's "threshold" j/10 is the recall level."""
         self.writer.add_pr_curve_raw(tag, curve.tp.numpy(), curve.fp.numpy(), curve.tn.numpy(), curve.fn.numpy(),
                                      curve.precision.numpy(), curve.recall.numpy(), global_step=step,

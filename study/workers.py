@@ -23,7 +23,7 @@ from indistill.configure import build_config
 from indistill.errors import one_line
 from indistill.evaluate import SELECTION_KEY, count_parameters, embed, metric_key
 from indistill.pipeline import artifact_files, artifact_stages, build_artifacts, make_context, student_inputs
-from indistill.retrieval import METRICS
+from indistill.retrieval import METRICS, pr_curve
 from indistill.table import result_row
 from indistill.train.keys import stage_dirname
 from indistill.train.loop import FINAL, LAST
@@ -34,7 +34,7 @@ from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, STUDENT_ROWS, TUNE
 from .progress import ARTIFACT_PROGRESS
 from .runlog import RunLog
 from .storage import Storage
-from .tblog import TensorBoardLogger, artifact_run, final_run, interpolated_pr_curve, trial_hparams, trial_run
+from .tblog import TensorBoardLogger, artifact_run, final_run, trial_hparams, trial_run
 
 
 
@@ -368,11 +368,11 @@ class _TensorBoardHook:
 def _pr_curves(tb: TensorBoardLogger | None, ctx: Context, model) -> None:
     """The precision-recall curves behind the tuned student's test ``map`` (``final/pr_cosine``,
     ``final/pr_euclidean``): every test query ranked against the full train split, its 11-point
-    interpolated precision averaged over the queries (:func:`study.tblog.interpolated_pr_curve`)."""
+    interpolated precision averaged over the queries (:func:`indistill.retrieval.pr_curve`)."""
     if tb is None:
         return
     queries, database = ctx.eval_splits("test")
     size = ctx.cfg.eval.batch_size  # as evaluate_stage embeds them
     q, db = embed(model, queries, batch_size=size), embed(model, database, batch_size=size)
     for metric in METRICS:
-        tb.pr_curve(f"final/pr_{metric}", interpolated_pr_curve(q, queries.labels, db, database.labels, metric))
+        tb.pr_curve(f"final/pr_{metric}", pr_curve(q, queries.labels, db, database.labels, metric))

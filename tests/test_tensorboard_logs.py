@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from indistill.retrieval import evaluate
+from indistill.retrieval import pr_curve
 from study.search_space import apply_params, base_config, default_space_path, define_by_run, load_space
 from study.storage import Storage
+
+from .test_retrieval import _two_query_case
 from study.tblog import (
     AUTO_LOGGERS_ENV,
     EXPERIMENT_FILE,
@@ -20,7 +21,6 @@ from study.tblog import (
     TrialNamer,
     artifact_run,
     final_run,
-    interpolated_pr_curve,
     merge_hparams,
     study_hparams,
     trial_hparams,
@@ -297,68 +297,13 @@ def test_artifact_curves_are_written_once_per_stage_and_protocol(tmp_path):
 # ----------------------------------------------------------------------------- the PR curve
 
 
-def _line_case():
-    """One-dimensional items, euclidean ranking, worked by hand in the test below."""
-    database = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
-    db_labels = torch.tensor([0, 1, 0, 1])
-    queries = torch.tensor([[0.0], [2.4]])
-    q_labels = torch.tensor([0, 1])
-    return queries, q_labels, database, db_labels
-
-
-def test_pr_curve_by_hand():
-    curve = interpolated_pr_curve(*_line_case(), metric="euclidean")
-    # query 0 (label 0 at 0.0): ranking 1.0 (rel), 2.0, 3.0 (rel), 4.0; precisions 1, 1/2, 2/3, 1/2; P = 2.
-    #   levels 0..5 are reached from rank 1 (max precision 1), levels 6..10 from rank 3 (max 2/3).
-    # query 1 (label 1 at 2.4): ranking 2.0 (rel), 3.0, 1.0, 4.0 (rel); precisions 1, 1/2, 1/3, 1/2.
-    #   levels 0..5 from rank 1 (1), levels 6..10 only at rank 4 (1/2).
-    expected = [1.0] * 6 + [(2 / 3 + 1 / 2) / 2] * 5
-    assert curve.precision.tolist() == pytest.approx(expected, abs=1e-12)
-    assert curve.recall.tolist() == pytest.approx([j / 10 for j in range(11)])
-    # counts summed over both queries at each one's first rank reaching the level:
-    # levels 0..5: rank 1 for both -> TP 1+1, FP 0, FN 1+1, TN 2+2
-    # levels 6..10: rank 3 (TP 2, FP 1, FN 0, TN 1) and rank 4 (TP 2, FP 2, FN 0, TN 0)
-    assert curve.tp.tolist() == [2] * 6 + [4] * 5
-    assert curve.fp.tolist() == [0] * 6 + [3] * 5
-    assert curve.fn.tolist() == [2] * 6 + [0] * 5
-    assert curve.tn.tolist() == [4] * 6 + [1] * 5
-    # its mean is the map metric: (6 + 5 * 7/12) / 11
-    assert float(curve.precision.mean()) == pytest.approx(107 / 132)
-    assert evaluate(*_line_case(), metric="euclidean")["map"] == pytest.approx(107 / 132)
-
-
-@pytest.mark.parametrize("chunk_bytes", [2**20, 1])  # both queries in one chunk; one each (a chunk with no relevant item)
-def test_a_query_without_relevant_items_counts_as_zero_as_in_map(chunk_bytes):
-    queries, q_labels, database, db_labels = _line_case()
-    q_labels = torch.tensor([0, 7])  # label 7 is not in the database
-    curve = interpolated_pr_curve(queries, q_labels, database, db_labels, metric="euclidean", chunk_bytes=chunk_bytes)
-    assert curve.precision.tolist() == pytest.approx([0.5] * 6 + [1 / 3] * 5)
-    assert curve.tp.tolist() == [1] * 6 + [2] * 5 and curve.fp.tolist() == [1] * 6 + [2] * 5
-    assert float(curve.precision.mean()) == pytest.approx(evaluate(queries, q_labels, database, db_labels, metric="euclidean")["map"])
-
-
-@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_pr_curve_mean_is_the_map_metric(metric):
-    g = torch.Generator().manual_seed(0)
-    database, queries = torch.randn(300, 8, generator=g), torch.randn(70, 8, generator=g)
-    db_labels, q_labels = torch.randint(0, 5, (300,), generator=g), torch.randint(0, 5, (70,), generator=g)
-    whole = interpolated_pr_curve(queries, q_labels, database, db_labels, metric=metric)
-    chunked = interpolated_pr_curve(queries, q_labels, database, db_labels, metric=metric, chunk_bytes=1)  # one query a chunk
-    assert float(whole.precision.mean()) == pytest.approx(evaluate(queries, q_labels, database, db_labels, metric=metric)["map"], abs=1e-9)
-    for a, b in zip((whole.precision, whole.tp, whole.fp, whole.tn, whole.fn), (chunked.precision, chunked.tp, chunked.fp, chunked.tn, chunked.fn)):
-        assert torch.allclose(a, b)
-    assert torch.all(whole.precision[:-1] >= whole.precision[1:])  # interpolated: never rises with recall
-    assert torch.all(whole.tp + whole.fn == whole.tp[0] + whole.fn[0])  # the positives, at every level
-    assert torch.all(whole.tp + whole.fp + whole.tn + whole.fn == 70 * 300)
-
-
 def test_pr_curve_reaches_tensorboard_with_all_eleven_points(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.pr_curve.pr_curves_plugin import PrCurvesPlugin
     from tensorboard.util import tensor_util
 
     tb = TensorBoardLogger(Storage.create(tmp_path), "run")
-    tb.pr_curve("final/pr_euclidean", interpolated_pr_curve(*_line_case(), metric="euclidean"))
+    tb.pr_curve("final/pr_euclidean", pr_curve(*_two_query_case(), metric="euclidean"))
     tb.close()
     acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"tensors": 0})
     acc.Reload()
