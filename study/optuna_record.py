@@ -11,13 +11,14 @@ study directory the file is written in a local mirror and copied there when the 
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
+
+from .outcome import STOPPED, best_key, trial_status
 
 OPTUNA_FILE = "optuna.db"
 
@@ -51,16 +52,17 @@ class RecordedOptunaSearch(OptunaSearch):
             # persisted record already holds as finished: that record stays as it is
             self._completed_trials.add(trial_id)
             return
-        value = (result or {}).get(self.metric)
-        finite = value is not None and not (isinstance(value, float) and math.isnan(value))
-        step = (result or {}).get(TRAINING_ITERATION)
-        if finite and step is not None:
+        result = result or {}
+        value, step = result.get(self.metric), result.get(TRAINING_ITERATION)
+        status = trial_status(error, int(result.get("epoch", 0)), self.full_epochs)
+        scored = best_key(status, int(result.get("epoch", 0)), value) is not None
+        if scored and step is not None:
             # Tune hands a trial's last result (the one ASHA stopped it on, or its final epoch) only
             # here, not to on_trial_result: record it, as PRUNED trials are modelled by it
             ot_trial.report(value, step)
-        if error or not finite:
+        if not scored:  # an error, or no finite value
             state, value = TrialState.FAIL, None
-        elif int((result or {}).get("epoch", 0)) < self.full_epochs:
+        elif status == STOPPED:
             state, value = TrialState.PRUNED, None  # Optuna keeps its last intermediate value
         else:
             state = TrialState.COMPLETE

@@ -21,6 +21,7 @@ from ray import tune
 from indistill.errors import last_line
 
 from .names import OBJECTIVE
+from .outcome import COMPLETED, FAILED, STATUSES, STOPPED, best_key, trial_status
 from .runlog import RunLog
 from .storage import Storage
 
@@ -56,18 +57,15 @@ class BenchmarkStatus:
     stages_total: int = 0
     stage_name: str = ""
     running: set[str] = field(default_factory=set)
-    done: int = 0
-    stopped: int = 0
-    failed: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))  # finished trials by status
     durations: list[float] = field(default_factory=list)  # wall seconds of finished trials / seeds
     started: dict[str, float] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)  # trial id -> its name (its TensorBoard run)
-    best: tuple[float, str] | None = None  # (val mAP, trial id) of the best finished trial
-    best_key: tuple[int, float] | None = None  # its (epochs, last val mAP): the study's rule for the best trial
+    best: tuple[tuple[int, float], str] | None = None  # (its study.outcome.best_key, trial id) of the best finished trial
     seeds_done: int = 0
 
     def finished_trials(self) -> int:
-        return self.done + self.stopped + self.failed
+        return sum(self.counts.values())
 
     def eta(self, now: float) -> float | None:
         """Seconds left in the current phase (artifacts: per stage; search and final: per trial)."""
@@ -90,9 +88,9 @@ class BenchmarkStatus:
             parts.append(f"stage {self.stages_done}/{self.stages_total}" + (f" ({self.stage_name})" if self.stage_name else ""))
         if self.phase in ("search", "final", "done"):
             parts.append(f"trials {self.finished_trials()}/{self.trials} done, {len(self.running) if self.phase == 'search' else 0} "
-                         f"running, {self.stopped} stopped, {self.failed} failed")
+                         f"running, {self.counts[STOPPED]} stopped, {self.counts[FAILED]} failed")
         if self.best is not None:
-            parts.append(f"best val mAP {100 * self.best[0]:.2f} ({self.trial_label(self.best[1])})")
+            parts.append(f"best val mAP {100 * self.best[0][1]:.2f} ({self.trial_label(self.best[1])})")
         if self.phase == "final":
             parts.append(f"seeds {self.seeds_done}/{self.seeds}")
         if self.phase in ("artifacts", "search", "final"):
@@ -168,22 +166,16 @@ class Progress:
                 what = "failed: " + error if error else "done"
                 self(f"[{bench}] final: seed run {st.seeds_done}/{st.seeds} {what}; ETA {format_duration(st.eta(now))}")
                 return
-            epochs = (last or {}).get("epoch", 0)
-            if error is not None:
-                st.failed += 1
-                outcome = f"failed ({error})"
-            elif st.full_epochs and epochs < st.full_epochs:
-                st.stopped += 1
-                outcome = f"stopped early after epoch {epochs}"
-            else:
-                st.done += 1
-                outcome = "completed"
+            epochs = int((last or {}).get("epoch", 0))
+            status = trial_status(error is not None, epochs, st.full_epochs)
+            st.counts[status] += 1
+            outcome = {FAILED: f"failed ({error})", STOPPED: f"stopped early after epoch {epochs}"}.get(status, status)
             value = (last or {}).get(OBJECTIVE)
-            scored = isinstance(value, (int, float)) and value == value
-            if error is None and scored and (st.best_key is None or (epochs, value) > st.best_key):
-                st.best, st.best_key = (float(value), trial_id), (epochs, float(value))  # as search/trials.json picks it
-            shown = f", val mAP {100 * value:.2f}" if scored else ""
-            best = f"; best {100 * st.best[0]:.2f} ({st.trial_label(st.best[1])})" if st.best else ""
+            key = best_key(status, epochs, value)
+            if key is not None and (st.best is None or key > st.best[0]):
+                st.best = (key, trial_id)  # as search/trials.json picks it
+            shown = f", val mAP {100 * value:.2f}" if key is not None else ""
+            best = f"; best {100 * st.best[0][1]:.2f} ({st.trial_label(st.best[1])})" if st.best else ""
             self(f"[{bench}] search: {st.trial_label(trial_id)} {outcome}{shown}{best}; {st.finished_trials()}/{st.trials} "
                  f"done, {len(st.running)} running; ETA {format_duration(st.eta(now))}")
 
@@ -191,13 +183,12 @@ class Progress:
         """The finished search's record (``search/trials.json``): its counts and best trial."""
         with self._lock:
             st = self.status[bench]
-            counts = trials.get("counts", {})
-            st.done, st.stopped, st.failed = (counts.get(k, 0) for k in ("completed", "stopped early", "failed"))
+            st.counts = {s: trials.get("counts", {}).get(s, 0) for s in STATUSES}
             st.running.clear()
             best = trials.get("best")
-            if best and isinstance(best.get(OBJECTIVE), (int, float)):
-                st.best = (float(best[OBJECTIVE]), best["trial_id"])
-                st.best_key = (int(best.get("epochs", 0)), float(best[OBJECTIVE]))
+            key = best and best_key(best.get("status", COMPLETED), best.get("epochs", 0), best.get(OBJECTIVE))
+            if key:
+                st.best = (key, best["trial_id"])
 
     # ------------------------------------------------------------------ display
     def _render(self):

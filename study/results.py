@@ -1,7 +1,6 @@
 """Trial summaries and the study's results table (CSV, Markdown, LaTeX)."""
 from __future__ import annotations
 
-import math
 import textwrap
 
 import pandas as pd
@@ -13,6 +12,7 @@ from indistill.errors import last_line
 from indistill.retrieval import METRICS
 from indistill.table import aggregate, column, display, integer_counts, latex
 
+from .outcome import FAILED, STATUSES, STOPPED, best_key, count, trial_status
 from .storage import Storage
 from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, ROW_ORDER, STUDENT_ROWS, TUNED
 TABLE_FILES = ("results.csv", "results.md", "results.tex", "results_per_seed.csv")
@@ -38,13 +38,12 @@ def summarize_trials(grid, bp) -> dict:
         metrics = result.metrics or {}
         epochs = int(metrics.get("epoch", 0))
         value = metrics.get(OBJECTIVE)
-        if result.error is not None:
-            status, reason = "failed", f"{type(result.error).__name__}: {last_line(result.error)}"
-        elif epochs >= max_epochs:
-            status, reason = "completed", ""
-        else:
-            status, reason = "stopped early", (f"ASHA stopped it after {epochs} epochs "
-                                               f"({int(metrics.get(EMBEDDING_EPOCH, 0))} in the embedding phase)")
+        status = trial_status(result.error is not None, epochs, max_epochs)
+        reason = ""
+        if status == FAILED:
+            reason = f"{type(result.error).__name__}: {last_line(result.error)}"
+        elif status == STOPPED:
+            reason = f"ASHA stopped it after {epochs} epochs ({int(metrics.get(EMBEDDING_EPOCH, 0))} in the embedding phase)"
         df = result.metrics_dataframe
         best_val = float(df[OBJECTIVE].max()) if df is not None and OBJECTIVE in df else None
         params = _nested({k: v for k, v in (result.config or {}).items()})
@@ -56,11 +55,10 @@ def summarize_trials(grid, bp) -> dict:
         row = {"trial_id": metrics.get("trial_id") or _trial_id(result), "status": status, "reason": reason, "epochs": epochs,
                OBJECTIVE: value, f"best_{OBJECTIVE}": best_val, "params": params, "timing": timing}
         trials.append(row)
-        if status != "failed" and value is not None and not math.isnan(value):
-            if best is None or (row["epochs"], value) > (best["epochs"], best[OBJECTIVE]):
-                best = row
-    counts = {s: sum(t["status"] == s for t in trials) for s in ("completed", "stopped early", "failed")}
-    return {"trials": trials, "best": best, "counts": counts}
+        key = best_key(status, epochs, value)
+        if key is not None and (best is None or key > best_key(best["status"], best["epochs"], best[OBJECTIVE])):
+            best = row
+    return {"trials": trials, "best": best, "counts": count(t["status"] for t in trials)}
 
 
 def _trial_id(result) -> str:
@@ -179,7 +177,7 @@ def _fitted(frame: pd.DataFrame, width: int) -> list[str]:
 
 def _tuned_notes(bench: str, row: pd.Series, width: int) -> list[str]:
     """Which trial the tuned row of ``bench`` retrained, how it scored on val, and its key values, wrapped."""
-    counts = ", ".join(f"{int(row[f'trials {k}'])} {k}" for k in ("completed", "stopped early", "failed")
+    counts = ", ".join(f"{int(row[f'trials {k}'])} {k}" for k in STATUSES
                        if pd.notna(row.get(f"trials {k}")))
     head = f"{bench}, {TUNED}: best trial {row['best trial']}"
     if pd.notna(row.get("best val map")):

@@ -56,7 +56,7 @@ def test_plain_events_count_trials_and_estimate_what_is_left(tmp_path):
         "3/4 done, 0 running; ETA 5s",
     ]
     st = p.status["digits"]
-    assert (st.done, st.stopped, st.failed) == (1, 1, 1)
+    assert st.counts == {"completed": 1, "stopped early": 1, "failed": 1}
     assert "\x1b" not in out.getvalue()
     # every event is in the study's log file too, and a resumed study's display continues it
     assert (tmp_path / STUDY_LOG).read_text().splitlines() == out.getvalue().splitlines()

@@ -1,0 +1,75 @@
+"""How a search trial ended and which one is the best: the rule, and its three readers agreeing
+(the search record, the Optuna study, the console)."""
+import io
+import math
+from types import SimpleNamespace
+
+import optuna
+import pandas as pd
+import pytest
+
+from study.names import OBJECTIVE
+from study.optuna_record import RecordedOptunaSearch, optuna_storage
+from study.outcome import COMPLETED, FAILED, STATUSES, STOPPED, best_key, count, trial_status
+from study.progress import BenchmarkStatus, Progress
+from study.results import summarize_trials
+from study.storage import Storage
+
+FULL = 6
+
+
+@pytest.mark.parametrize("failed, epochs, status", [
+    (False, 6, COMPLETED), (False, 7, COMPLETED), (False, 5, STOPPED), (False, 0, STOPPED),
+    (True, 6, FAILED), (True, 0, FAILED),
+])
+def test_status(failed, epochs, status):
+    assert trial_status(failed, epochs, FULL) == status
+
+
+def test_best_key_prefers_more_epochs_then_the_higher_map():
+    assert best_key(COMPLETED, 6, 0.5) > best_key(STOPPED, 3, 0.9)  # a longer trial beats an early stop
+    assert best_key(COMPLETED, 6, 0.6) > best_key(COMPLETED, 6, 0.5)
+    assert best_key(FAILED, 6, 0.9) is None and best_key(COMPLETED, 6, math.nan) is None
+    assert best_key(COMPLETED, 6, None) is None
+    assert count([FAILED, COMPLETED, FAILED]) == {COMPLETED: 1, STOPPED: 0, FAILED: 2}
+    assert STATUSES == (COMPLETED, STOPPED, FAILED)
+
+
+#: (trial id, last result, error): one of each ending, and a stopped trial with the highest val mAP
+TRIALS = [
+    ("stopped", {"epoch": 3, OBJECTIVE: 0.9}, False),
+    ("full-low", {"epoch": 6, OBJECTIVE: 0.5}, False),
+    ("full-high", {"epoch": 6, OBJECTIVE: 0.6}, False),
+    ("broken", {"epoch": 1, OBJECTIVE: 0.95}, True),
+]
+OPTUNA_STATE = {COMPLETED: "COMPLETE", STOPPED: "PRUNED", FAILED: "FAIL"}
+
+
+def _space(trial) -> None:
+    trial.suggest_float("x", 0.0, 1.0)
+
+
+def test_the_record_the_optuna_study_and_the_console_agree(tmp_path):
+    # the search record, from Tune-shaped results
+    grid = [SimpleNamespace(metrics={**last, "trial_id": tid}, error=RuntimeError("x") if err else None,
+                            metrics_dataframe=pd.DataFrame([last]), config={}, path=f"/r/{tid}")
+            for tid, last, err in TRIALS]
+    record = summarize_trials(grid, SimpleNamespace(base=SimpleNamespace(student=SimpleNamespace(epochs=FULL))))
+    statuses = {t["trial_id"]: t["status"] for t in record["trials"]}
+    assert statuses == {"stopped": STOPPED, "full-low": COMPLETED, "full-high": COMPLETED, "broken": FAILED}
+    assert record["best"]["trial_id"] == "full-high" and record["counts"] == count(statuses.values())
+    # the Optuna study
+    searcher = RecordedOptunaSearch(space=_space, metric=OBJECTIVE, mode="max",
+                                    study_name="s", storage=optuna_storage(tmp_path / "o.db"), full_epochs=FULL)
+    for tid, last, err in TRIALS:
+        searcher.suggest(tid)
+        searcher.on_trial_complete(tid, {**last, "training_iteration": last["epoch"]}, error=err)
+    states = [t.state.name for t in optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'o.db'}").trials]
+    assert states == [OPTUNA_STATE[statuses[tid]] for tid, _, _ in TRIALS]
+    # the console
+    p = Progress(Storage.create(tmp_path / "p"), [BenchmarkStatus("digits", trials=4, seeds=1, concurrent=1, full_epochs=FULL)], io.StringIO())
+    for tid, last, err in TRIALS:
+        p.trial_started("digits", tid, tid)
+        p.trial_finished("digits", tid, last, error="RuntimeError: x" if err else None)
+    st = p.status["digits"]
+    assert st.counts == record["counts"] and st.best[1] == "full-high"
