@@ -1,8 +1,10 @@
 """A Ray Train run's own log lines (epochs, stages) in a file of the study directory, not the driver's console."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 from .storage import Storage
@@ -10,9 +12,9 @@ from .storage import Storage
 
 class RunLog:
     """Appends lines (timestamped unless ``stamp`` is off) to ``<study>/<rel>``: in place on local
-    storage, through a local copy uploaded after every line on object storage; a log already there
-    (a retried run, a resumed study) is continued. ``echo`` also prints them (``--verbose``: they
-    then reach the driver's console through Ray)."""
+    storage, through a local copy uploaded after every line on object storage (removed with the
+    RunLog); a log already there (a retried run, a resumed study) is continued. ``echo`` also
+    prints them (``--verbose``: they then reach the driver's console through Ray)."""
 
     def __init__(self, storage: Storage, rel: str, *, echo: bool = False, stamp: bool = True) -> None:
         self.storage, self.rel, self.echo, self.stamp = storage, rel, echo, stamp
@@ -20,7 +22,9 @@ class RunLog:
             self.path = storage.local_path() / rel
             self.path.parent.mkdir(parents=True, exist_ok=True)
         else:
-            self.path = Path(tempfile.mkdtemp(prefix="indistill-log-")) / Path(rel).name
+            local = tempfile.mkdtemp(prefix="indistill-log-")
+            weakref.finalize(self, shutil.rmtree, local, ignore_errors=True)  # the copy goes with the log
+            self.path = Path(local) / Path(rel).name
             if storage.exists(rel):  # a retried run continues its log
                 self.path.write_bytes(storage.read_bytes(rel))
 

@@ -18,6 +18,7 @@ under a run name cut at 150 characters.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -276,8 +277,8 @@ def write_hparams_experiment(storage: Storage, benchmarks: Sequence, metrics: Se
 
 
 class TensorBoardLogger:
-    """Writes one run's scalars locally and copies the event files to ``storage/rel`` (after each
-    epoch and when closed)."""
+    """Writes one run's scalars in a local directory and copies the event files to ``storage/rel``
+    (after each epoch and when closed; closing removes the local directory)."""
 
     def __init__(self, storage: Storage, rel: str) -> None:
         self.storage, self.rel = storage, rel
@@ -321,5 +322,7 @@ class TensorBoardLogger:
         self.storage.upload(self.local, self.rel)
 
     def close(self) -> None:
+        """The last upload; the local copy is removed."""
         self.writer.close()
         self.storage.upload(self.local, self.rel)
+        shutil.rmtree(self.local, ignore_errors=True)

@@ -94,3 +94,32 @@ def test_a_final_run_holds_the_full_train_split_and_test_only(tmp_path):
     ctx = make_context(cfg, tmp_path / "stages", lambda _m: None)
     student_stage(ctx, "ce", None, protocol="test")
     assert set(ctx._splits) == {"train_full", "test"}
+
+
+def test_logs_on_s3_leave_no_local_copies(s3, tmp_path, monkeypatch):
+    """A run's log and TensorBoard files reach the bucket through local copies that go with them."""
+    import gc
+    import tempfile
+
+    from study.runlog import RunLog
+    from study.tblog import TensorBoardLogger
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp puts them
+    storage = Storage.create(f"s3://{BUCKET}/studies/logs")
+    log = RunLog(storage, "digits/logs/trials/t.log", stamp=False)
+    log("epoch 1")
+    log("epoch 2")
+    tb = TensorBoardLogger(storage, "digits/tensorboard/trials/t")
+    tb.log(1, {"loss": 0.5})
+    assert len(list(tmp_path.iterdir())) == 2
+    tb.close()
+    del log
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
+    assert s3.read("studies/logs/digits/logs/trials/t.log").decode() == "epoch 1\nepoch 2\n"
+    assert any("tfevents" in k for k in s3.keys("studies/logs/digits/tensorboard/trials/t/"))
+    # a retried run continues the log from the bucket
+    RunLog(storage, "digits/logs/trials/t.log", stamp=False)("epoch 3")
+    gc.collect()
+    assert s3.read("studies/logs/digits/logs/trials/t.log").decode() == "epoch 1\nepoch 2\nepoch 3\n"
+    assert list(tmp_path.iterdir()) == []
