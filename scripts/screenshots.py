@@ -11,6 +11,7 @@ Needs tmux and chromium (Debian packages) and no other Ray on the machine.
 from __future__ import annotations
 
 import argparse
+import io
 import socket
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def capture_progress(study_root: Path, space: Path, out: Path) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    console = Console(record=True, width=118, force_terminal=True, color_system="truecolor", file=open("/dev/null", "w"))
+    console = Console(record=True, width=118, force_terminal=True, color_system="truecolor", file=io.StringIO())  # recorded, not shown
     console.print(Text.from_ansi(best.rstrip("\n")))
     html = out.with_suffix(".html")
     html.write_text(console.export_html(inline_styles=True))

@@ -126,11 +126,6 @@ class HParam:
                                                        max(self.interval[1], other.interval[1])))
         return dataclasses.replace(self, values=tuple(dict.fromkeys((*self.values, *other.values))))
 
-    def contains(self, value) -> bool:
-        if self.interval is not None:
-            return self.interval[0] <= value <= self.interval[1]
-        return value in self.values
-
 
 def _interval(low: float, high: float, description: str) -> HParam:
     return HParam("", interval=(float(low), float(high)), description=description)

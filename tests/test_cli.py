@@ -22,6 +22,8 @@ from indistill.cli import build_parser as indistill_parser
 from indistill.cli import main as indistill_main
 from study import cli as study_cli
 
+from .s3 import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 PARSERS = {"indistill": indistill_parser, "indistill-study": study_cli.build_parser}
 
@@ -143,12 +145,6 @@ def make_study(root: Path) -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tensorboard_prints_this_environments_command(tmp_path, capsys):
     study = make_study(tmp_path / "s")
     assert study_cli.main(["tensorboard", str(study), "--port", "6010", "--host", "0.0.0.0"]) == 0
@@ -222,7 +218,7 @@ def _get_when_up(url: str, proc: subprocess.Popen, timeout: float) -> tuple[int,
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
 def test_tensorboard_start_serves_the_study_from_this_environment(tmp_path):
     study = make_study(tmp_path / "study")
-    port = _free_port()
+    port = free_port()
     # PATH without the environment's bin/: only the interpreter's own TensorBoard can start
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(REPO), "LANG": "C.UTF-8"}
     proc = subprocess.Popen([sys.executable, "-m", "study.cli", "tensorboard", str(study), "--start", "--port", str(port)],
