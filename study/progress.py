@@ -99,13 +99,14 @@ class BenchmarkStatus:
 
 
 class Progress:
-    """Thread-safe progress of a study: plain event lines, or a live panel on a terminal."""
+    """Thread-safe progress of a study: plain event lines, or a live panel on a terminal (``out``
+    None: the study's log file only)."""
 
-    def __init__(self, storage: Storage, statuses: list[BenchmarkStatus], out: TextIO, *, live: bool = False,
+    def __init__(self, storage: Storage, statuses: list[BenchmarkStatus], out: TextIO | None, *, live: bool = False,
                  clock: Callable[[], float] = time.time) -> None:
         self.storage, self.out, self.clock = storage, out, clock
         self.status = {s.name: s for s in statuses}
-        self.live = live
+        self.live = live and out is not None
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -119,7 +120,7 @@ class Progress:
             if self._panel is not None:
                 self._panel.console.print(message, highlight=False, markup=False)
                 self._panel.update(self._render())
-            else:
+            elif self.out is not None:
                 print(message, file=self.out, flush=True)
             try:
                 self._log(message)

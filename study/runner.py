@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import os
 import sys
 import time
@@ -398,7 +397,7 @@ def new_progress(plan: StudyPlan, out: TextIO | None, *, live: bool = False, clu
     statuses = [BenchmarkStatus(bp.benchmark, trials=bp.space.budget.trials, seeds=bp.space.budget.final_seeds,
                                 concurrent=plan.trial_resources.max_concurrent(cluster or {}),
                                 full_epochs=bp.base.student.epochs) for bp in plan.benchmarks]
-    return Progress(plan.storage, statuses, out if out is not None else io.StringIO(), live=live and out is not None)
+    return Progress(plan.storage, statuses, out, live=live)
 
 
 def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = False) -> pd.DataFrame:

@@ -130,3 +130,11 @@ def test_tune_callback_pickles_without_the_display_and_finds_it_again(tmp_path):
         "[digits] search: trial-0-aaa completed, val mAP 50.00; best 50.00 (trial-0-aaa); 1/4 done, 1 running; ETA 0s",
         "[digits] search: trial bbb failed (DivergedError: loss became nan); best 50.00 (trial-0-aaa); 2/4 done, 0 running; ETA 0s",
     ]
+
+
+def test_without_a_console_the_events_go_to_the_log_file_only(tmp_path, capsys):
+    p = Progress(Storage.create(tmp_path), [BenchmarkStatus("digits", trials=1, seeds=1, concurrent=1)], None, live=True)
+    with p:
+        p.phase("digits", "search", "1 trial")
+    assert not p.live and capsys.readouterr() == ("", "")
+    assert (tmp_path / STUDY_LOG).read_text() == "[digits] search: 1 trial\n"
