@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from typing import Sequence
 
 from .errors import DEBUG_ENV, add_debug_flag
 
@@ -42,7 +43,7 @@ def command_parser(prog: str, description: str, epilog: str) -> tuple[argparse.A
     return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
 
 
-def parse_command(parser: argparse.ArgumentParser, argv) -> argparse.Namespace | None:
+def parse_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | None:
     """``argv`` parsed; None, after printing the help, when no sub-command was given (at most --debug)."""
     args = parser.parse_args(argv)
     if args.command is None:

@@ -79,8 +79,11 @@ def _check_inputs(
         )
 
 
-def _default_chunk(n_db: int) -> int:
-    return max(1, _CHUNK_BYTES // (_BYTES_PER_ENTRY * n_db))
+def _chunk_step(chunk_size: int | None, n_db: int) -> int:
+    """Queries per chunk: ``chunk_size``, or what fits the work-memory budget against ``n_db`` items."""
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return chunk_size or max(1, _CHUNK_BYTES // (_BYTES_PER_ENTRY * n_db))
 
 
 # ----------------------------------------------------------------------------- CPU: numpy
@@ -129,12 +132,12 @@ def _keys_np(
     # 11-point: the max precision over ranks with 10*hits >= j*P is attained at a relevant rank; one
     # with h hits counts for every level j <= (10*h) // P. Buckets are runs of cols (non-decreasing),
     # so a max per run, then the suffix max over a query's 11 buckets.
-    bucket = row * 11 + (10 * hits) // p[row]
-    maxima = np.zeros(m * 11)
+    bucket = row * LEVELS + (LEVELS_PER_UNIT * hits) // p[row]
+    maxima = np.zeros(m * LEVELS)
     if total:
         starts = np.flatnonzero(np.concatenate(([True], bucket[1:] != bucket[:-1])))
         maxima[bucket[starts]] = np.maximum.reduceat(prec, starts)
-    out["map"] = np.maximum.accumulate(maxima.reshape(m, 11)[:, ::-1], axis=1)[:, ::-1].mean(1)
+    out["map"] = np.maximum.accumulate(maxima.reshape(m, LEVELS)[:, ::-1], axis=1)[:, ::-1].mean(1)
     out["ap_full"] = np.bincount(row, weights=prec, minlength=m) / pd
     hits_k: dict[int, np.ndarray] = {}
     for k in ks:
@@ -355,12 +358,11 @@ def evaluate_all(
     metrics = tuple(metrics)
     ks = tuple(int(k) for k in ks)
     _check_inputs(query, query_labels, database, database_labels, metrics, ks)
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    step = _chunk_step(chunk_size, database.shape[0])
     device = query.device
     q = query.detach().to(device, torch.float32)
     db = database.detach().to(device, torch.float32)
-    nq, n = q.shape[0], db.shape[0]
+    nq = q.shape[0]
 
     # Labels as compact int32 codes on the device, once for all metrics.
     labels = torch.cat([query_labels.detach().to(device).reshape(-1), database_labels.detach().to(device).reshape(-1)])
@@ -372,7 +374,6 @@ def evaluate_all(
     batch_sizes = torch.clamp(nq - starts, max=LEGACY_BATCH)
 
     sort_key = _sort_keys(q, db, metrics)
-    step = chunk_size or _default_chunk(n)
     on_cpu = device.type == "cpu" and _NUMPY_ON_CPU
     with _full_fp32_matmul():
         if on_cpu:
@@ -418,7 +419,7 @@ def _evaluate_torch(sort_key, ql, dbl, batch_sizes, metrics, ks, step) -> dict[s
     for start in range(0, nq, step):
         stop = min(start + step, nq)
         for m in metrics:
-            # The key is passed without a local name so _keys_torch can free it after sorting.
+            # The key is passed without a local name so _keys_torch can free it once it is ranked.
             stats = _keys_torch(sort_key(m, start, stop), ql[start:stop], dbl, batch_sizes[start:stop], ks, levels)
             for name, values in stats.items():
                 per_query[m].setdefault(name, []).append(values)
@@ -465,7 +466,7 @@ def pr_curve(
     levels = torch.arange(LEVELS, device=device)
     precision = torch.zeros(LEVELS, dtype=torch.float64, device=device)
     counts = torch.zeros(4, LEVELS, dtype=torch.float64, device=device)  # tp, fp, tn, fn
-    step = chunk_size or _default_chunk(n)
+    step = _chunk_step(chunk_size, n)
     with _full_fp32_matmul():
         for start in range(0, nq, step):
             stop = min(start + step, nq)

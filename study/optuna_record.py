@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from .outcome import STOPPED, best_key, trial_status
+from .outcome import FAILED, STOPPED, scored, trial_status
 
 OPTUNA_FILE = "optuna.db"
 
@@ -54,13 +54,12 @@ class RecordedOptunaSearch(OptunaSearch):
             return
         result = result or {}
         value, step = result.get(self.metric), result.get(TRAINING_ITERATION)
-        status = trial_status(error, int(result.get("epoch", 0)), self.full_epochs)
-        scored = best_key(status, int(result.get("epoch", 0)), value) is not None
-        if scored and step is not None:
+        if scored(value) and step is not None:
             # Tune hands a trial's last result (the one ASHA stopped it on, or its final epoch) only
             # here, not to on_trial_result: record it, as PRUNED trials are modelled by it
             ot_trial.report(value, step)
-        if not scored:  # an error, or no finite value
+        status = trial_status(error, int(result.get("epoch", 0)), self.full_epochs)
+        if status == FAILED or not scored(value):
             state, value = TrialState.FAIL, None
         elif status == STOPPED:
             state, value = TrialState.PRUNED, None  # Optuna keeps its last intermediate value

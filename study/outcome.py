@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Iterable
 
 COMPLETED, STOPPED, FAILED = "completed", "stopped early", "failed"
@@ -18,11 +19,17 @@ def trial_status(failed: bool, epochs: int, full_epochs: int) -> str:
     return COMPLETED if epochs >= full_epochs else STOPPED
 
 
-def best_key(status: str, epochs: int, value) -> tuple[int, float] | None:
+def scored(value: object) -> bool:
+    """Whether a reported val mAP is a number and not NaN (a trial without one is never the best, and
+    is FAIL in the Optuna record even when it raised no error)."""
+    return isinstance(value, numbers.Real) and not math.isnan(value)
+
+
+def best_key(status: str, epochs: int, value: object) -> tuple[int, float] | None:
     """What the best trial maximises: the most epochs, then the highest last val mAP (a trial that
-    ran longer is not beaten by one ASHA stopped early). None for a failed trial or one without a
-    finite value: it is never the best."""
-    if status == FAILED or not isinstance(value, (int, float)) or math.isnan(value):
+    ran longer is not beaten by one ASHA stopped early). None for a failed trial or one whose value
+    is missing or NaN: it is never the best."""
+    if status == FAILED or not scored(value):
         return None
     return int(epochs), float(value)
 

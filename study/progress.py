@@ -14,14 +14,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, TextIO
+from typing import Callable, NamedTuple, TextIO
 
 from ray import tune
 
 from indistill.errors import last_line
 
 from .names import OBJECTIVE
-from .outcome import COMPLETED, FAILED, STATUSES, STOPPED, best_key, trial_status
+from .outcome import COMPLETED, FAILED, STATUSES, STOPPED, best_key, scored, trial_status
 from .runlog import RunLog
 from .storage import Storage
 
@@ -40,6 +40,17 @@ def format_duration(seconds: float | None) -> str:
     if s >= 60:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s}s"
+
+
+class BestTrial(NamedTuple):
+    """The best finished trial so far: its :func:`study.outcome.best_key` (epochs, val mAP) and id."""
+
+    key: tuple[int, float]
+    trial_id: str
+
+    @property
+    def val_map(self) -> float:
+        return self.key[1]
 
 
 @dataclass
@@ -61,7 +72,7 @@ class BenchmarkStatus:
     durations: list[float] = field(default_factory=list)  # wall seconds of finished trials / seeds
     started: dict[str, float] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)  # trial id -> its name (its TensorBoard run)
-    best: tuple[tuple[int, float], str] | None = None  # (its study.outcome.best_key, trial id) of the best finished trial
+    best: BestTrial | None = None  # the best finished trial
     seeds_done: int = 0
 
     def finished_trials(self) -> int:
@@ -90,7 +101,7 @@ class BenchmarkStatus:
             parts.append(f"trials {self.finished_trials()}/{self.trials} done, {len(self.running) if self.phase == 'search' else 0} "
                          f"running, {self.counts[STOPPED]} stopped, {self.counts[FAILED]} failed")
         if self.best is not None:
-            parts.append(f"best val mAP {100 * self.best[0][1]:.2f} ({self.trial_label(self.best[1])})")
+            parts.append(f"best val mAP {100 * self.best.val_map:.2f} ({self.trial_label(self.best.trial_id)})")
         if self.phase == "final":
             parts.append(f"seeds {self.seeds_done}/{self.seeds}")
         if self.phase in ("artifacts", "search", "final"):
@@ -173,10 +184,10 @@ class Progress:
             outcome = {FAILED: f"failed ({error})", STOPPED: f"stopped early after epoch {epochs}"}.get(status, status)
             value = (last or {}).get(OBJECTIVE)
             key = best_key(status, epochs, value)
-            if key is not None and (st.best is None or key > st.best[0]):
-                st.best = (key, trial_id)  # as search/trials.json picks it
-            shown = f", val mAP {100 * value:.2f}" if key is not None else ""
-            best = f"; best {100 * st.best[0][1]:.2f} ({st.trial_label(st.best[1])})" if st.best else ""
+            if key is not None and (st.best is None or key > st.best.key):
+                st.best = BestTrial(key, trial_id)  # as search/trials.json picks it
+            shown = f", val mAP {100 * value:.2f}" if scored(value) else ""  # a failed trial's last one too
+            best = f"; best {100 * st.best.val_map:.2f} ({st.trial_label(st.best.trial_id)})" if st.best else ""
             self(f"[{bench}] search: {st.trial_label(trial_id)} {outcome}{shown}{best}; {st.finished_trials()}/{st.trials} "
                  f"done, {len(st.running)} running; ETA {format_duration(st.eta(now))}")
 
@@ -189,7 +200,7 @@ class Progress:
             best = trials.get("best")
             key = best and best_key(best.get("status", COMPLETED), best.get("epochs", 0), best.get(OBJECTIVE))
             if key:
-                st.best = (key, best["trial_id"])
+                st.best = BestTrial(key, best["trial_id"])
 
     # ------------------------------------------------------------------ display
     def _render(self):

@@ -21,6 +21,7 @@ import dataclasses
 import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -278,6 +279,7 @@ class TensorBoardLogger:
     def __init__(self, storage: Storage, rel: str) -> None:
         self.storage, self.rel = storage, rel
         self.local = Path(tempfile.mkdtemp(prefix="indistill-tb-"))
+        self._remove_local = weakref.finalize(self, shutil.rmtree, self.local, ignore_errors=True)  # also if never closed
         self.writer = SummaryWriter(log_dir=str(self.local))
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -317,7 +319,9 @@ class TensorBoardLogger:
         self.storage.upload(self.local, self.rel)
 
     def close(self) -> None:
-        """The last upload; the local copy is removed."""
-        self.writer.close()
-        self.storage.upload(self.local, self.rel)
-        shutil.rmtree(self.local, ignore_errors=True)
+        """The last upload; the local copy is removed (also when the upload fails)."""
+        try:
+            self.writer.close()
+            self.storage.upload(self.local, self.rel)
+        finally:
+            self._remove_local()

@@ -281,12 +281,12 @@ def run_trial(config: dict) -> None:
     storage = Storage(config["storage"])
     scratch = Path(tempfile.mkdtemp(prefix="indistill-trial-"))
     tb = None
-    if rank() == 0:  # the trial's run and its HParams row, before it trains (the sampled config)
-        name = config.get("trial_name") or config["trial_id"]
-        tb = TensorBoardLogger(storage, trial_run(cfg.benchmark, name))
-        tb.hparams(trial_hparams(cfg), group=f"{cfg.benchmark}/{name}", start_time=config.get("started_at"))
-    log = _run_log(config, f"{cfg.benchmark}/logs/trials/{config['trial_id']}.log")
     try:
+        if rank() == 0:  # the trial's run and its HParams row, before it trains (the sampled config)
+            name = config.get("trial_name") or config["trial_id"]
+            tb = TensorBoardLogger(storage, trial_run(cfg.benchmark, name))
+            tb.hparams(trial_hparams(cfg), group=f"{cfg.benchmark}/{name}", start_time=config.get("started_at"))
+        log = _run_log(config, f"{cfg.benchmark}/logs/trials/{config['trial_id']}.log")
         with failure_logged(log), stage_cache(storage, cfg.benchmark, fetch=artifact_files(cfg, "val")) as (root, persist):
             ctx = _context(cfg, root, config, persist, log)
             _record_placement(storage, cfg.benchmark, config["trial_id"], str(ctx.device))

@@ -4,14 +4,15 @@ import io
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
 
 from study.names import OBJECTIVE
 from study.optuna_record import RecordedOptunaSearch, optuna_storage
-from study.outcome import COMPLETED, FAILED, STATUSES, STOPPED, best_key, count, trial_status
-from study.progress import BenchmarkStatus, Progress
+from study.outcome import COMPLETED, FAILED, STATUSES, STOPPED, best_key, count, scored, trial_status
+from study.progress import STUDY_LOG, BenchmarkStatus, Progress
 from study.results import summarize_trials
 from study.storage import Storage
 
@@ -30,7 +31,7 @@ def test_best_key_prefers_more_epochs_then_the_higher_map():
     assert best_key(COMPLETED, 6, 0.5) > best_key(STOPPED, 3, 0.9)  # a longer trial beats an early stop
     assert best_key(COMPLETED, 6, 0.6) > best_key(COMPLETED, 6, 0.5)
     assert best_key(FAILED, 6, 0.9) is None and best_key(COMPLETED, 6, math.nan) is None
-    assert best_key(COMPLETED, 6, None) is None
+    assert best_key(COMPLETED, 6, None) is None and best_key(COMPLETED, 6, np.float32(0.5)) == (6, 0.5)
     assert count([FAILED, COMPLETED, FAILED]) == {COMPLETED: 1, STOPPED: 0, FAILED: 2}
     assert STATUSES == (COMPLETED, STOPPED, FAILED)
 
@@ -41,6 +42,7 @@ TRIALS = [
     ("full-low", {"epoch": 6, OBJECTIVE: 0.5}, False),
     ("full-high", {"epoch": 6, OBJECTIVE: 0.6}, False),
     ("broken", {"epoch": 1, OBJECTIVE: 0.95}, True),
+    ("no-value", {"epoch": 6, OBJECTIVE: math.nan}, False),  # ran to the end without a val mAP
 ]
 OPTUNA_STATE = {COMPLETED: "COMPLETE", STOPPED: "PRUNED", FAILED: "FAIL"}
 
@@ -56,7 +58,8 @@ def test_the_record_the_optuna_study_and_the_console_agree(tmp_path):
             for tid, last, err in TRIALS]
     record = summarize_trials(grid, SimpleNamespace(base=SimpleNamespace(student=SimpleNamespace(epochs=FULL))))
     statuses = {t["trial_id"]: t["status"] for t in record["trials"]}
-    assert statuses == {"stopped": STOPPED, "full-low": COMPLETED, "full-high": COMPLETED, "broken": FAILED}
+    assert statuses == {"stopped": STOPPED, "full-low": COMPLETED, "full-high": COMPLETED, "broken": FAILED,
+                        "no-value": COMPLETED}
     assert record["best"]["trial_id"] == "full-high" and record["counts"] == count(statuses.values())
     # the Optuna study
     searcher = RecordedOptunaSearch(space=_space, metric=OBJECTIVE, mode="max",
@@ -64,12 +67,18 @@ def test_the_record_the_optuna_study_and_the_console_agree(tmp_path):
     for tid, last, err in TRIALS:
         searcher.suggest(tid)
         searcher.on_trial_complete(tid, {**last, "training_iteration": last["epoch"]}, error=err)
-    states = [t.state.name for t in optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'o.db'}").trials]
-    assert states == [OPTUNA_STATE[statuses[tid]] for tid, _, _ in TRIALS]
+    recorded = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'o.db'}").trials
+    # a trial without a val mAP is FAIL there, whatever its status: Optuna cannot model it
+    assert [t.state.name for t in recorded] == [OPTUNA_STATE[statuses[tid]] if scored(last[OBJECTIVE]) else "FAIL"
+                                                for tid, last, _ in TRIALS]
+    assert recorded[3].intermediate_values == {1: 0.95}  # the failed trial's last report is kept
     # the console
-    p = Progress(Storage.create(tmp_path / "p"), [BenchmarkStatus("digits", trials=4, seeds=1, concurrent=1, full_epochs=FULL)], io.StringIO())
+    p = Progress(Storage.create(tmp_path / "p"), [BenchmarkStatus("digits", trials=5, seeds=1, concurrent=1, full_epochs=FULL)], io.StringIO())
     for tid, last, err in TRIALS:
         p.trial_started("digits", tid, tid)
         p.trial_finished("digits", tid, last, error="RuntimeError: x" if err else None)
     st = p.status["digits"]
-    assert st.counts == record["counts"] and st.best[1] == "full-high"
+    assert st.counts == record["counts"] and st.best.trial_id == "full-high" and st.best.val_map == 0.6
+    lines = (tmp_path / "p" / STUDY_LOG).read_text().splitlines()
+    assert "broken failed (RuntimeError: x), val mAP 95.00; best 60.00 (full-high)" in lines[3]
+    assert "no-value completed; best 60.00 (full-high)" in lines[4]

@@ -407,3 +407,9 @@ def test_pr_curve_mean_is_the_map_metric(metric):
     assert torch.all(whole.precision[:-1] >= whole.precision[1:])  # interpolated: never rises with recall
     assert torch.all(whole.tp + whole.fn == whole.tp[0] + whole.fn[0])  # the positives, at every level
     assert torch.all(whole.tp + whole.fp + whole.tn + whole.fn == 70 * 300)
+
+
+@pytest.mark.parametrize("entry", [evaluate, pr_curve])
+def test_a_chunk_size_below_one_is_refused(entry):
+    with pytest.raises(ValueError, match="chunk_size must be >= 1, got 0"):
+        entry(*_two_query_case(), metric="euclidean", chunk_size=0)

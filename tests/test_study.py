@@ -52,7 +52,6 @@ BENCHMARKS = ("digits", "cifar10")
 
 
 class Study(NamedTuple):
-    plan: object
     table: pd.DataFrame
     root: Path
     console: str
@@ -102,7 +101,7 @@ def study(tmp_path_factory) -> Study:
     finally:
         ray.shutdown()
         cluster.shutdown()
-    return Study(plan, table, Path(plan.storage.uri), console.getvalue(), frozenset(n.node_id for n in nodes))
+    return Study(table, Path(plan.storage.uri), console.getvalue(), frozenset(n.node_id for n in nodes))
 
 
 @pytest.mark.e2e
@@ -183,6 +182,11 @@ def test_both_benchmarks_ran_at_once_across_the_two_nodes(study):
     root = study.root
     trials = {b: json.loads((root / b / "search/trials.json").read_text()) for b in BENCHMARKS}
     assert trials["cifar10"]["counts"] == {"completed": 2, "stopped early": 0, "failed": 0}
+    assert [len(t["placement"]) for t in trials["cifar10"]["trials"]] == [1, 1]  # one worker each
+    assert len(list((root / "cifar10/logs/trials").glob("*.log"))) == 2
+    per_seed = pd.read_csv(root / "results_per_seed.csv")
+    assert sorted(per_seed[per_seed["benchmark"] == "cifar10"]["network"]) == [
+        "InDistill (paper defaults)", "InDistill (tuned)", "auxiliary", "teacher"]
     placements = [rank for b in BENCHMARKS for t in trials[b]["trials"] for rank in t["placement"]]
     assert {p["device"] for p in placements} == {"cpu"}  # logical GPUs: the CPU fallback
     assert {p["node_id"] for p in placements} == study.node_ids  # the trials ran on both nodes
@@ -222,7 +226,6 @@ def assert_plain_progress(lines: list[str], benchmarks) -> None:
 def test_tensorboard_event_files_have_the_expected_tags(study):
     import json
     import math
-    import re
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata as hparams_metadata
@@ -487,7 +490,8 @@ def test_report_figures_decode_and_are_embedded(study):
     proc = run_cli("report", str(root))
     assert proc.returncode == 0, proc.stderr
     report = root / "report"
-    expected = {"digits-trials.png", "digits-best-so-far.png", "digits-importance.png", "results.png"}
+    expected = {f"{b}-{figure}.png" for b in BENCHMARKS for figure in ("trials", "best-so-far", "importance")}
+    expected |= {"results.png", "timeline.png"}
     assert expected <= {p.name for p in report.glob("*.png")}
     md = (report / "report.md").read_text()
     for name in expected:

@@ -14,10 +14,10 @@ from .s3 import BUCKET, S3
 from .test_study import LEAN_CURRICULUM, LEAN_FIXED, TINY_SPACE, assert_plain_progress
 
 
-def _space(tmp_path: Path, benchmark: str | None = "digits", fixed: dict | None = None,
-           curriculum: dict | None = None, **budget) -> Path:
-    space = {**TINY_SPACE, "benchmark": benchmark, "fixed": fixed or TINY_SPACE["fixed"],
-             "curriculum": curriculum or TINY_SPACE["curriculum"], "budget": {**TINY_SPACE["budget"], **budget}}
+def _space(tmp_path: Path, fixed: dict | None = None, curriculum: dict | None = None, **budget) -> Path:
+    # Tune may retry a failed trial here (no fault is injected; the tiny space's 0 is for its divergence)
+    space = {**TINY_SPACE, "fixed": fixed or TINY_SPACE["fixed"], "curriculum": curriculum or TINY_SPACE["curriculum"],
+             "budget": {**TINY_SPACE["budget"], "max_failures": 1, **budget}}
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space))
     return path

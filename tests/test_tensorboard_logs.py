@@ -1,6 +1,7 @@
 """The study's TensorBoard logs without Ray running: the HParams experiment and rows as TensorBoard's
 own hparams plugin reads them, the run names, Tune's logger callbacks, the artifact curves and the
-averaged 11-point PR curve (hand-checked, and against the ``map`` metric)."""
+averaged 11-point PR curve as TensorBoard's PR-curve plugin reads it (the curve itself:
+tests/test_retrieval.py)."""
 import os
 import re
 import types
@@ -12,8 +13,6 @@ import pytest
 from indistill.retrieval import pr_curve
 from study.search_space import apply_params, base_config, default_space_path, define_by_run, load_space
 from study.storage import Storage
-
-from .test_retrieval import _two_query_case
 from study.tblog import (
     AUTO_LOGGERS_ENV,
     EXPERIMENT_FILE,
@@ -29,6 +28,8 @@ from study.tblog import (
     tune_loggers,
     write_hparams_experiment,
 )
+
+from .test_retrieval import _two_query_case
 
 OBJECTIVE = ("val_map", "val mAP")
 
