@@ -73,9 +73,14 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
         while time.monotonic() < deadline and driver.poll() is None:
             snap = _snapshot(s3, search)
             finished = {k: v for k, v in snap.items() if v["status"] == "TERMINATED"}
-            if finished and len(finished) < 3:
+            if finished and len(finished) < 3 and len(snap) == 3:
                 break
             time.sleep(0.5)
+        # Tune uploads its trial list and its searcher's state (the count of trials it created) as
+        # separate files: a kill between the two made a resumed search run 4 trials for a budget of
+        # 3. Once all three exist, that count no longer changes: let the upload that listed the
+        # third land whole (three sync periods), then kill
+        time.sleep(3)
         assert driver.poll() is None, "the study ended before it could be killed:\n" + (tmp_path / "first.log").read_text()[-3000:]
         assert finished, "no trial finished in time"
         driver.send_signal(signal.SIGKILL)  # the driver alone; its local Ray shares its fate
