@@ -24,12 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from indistill.retrieval import evaluate, evaluate_all, reference_evaluate
+from indistill.retrieval import METRICS, evaluate, evaluate_all, reference_evaluate
 
 from .machine import sync, timed
 from .reference import reference_retrieval
 
-METRICS = ("cosine", "euclidean")
 SIZES = ((2_000, 20_000), (10_000, 50_000))  # the measurement and the CIFAR-10 protocol
 QUICK_SIZES = ((500, 5_000),)
 KS = (10, 50, 100)

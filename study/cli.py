@@ -227,13 +227,17 @@ def driver_log(storage) -> Iterator[TextIO]:
     not the console (the study's progress display says what happens; ``--verbose`` keeps it on the
     console). Yields the console, for the progress display."""
     import logging
+    import shutil
     import tempfile
 
     from .storage import Storage
 
     rel = "logs/driver.log"
-    local = storage.local_path() / rel if storage.is_local else Path(tempfile.mkdtemp(prefix="indistill-driver-")) / "driver.log"
+    scratch = None if storage.is_local else Path(tempfile.mkdtemp(prefix="indistill-driver-"))
+    local = storage.local_path() / rel if scratch is None else scratch / "driver.log"
     local.parent.mkdir(parents=True, exist_ok=True)
+    if scratch is not None and storage.exists(rel):  # a resumed study continues it, as on local storage
+        local.write_bytes(storage.read_bytes(rel))
     handler = logging.FileHandler(local)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     loggers = [logging.getLogger(name) for name in ("ray", "py.warnings", "optuna")]
@@ -255,8 +259,11 @@ def driver_log(storage) -> Iterator[TextIO]:
             lg.handlers, lg.propagate = handlers, propagate
         logging.captureWarnings(False)
         handler.close()
-        if not storage.is_local:
-            Storage(storage.uri).upload_file(local, rel)
+        if scratch is not None:
+            try:
+                Storage(storage.uri).upload_file(local, rel)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager

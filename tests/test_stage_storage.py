@@ -123,3 +123,21 @@ def test_logs_on_s3_leave_no_local_copies(s3, tmp_path, monkeypatch):
     gc.collect()
     assert s3.read("studies/logs/digits/logs/trials/t.log").decode() == "epoch 1\nepoch 2\nepoch 3\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_driver_log_on_s3_is_continued_and_leaves_no_local_copy(s3, tmp_path, monkeypatch):
+    """What Ray and Tune log in the driver reaches ``logs/driver.log`` in the bucket; a second
+    session (``--resume``) appends to it."""
+    import logging
+    import tempfile
+
+    from study.cli import driver_log
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    storage = Storage.create(f"s3://{BUCKET}/studies/driver")
+    for session in ("first", "second"):
+        with driver_log(storage):
+            logging.getLogger("ray").warning("%s session", session)
+    text = s3.read("studies/driver/logs/driver.log").decode()
+    assert text.index("first session") < text.index("second session")
+    assert list(tmp_path.iterdir()) == []
