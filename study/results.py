@@ -33,7 +33,7 @@ def _nested(params: dict) -> dict:
 def summarize_trials(grid, bp) -> dict:
     """Per-trial status, reason, epochs and best val mAP; the best trial by last reported val mAP."""
     max_epochs = bp.base.student.epochs
-    trials, best = [], None
+    trials, best, best_k = [], None, None
     for result in grid:
         metrics = result.metrics or {}
         epochs = int(metrics.get("epoch", 0))
@@ -56,8 +56,8 @@ def summarize_trials(grid, bp) -> dict:
                OBJECTIVE: value, f"best_{OBJECTIVE}": best_val, "params": params, "timing": timing}
         trials.append(row)
         key = best_key(status, epochs, value)
-        if key is not None and (best is None or key > best_key(best["status"], best["epochs"], best[OBJECTIVE])):
-            best = row
+        if key is not None and (best_k is None or key > best_k):
+            best, best_k = row, key
     return {"trials": trials, "best": best, "counts": count(t["status"] for t in trials)}
 
 

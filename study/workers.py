@@ -37,7 +37,6 @@ from .storage import Storage
 from .tblog import TensorBoardLogger, artifact_run, final_run, trial_hparams, trial_run
 
 
-
 def _quiet_ray_train() -> None:
     """Ray Train logs every report at INFO from the worker (a long line per epoch); our epoch lines suffice.
 
