@@ -28,6 +28,7 @@ import pandas as pd  # noqa: E402
 from indistill.table import DIFF_COLUMN  # noqa: E402
 
 from .optuna_record import OPTUNA_FILE, sqlite_url  # noqa: E402
+from .outcome import COMPLETED, FAILED, STOPPED, best_key  # noqa: E402
 from .storage import Storage  # noqa: E402
 
 REPORT_DIR = "report"
@@ -72,16 +73,30 @@ def plot_trials(study: optuna.Study, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_best_so_far(study: optuna.Study, path: Path) -> None:
-    numbers, best, values = [], [], []
-    top = None
+#: Optuna's record of how a trial ended (study.optuna_record), as the search record says it
+_STATUS = {optuna.trial.TrialState.COMPLETE: COMPLETED, optuna.trial.TrialState.PRUNED: STOPPED}
+
+
+def best_so_far(study: optuna.Study) -> tuple[list[float | None], list[float | None]]:
+    """Each trial's last val mAP and the best one after it, by the search record's rule
+    (:func:`study.outcome.best_key`: the most epochs, then the highest last val mAP), so the line
+    ends at the table's best val mAP; None where there is none (failed trials)."""
+    values, best = [], []
+    top = top_key = None
     for t in study.trials:
-        v = _final_value(t) if t.state != optuna.trial.TrialState.FAIL else None
-        if v is not None:
-            top = v if top is None else max(top, v)
-        numbers.append(t.number)
-        values.append(None if v is None else 100 * v)
-        best.append(None if top is None else 100 * top)
+        status = _STATUS.get(t.state, FAILED)
+        v = _final_value(t) if status != FAILED else None
+        key = best_key(status, max(t.intermediate_values, default=0), v)
+        if key is not None and (top_key is None or key > top_key):
+            top, top_key = v, key
+        values.append(v)
+        best.append(top)
+    return values, best
+
+
+def plot_best_so_far(study: optuna.Study, path: Path) -> None:
+    numbers = [t.number for t in study.trials]
+    values, best = ([None if v is None else 100 * v for v in vs] for vs in best_so_far(study))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.scatter(numbers, [v if v is not None else float("nan") for v in values], s=18, label="trial (last val mAP)")
     ax.step(numbers, [b if b is not None else float("nan") for b in best], where="post", color="C3", label="best so far")
