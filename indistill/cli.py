@@ -8,7 +8,7 @@ from typing import Sequence
 
 from .clihelp import COMMON_ENVIRONMENT, add_command, command_parser, environment_epilog, parse_command
 from .config import METHOD_NAMES, dump_config
-from .configure import load_config
+from .configure import load_config, with_data_root
 from .errors import add_debug_flag, debug_requested, run_command
 
 PROG = "indistill"
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "--seeds is given (default: the config's seed, 0)")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="training device; auto: cuda when available "
                      "(default: the config's device, auto)")
-    run.add_argument("--data-root", help="where datasets live (default: $INDISTILL_DATA, else ~/.cache/indistill/data)")
+    run.add_argument("--data-root", help="where datasets live (default: the config's data.root, else $INDISTILL_DATA, else ~/.cache/indistill/data)")
     run.add_argument("--download", action="store_true", help="download the dataset when torchvision can (cifar10, cifar100, fashionmnist)")
     run.add_argument("--methods", type=_methods, help=f"comma-separated student methods out of {','.join(METHOD_NAMES)} "
                      "(default: the config's methods, all four)")
@@ -109,7 +109,6 @@ def _command(args: argparse.Namespace) -> int:
         reference = config_to_dict(build_config(benchmark=REFERENCE_BENCHMARK))
         sys.stdout.write(dump_config(cfg, notes=annotations(config_to_dict(cfg), reference)))
         return 0
-    from .configure import with_data_root
     from .pipeline import run_pipeline
 
     table = run_pipeline(with_data_root(cfg), args.out, seeds=args.seeds)

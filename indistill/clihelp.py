@@ -9,7 +9,7 @@ from .errors import DEBUG_ENV, add_debug_flag
 
 #: the environment variables both CLIs read, as (name, what it does) for an epilog
 COMMON_ENVIRONMENT: tuple[tuple[str, str], ...] = (
-    ("INDISTILL_DATA", "dataset root if no --data-root is given (else ~/.cache/indistill/data)"),
+    ("INDISTILL_DATA", "dataset root if neither --data-root nor the config's data.root gives one (else ~/.cache/indistill/data)"),
     (DEBUG_ENV, "set to 1 to print a traceback with an error, as --debug does"),
 )
 

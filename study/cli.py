@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch.distributed backend of the Ray Train runs; auto: nccl when trials use GPUs, else gloo")
     run.add_argument("--artifact-workers", type=int, default=1, help="Ray Train workers for the teacher/auxiliary/pruning run")
     run.add_argument("--address", help="Ray cluster to join, 'auto' or host:port (default: $RAY_ADDRESS, else a local Ray)")
-    run.add_argument("--data-root", help="dataset root (default: $INDISTILL_DATA, else ~/.cache/indistill/data)")
+    run.add_argument("--data-root", help="dataset root (default: the search space's fixed data.root, else $INDISTILL_DATA, else ~/.cache/indistill/data)")
     run.add_argument("--download", action="store_true", help="download cifar10/cifar100/fashionmnist with torchvision before starting")
     run.add_argument("--resume", action="store_true", help="continue an interrupted study with the same --storage and --name")
     run.add_argument("--verbose", action="store_true", help="also show Ray's and Tune's own console output and every "

@@ -27,3 +27,5 @@ ROW_ORDER: tuple[str, ...] = (*NETWORK_ROWS, *(label for label, _method, _tuned 
 
 #: the teacher's and the auxiliary's test rows, written by the artifact run
 NETWORKS_FILE = "artifacts/networks.json"
+#: where an artifact run writes which of its stages are done (read by the driver's ticker)
+ARTIFACT_PROGRESS = "artifacts/progress.json"

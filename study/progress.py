@@ -20,13 +20,11 @@ from ray import tune
 
 from indistill.errors import last_line
 
-from .names import OBJECTIVE
-from .outcome import COMPLETED, FAILED, STATUSES, STOPPED, best_key, scored, trial_status
+from .names import ARTIFACT_PROGRESS, OBJECTIVE
+from .outcome import FAILED, STATUSES, STOPPED, best_key, scored, trial_status
 from .runlog import RunLog
 from .storage import Storage
 
-#: where an artifact run writes which of its stages are done (read by the driver's ticker)
-ARTIFACT_PROGRESS = "artifacts/progress.json"
 STUDY_LOG = "logs/study.log"
 
 
@@ -198,9 +196,8 @@ class Progress:
             st.counts = {s: trials.get("counts", {}).get(s, 0) for s in STATUSES}
             st.running.clear()
             best = trials.get("best")
-            key = best and best_key(best.get("status", COMPLETED), best.get("epochs", 0), best.get(OBJECTIVE))
-            if key:
-                st.best = BestTrial(key, best["trial_id"])
+            if best:  # chosen by the record's rule already
+                st.best = BestTrial((int(best.get("epochs", 0)), float(best[OBJECTIVE])), best["trial_id"])
 
     # ------------------------------------------------------------------ display
     def _render(self):

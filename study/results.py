@@ -41,7 +41,8 @@ def summarize_trials(grid, bp) -> dict:
         status = trial_status(result.error is not None, epochs, max_epochs)
         reason = ""
         if status == FAILED:
-            reason = f"{type(result.error).__name__}: {last_line(result.error)}"
+            name = type(result.error).__name__
+            reason = f"{name}: {last_line(result.error)}" if str(result.error).strip() else name
         elif status == STOPPED:
             reason = f"ASHA stopped it after {epochs} epochs ({int(metrics.get(EMBEDDING_EPOCH, 0))} in the embedding phase)"
         df = result.metrics_dataframe

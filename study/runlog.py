@@ -1,4 +1,4 @@
-"""A Ray Train run's own log lines (epochs, stages) in a file of the study directory, not the driver's console."""
+"""Log lines in a file of the study directory: a Ray Train run's own (epochs, stages), not the driver's console, and the study's event log."""
 from __future__ import annotations
 
 import shutil

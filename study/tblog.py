@@ -12,8 +12,9 @@ Where the runs are (relative to the study directory, the log directory TensorBoa
 - ``<benchmark>/tensorboard/final/<row>/seed-<s>``: the final runs;
 - ``<benchmark>/tensorboard/`` itself: the HParams experiment (:func:`write_hparams_experiment`).
 
-Tune's own TensorBoard logger is off (:func:`tune_loggers`): it wrote every trial a second time,
-under a run name cut at 150 characters.
+Tune's own TensorBoard logger is off (:func:`tune_loggers`, with the variable that
+:func:`study.runner.init_ray` sets): it wrote every trial a second time, under a run name cut at
+150 characters.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from torch.utils.tensorboard import SummaryWriter
 
 from indistill.retrieval import PRCurve
+from indistill.train.loop import COUNTERS
 
 from .storage import Storage
 
@@ -283,18 +285,18 @@ class TensorBoardLogger:
         self.writer = SummaryWriter(log_dir=str(self.local))
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        self._add(step, scalars)
+        self.flush()
+
+    def _add(self, step: int, scalars: Mapping[str, float]) -> None:
         for key, value in scalars.items():
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, step)
-        self.flush()
 
     def log_history(self, history: Sequence[Mapping[str, float]]) -> None:
         """A finished stage's per-epoch metrics (indistill's Loop history, not its counters), at steps 1, 2, ..."""
         for i, metrics in enumerate(history):
-            step = int(metrics.get("epoch", i)) + 1
-            for key, value in metrics.items():
-                if key not in ("epoch", "samples") and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, step)
+            self._add(int(metrics.get("epoch", i)) + 1, {k: v for k, v in metrics.items() if k not in COUNTERS})
         self.flush()
 
     def hparams(self, values: Mapping[str, Any], group: str, start_time: float | None = None) -> None:

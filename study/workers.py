@@ -26,12 +26,11 @@ from indistill.pipeline import artifact_files, artifact_stages, build_artifacts,
 from indistill.retrieval import METRICS, pr_curve
 from indistill.table import result_row
 from indistill.train.keys import stage_dirname
-from indistill.train.loop import FINAL, LAST
+from indistill.train.loop import COUNTERS, FINAL, LAST
 from indistill.train.runtime import is_distributed, rank, world_size
 from indistill.train.stages import Context, auxiliary_ce_dir, evaluate_stage, prune_stage, student_stage
 
-from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, STUDENT_ROWS, TUNED
-from .progress import ARTIFACT_PROGRESS
+from .names import ARTIFACT_PROGRESS, EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, STUDENT_ROWS, TUNED
 from .runlog import RunLog
 from .storage import Storage
 from .tblog import TensorBoardLogger, artifact_run, final_run, trial_hparams, trial_run
@@ -228,7 +227,7 @@ class EpochReporter:
         self.loop_time_s += epoch_s
         out = {**_report_metrics(epoch, metrics, self.curriculum_epochs), **self._timing()}
         if self.tb is not None:
-            self.tb.log(epoch + 1, {k: v for k, v in out.items() if k not in ("epoch", EMBEDDING_EPOCH, "samples", *TIMING_KEYS)})
+            self.tb.log(epoch + 1, {k: v for k, v in out.items() if k not in (*COUNTERS, EMBEDDING_EPOCH, *TIMING_KEYS)})
         if checkpoint is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 shutil.copy2(checkpoint, Path(tmp) / LAST)
@@ -361,7 +360,7 @@ class _TensorBoardHook:
 
     def __call__(self, epoch: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
         if self.tb is not None:
-            self.tb.log(epoch + 1, {k: v for k, v in metrics.items() if k not in ("epoch", "samples")})
+            self.tb.log(epoch + 1, {k: v for k, v in metrics.items() if k not in COUNTERS})
 
 
 def _pr_curves(tb: TensorBoardLogger | None, ctx: Context, model) -> None:

@@ -61,6 +61,11 @@ def test_the_record_the_optuna_study_and_the_console_agree(tmp_path):
     assert statuses == {"stopped": STOPPED, "full-low": COMPLETED, "full-high": COMPLETED, "broken": FAILED,
                         "no-value": COMPLETED}
     assert record["best"]["trial_id"] == "full-high" and record["counts"] == count(statuses.values())
+    assert [t["reason"] for t in record["trials"]][:2] == ["ASHA stopped it after 3 epochs (0 in the embedding phase)", ""]
+    assert record["trials"][3]["reason"] == "RuntimeError: x"
+    empty = summarize_trials([SimpleNamespace(**{**vars(grid[3]), "error": RuntimeError()})],
+                             SimpleNamespace(base=SimpleNamespace(student=SimpleNamespace(epochs=FULL))))
+    assert empty["trials"][0]["reason"] == "RuntimeError"  # an empty message: its type, once
     # the Optuna study
     searcher = RecordedOptunaSearch(space=_space, metric=OBJECTIVE, mode="max",
                                     study_name="s", storage=optuna_storage(tmp_path / "o.db"), full_epochs=FULL)

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from study.progress import ARTIFACT_PROGRESS, STUDY_LOG, BenchmarkStatus, Progress, TrialEvents, attach, format_duration
+from study.names import ARTIFACT_PROGRESS
+from study.progress import STUDY_LOG, BenchmarkStatus, Progress, TrialEvents, attach, format_duration
 from study.storage import Storage
 
 

@@ -18,6 +18,8 @@ from .runtime import all_reduce_sum, barrier, rank
 
 LAST = "last.pt"
 FINAL = "final.pt"
+#: the keys of an epoch's metrics that count (which epoch, how many samples) rather than measure
+COUNTERS = ("epoch", "samples")
 
 StepFn = Callable[[Tensor, Tensor, int], tuple[Tensor, dict[str, Tensor]]]
 
@@ -216,7 +218,7 @@ class Loop:
             t1 = time.perf_counter()
             metrics.update(self.evaluate(epoch))
             metrics["eval_time_s"] = time.perf_counter() - t1
-        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "samples"))
+        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in COUNTERS)
         if rank() == 0:
             self.log(f"[{self.name}] epoch {epoch + 1}/{self.epochs} {shown}")
         return metrics
