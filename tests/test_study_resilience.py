@@ -96,7 +96,7 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
 
     # what the bucket holds now (the driver is dead; an upload may have landed after the last poll)
     finished = {k: v for k, v in _snapshot(s3, search).items() if v["status"] == "TERMINATED"}
-    assert finished
+    assert 0 < len(finished) < 3, finished  # killed mid-search
     results_before = {tid: len(_trial_results(s3, search, tid)) for tid in finished}
     resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

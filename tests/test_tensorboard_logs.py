@@ -246,7 +246,7 @@ def test_tune_gets_json_and_csv_loggers_and_no_tensorboard_logger(monkeypatch):
 
     import ray
 
-    from study.runner import init_ray
+    from study.runner import init_ray, runtime_env
 
     started = []
     monkeypatch.setattr(ray, "init", lambda **kw: started.append(kw))
@@ -254,7 +254,7 @@ def test_tune_gets_json_and_csv_loggers_and_no_tensorboard_logger(monkeypatch):
     assert os.environ[name] == "0"  # the user's own setting stays
     monkeypatch.delenv(name)
     init_ray()  # the study's one place for environment variables: Tune's, in the driver
-    assert os.environ[name] == "1" and started and "runtime_env" in started[0]
+    assert os.environ[name] == "1" and [kw["runtime_env"] for kw in started] == [runtime_env()] * 2
     callbacks = tune_loggers()
     kinds = [type(c) for c in _create_default_callbacks(callbacks, metric="val_map", mode="max")]
     assert not any(issubclass(k, TBXLoggerCallback) for k in kinds)
