@@ -404,8 +404,9 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
     """Run (or resume) every benchmark of the plan at once, each in its own driver thread (its
     artifacts, then its search, then its final runs, sharing the cluster with the others); returns
     the results table. Progress goes to ``out`` (a live panel with ``live``; None: only the study's
-    log file). Ray must be initialised. A benchmark that fails does not stop the others: the table
-    holds what finished, then the first failure is raised."""
+    log file). Ray must be initialised, by :func:`init_ray` (its report poll and Tune setting). A
+    benchmark that fails does not stop the others: the table holds what finished, then the first
+    failure is raised."""
     t0 = time.perf_counter()
     if not plan.storage.exists(STATE):
         write_study_state(plan)
