@@ -14,7 +14,8 @@ from ..config import OptimConfig
 from ..errors import CheckpointError, one_line
 from ..io import atomic_torch_save, read_torch, recover
 from ..models.checkpoint import load_state
-from .runtime import all_reduce_sum, barrier, rank
+from .replicas import Replicas
+from .runtime import all_reduce_sum, barrier, is_distributed, rank
 
 LAST = "last.pt"
 FINAL = "final.pt"
@@ -88,14 +89,17 @@ def load_final(path: Path, model: nn.Module) -> list[dict[str, float]]:
 
 
 def train_step(step: StepFn, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, epoch: int,
-               sums: dict[str, Tensor]) -> None:
-    """One optimisation step; adds the batch-weighted loss and its parts to ``sums``, on the device.
+               sums: dict[str, Tensor], replicas: Replicas | None = None) -> None:
+    """One optimisation step (its gradients averaged over the ranks by ``replicas``, when given);
+    adds the batch-weighted loss and its parts to ``sums``, on the device.
 
     Nothing is read back to the host: callers read ``sums`` once (``Loop``: once per epoch).
     """
     loss, parts = step(x, y, epoch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if replicas is not None:
+        replicas.average_gradients()
     optimizer.step()
     n = x.shape[0]
     for key, value in {"loss": loss.detach(), **parts}.items():
@@ -111,6 +115,8 @@ class Loop:
     every epoch's shuffling and augmentation depend only on (seed, epoch), replays exactly what an
     uninterrupted run would have done. ``optim.reset`` decides at which epochs a fresh optimiser
     replaces the old one (``phase_of`` maps an epoch to its curriculum phase for ``reset: phase``).
+    In a torch.distributed group each rank trains on its share of every batch and
+    :class:`~indistill.train.replicas.Replicas` keeps the ranks' models identical.
     """
 
     work_dir: Path
@@ -145,10 +151,11 @@ class Loop:
         start, history = self._resume(optimizer)
         if start == 0:
             optimizer = build_optimizer(params, self.optim)  # nothing (or nothing usable) was resumed
+        replicas = Replicas(self.model) if is_distributed() else None  # rank 0's weights (resumed or not) everywhere
         for epoch in range(start, self.epochs):
             if resets_at(self.optim, epoch, self.phase_of):
                 optimizer = build_optimizer(params, self.optim)
-            metrics = self._epoch(epoch, optimizer)
+            metrics = self._epoch(epoch, optimizer, replicas)
             history.append(metrics)
             ckpt = None
             if rank() == 0:
@@ -194,7 +201,7 @@ class Loop:
             return
         recover(path, exc, then, self.log, self.name)
 
-    def _epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    def _epoch(self, epoch: int, optimizer: torch.optim.Optimizer, replicas: Replicas | None = None) -> dict[str, float]:
         lr = self.optim.lr_at(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -203,11 +210,13 @@ class Loop:
         sums: dict[str, Tensor] = {}
         count = None
         for x, y in self.batches(epoch):
-            train_step(self.step, optimizer, x, y, epoch, sums)
+            train_step(self.step, optimizer, x, y, epoch, sums, replicas)
             n = x.shape[0]
             count = count + n if count is not None else torch.tensor(float(n), device=x.device)
         if count is None:
             raise RuntimeError(f"[{self.name}] epoch {epoch} saw no batch: is the training split empty?")
+        if replicas is not None:  # checkpoint, evaluation and the next epoch see rank 0's BN statistics
+            replicas.sync_buffers()
         keys = sorted(sums)
         totals = all_reduce_sum(torch.stack([sums[k] for k in keys] + [count])).tolist()
         metrics = {k: totals[i] / totals[-1] for i, k in enumerate(keys)}

@@ -23,7 +23,7 @@ from .batches import DeviceSplit
 from .keys import Protocol, stage_dirname, stage_key
 from .loop import FINAL, EpochHook, Loop, load_final
 from .methods import Method, create_method
-from .runtime import autocast, is_distributed, rank, seed_everything
+from .runtime import autocast, rank, seed_everything
 from .student_step import student_step
 
 @dataclass
@@ -82,13 +82,6 @@ class Context:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _ddp(model: nn.Module, device: torch.device, find_unused: bool = False) -> nn.Module:
-    if not is_distributed():
-        return model
-    ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
-
-
 def _maybe_compile(model: nn.Module, cfg: RunConfig) -> nn.Module:
     return torch.compile(model) if cfg.compile else model
 
@@ -107,7 +100,7 @@ def _batches(ctx: Context, split: DeviceSplit, stage: StageConfig | int, seed: i
 
 
 def _ce_loop(ctx: Context, name: str, model: TapNet, stage: StageConfig, work_dir: Path, protocol: Protocol) -> Loop:
-    trainable = _maybe_compile(_ddp(model, ctx.device), ctx.cfg)
+    trainable = _maybe_compile(model, ctx.cfg)
 
     def step(x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         with autocast(ctx.device, ctx.cfg.precision):
@@ -175,7 +168,7 @@ def auxiliary_stage(ctx: Context, teacher: TapNet | None, protocol: Protocol = "
     ce_dir = auxiliary_ce_dir(ctx, protocol)
     if not (work_dir / FINAL).exists():  # a finished auxiliary needs neither its CE start nor the teacher
         _ce_loop(ctx, "auxiliary/ce", model, cfg.auxiliary.ce, ce_dir, protocol).run()
-    trainable = _maybe_compile(_ddp(model, ctx.device), cfg)
+    trainable = _maybe_compile(model, cfg)
     t_reader = TapReader(teacher, (EMBEDDING,))
     a_reader = TapReader(trainable, (EMBEDDING,))
     pkt = LOSSES.get("pkt")
@@ -307,7 +300,7 @@ def student_stage(
     if impl.needs_source and auxiliary is None:
         raise ValueError(f"method {method!r} needs the auxiliary network")
     work_dir = work_dir or ctx.stage_path("student", protocol, method)
-    trainable = _maybe_compile(_ddp(model, ctx.device, find_unused=True), cfg)
+    trainable = _maybe_compile(model, cfg)
     step = student_step(trainable, impl, auxiliary, pruned, cfg, ctx.device)
     queries, database = ctx.eval_splits(protocol)
 
