@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .models.base import EMBEDDING, TapReader, unwrap
+from .precision import full_fp32
 from .retrieval import METRICS, evaluate_all
 
 #: the retrieval figures a training run records at each evaluation (its history and TensorBoard)
@@ -36,8 +37,9 @@ class EvalSplit(Protocol):
 
 @contextlib.contextmanager
 def fp32() -> Iterator[None]:
-    """Turns off any enclosing autocast (CUDA and CPU): what runs inside computes in float32."""
-    with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+    """Float32 throughout inside: any enclosing autocast (CUDA and CPU) off, and TF32 off for matmuls and
+    cuDNN convolutions (:func:`indistill.precision.full_fp32`); the previous settings after."""
+    with full_fp32():
         yield
 
 
@@ -57,7 +59,8 @@ def embed(model: nn.Module, split: EvalSplit, *, batch_size: int = 1024) -> Tens
     """The embedding of every image in ``split``, float32 ``[N, D]`` on the split's device.
 
     Always computed in float32, whatever precision the network was trained in: retrieval ranks
-    by small distance differences, which bf16 (8 bits of mantissa) would reorder.
+    by small distance differences, which bf16 (8 bits of mantissa) or TF32 convolutions (10 bits)
+    would reorder.
     """
     net = unwrap(model)
     out = []

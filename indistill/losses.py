@@ -3,7 +3,9 @@
 ``LOSSES`` holds the feature losses, which compare the features at a tap (what a curriculum layer or
 the embedding phase may use); ``LOGIT_LOSSES`` holds the losses on class logits. Every loss has the
 signature ``fn(teacher, student) -> scalar Tensor``; the teacher side is always detached, and
-computation runs in at least float32 (bf16/fp16 inputs are cast up).
+computation runs in at least float32 (bf16/fp16 inputs are cast up), with any enclosing autocast
+turned off (:func:`indistill.precision.no_autocast`): under autocast, PKT's ``x @ x.t()`` kernels
+would otherwise run in bf16 although their inputs are float32.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .precision import no_autocast
 from .registry import Registry
 
 FeatureLoss = Callable[[Tensor, Tensor], Tensor]
@@ -60,6 +63,7 @@ def jeffreys(p_t: Tensor, p_s: Tensor, eps: float = 1e-7) -> Tensor:
     return ((p_t - p_s) * (torch.log(p_t + eps) - torch.log(p_s + eps))).mean()
 
 
+@no_autocast()
 def pkt_loss(teacher: Tensor, student: Tensor, eps: float = 1e-7) -> Tensor:
     """PKT loss on ``[batch, dim]`` features: Jeffreys divergence of the row-normalised cosine and
     distance kernels, summed over the two kernels. No gradient reaches the teacher."""
@@ -82,6 +86,7 @@ def pkt_loss(teacher: Tensor, student: Tensor, eps: float = 1e-7) -> Tensor:
     return loss
 
 
+@no_autocast()
 def kd_loss(teacher_logits: Tensor, student_logits: Tensor, temperature: float = 4.0) -> Tensor:
     """Hinton KD: ``KL(softmax(t / T) || softmax(s / T)) * T^2``, averaged over the batch."""
     if teacher_logits.shape != student_logits.shape:
@@ -96,6 +101,7 @@ def kd_loss(teacher_logits: Tensor, student_logits: Tensor, temperature: float =
 
 
 @LOSSES.register("mse")
+@no_autocast()
 def mse(teacher: Tensor, student: Tensor) -> Tensor:
     """Mean squared error between same-shape features."""
     if teacher.shape != student.shape:
@@ -114,6 +120,7 @@ def pkt(teacher: Tensor, student: Tensor) -> Tensor:
 
 
 @LOSSES.register("cosine")
+@no_autocast()
 def cosine(teacher: Tensor, student: Tensor) -> Tensor:
     """``1 - mean cosine similarity`` of the flattened features."""
     t, s = _cast_pair(teacher.flatten(1), student.flatten(1))

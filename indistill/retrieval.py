@@ -25,12 +25,14 @@ from __future__ import annotations
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .precision import no_tf32
 
 METRICS = ("cosine", "euclidean")
 LEVELS = 11  # the recall levels j/10 of the 11-point interpolated precision (``map``)
@@ -333,17 +335,6 @@ def _sort_keys(q: Tensor, db: Tensor, metrics: Sequence[str]) -> Callable[[str, 
     return sort_key
 
 
-@contextlib.contextmanager
-def _full_fp32_matmul() -> Iterator[None]:
-    """Full fp32 matmuls inside: TF32 (which training code may switch on) would blur the ranking."""
-    matmul_precision = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(matmul_precision)
-
-
 @torch.no_grad()
 def evaluate_all(
     query: Tensor,
@@ -375,7 +366,7 @@ def evaluate_all(
 
     sort_key = _sort_keys(q, db, metrics)
     on_cpu = device.type == "cpu" and _NUMPY_ON_CPU
-    with _full_fp32_matmul():
+    with no_tf32():  # TF32 (which training code may switch on) would blur the ranking
         if on_cpu:
             values = _evaluate_cpu(sort_key, ql.numpy(), dbl.numpy(), batch_sizes.numpy(), q, db, metrics, ks, step)
         else:
@@ -467,7 +458,7 @@ def pr_curve(
     precision = torch.zeros(LEVELS, dtype=torch.float64, device=device)
     counts = torch.zeros(4, LEVELS, dtype=torch.float64, device=device)  # tp, fp, tn, fn
     step = _chunk_step(chunk_size, n)
-    with _full_fp32_matmul():
+    with no_tf32():  # TF32 (which training code may switch on) would blur the ranking
         for start in range(0, nq, step):
             stop = min(start + step, nq)
             c = stop - start

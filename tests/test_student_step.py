@@ -12,7 +12,8 @@ from indistill.configure import build_config
 from indistill.models.base import EMBEDDING, TapNet, TapReader
 from indistill.models.zoo import create_network
 from indistill.pruning import TARGETS, PrunedTaps
-from indistill.train.methods import METHODS, create_method
+from indistill.losses import LOSSES
+from indistill.train.methods import METHODS, Method, StudentBatch, create_method
 from indistill.train.student_step import StudentStep, student_step
 
 CPU = torch.device("cpu")
@@ -190,6 +191,61 @@ def test_every_method_declares_the_taps_its_loss_reads():
     for method, taps in LOSS_TAPS.items():
         impl = create_method(method, cfg.student, ("block0", "block1", "block2"), EPOCHS)
         assert [impl.loss_taps(e) for e in range(EPOCHS)] == taps, method
+
+
+TAP = "block2"
+
+
+class _OneLoss(Method):
+    """A method whose loss is the registered feature loss ``name`` on the deepest block (the auxiliary's
+    pruned to the student's width); it keeps the batch it saw."""
+
+    label = "test"
+    needs_pruning = True
+
+    def __init__(self, cfg: RunConfig, name: str) -> None:
+        super().__init__(cfg.student, ("block0", "block1", "block2"), 1)
+        self.name = name
+        self.seen: StudentBatch | None = None
+
+    def loss(self, b: StudentBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        self.seen = b
+        return LOSSES.get(self.name)(b.source[TAP], b.student[TAP]), {}
+
+    def loss_taps(self, epoch: int) -> tuple[str, ...]:
+        return (TAP,)
+
+
+def _one_loss_step(name: str, precision: str) -> tuple[Tensor, StudentBatch]:
+    """The step's loss of a seeded batch (32 images) with the loss ``name`` on :data:`TAP`, and what the loss saw."""
+    cfg = _config("paper", "-")
+    auxiliary = _network(cfg, "auxiliary", seed=1).eval()
+    student = _network(cfg, "student", seed=2)
+    method = _OneLoss(cfg, name)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(32, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (32,), generator=g)
+    target = TARGETS.get("running_stats")(auxiliary, PrunedTaps(KEPT))
+    with StudentStep(student, method, auxiliary, target, CPU, precision) as step:
+        loss, _ = step(x, y, 0)
+    return loss, method.seen
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("outer", [False, True], ids=["step-autocast", "and-outer-autocast"])
+def test_the_losses_are_float32_under_the_steps_bf16_autocast(name, outer):
+    # precision bf16 on CPU: the forwards run under bf16 autocast (as auto/bf16 do on CUDA); the loss must be the
+    # float32 loss of the features they produced (PKT's x @ x.t() in bf16 was 0.5 % off), with or without an
+    # autocast around the whole step
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=outer):
+        loss, seen = _one_loss_step(name, "bf16")
+    assert loss.dtype == torch.float32
+    assert all(f.dtype == torch.float32 for f in (*seen.student.values(), *seen.source.values(), seen.logits))
+    want = LOSSES.get(name)(seen.source[TAP].detach().clone(), seen.student[TAP].detach().clone())
+    assert float(loss.detach()) == pytest.approx(float(want.detach()), rel=1e-6)
+    _, fp32 = _one_loss_step(name, "fp32")
+    # the networks did run in bf16: their features are not the float32 forward's
+    assert not torch.allclose(seen.student[TAP], fp32.student[TAP], rtol=1e-4, atol=0)
 
 
 GOLDEN: dict[str, dict[int, dict[str, float]]] = {

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..precision import no_tf32
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
@@ -24,12 +26,20 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA for ``auto``/``bf16``; fp32 elsewhere (CPU bf16 is slower here)."""
+    """The networks' forward passes: bf16 autocast on CUDA for ``auto``/``bf16`` (on CPU for ``bf16``
+    only: CPU bf16 is slower here); ``fp32``: full float32, TF32 off (:func:`indistill.precision.no_tf32`);
+    ``auto`` on CPU: float32 as it is."""
     if device.type == "cuda" and precision in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     if device.type == "cpu" and precision == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return stage_precision(precision)
+
+
+def stage_precision(precision: str) -> contextlib.AbstractContextManager:
+    """What a whole training stage runs under, backward passes and evaluations included: TF32 off for
+    ``precision: fp32``; nothing otherwise (autocast covers the forwards, see :func:`autocast`)."""
+    return no_tf32() if precision == "fp32" else contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> None:

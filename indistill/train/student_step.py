@@ -2,6 +2,8 @@
 student's taps. ``student_stage`` trains with it; the speed benchmark times it."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -9,7 +11,7 @@ from ..config import RunConfig
 from ..models.base import TapNet, TapReader, unwrap
 from ..pruning import PrunedTarget, PrunedTaps, create_target
 from .methods import Method, StudentBatch
-from .runtime import autocast
+from .runtime import autocast, stage_precision
 
 
 def hooked_taps(net: TapNet, method: Method) -> tuple[str, ...]:
@@ -23,8 +25,13 @@ class StudentStep:
 
     The auxiliary runs under ``no_grad`` only as far as those taps (a frozen network: nothing after
     them changes any state), its pruned taps replaced by ``target``; the student runs in full (its BN
-    statistics, logits and DDP see the whole network); then ``method.loss``; all inside
-    ``autocast(device, precision)``. Call :meth:`close` (or use ``with``) to remove the hooks.
+    statistics, logits and DDP see the whole network); both forwards inside ``autocast(device,
+    precision)``. Then ``method.loss`` outside autocast, on the logits and features cast to float32
+    (the losses' kernels are float32 whatever the networks ran in).
+
+    Use it as a context manager (``with step: loop.run()``): inside, a ``precision: fp32`` run has
+    TF32 off for the backward passes and the evaluations too (:func:`~.runtime.stage_precision`);
+    leaving it (or :meth:`close`) removes the hooks and restores the TF32 settings.
     """
 
     def __init__(self, student: nn.Module, method: Method, auxiliary: TapNet | None, target: PrunedTarget | None,
@@ -39,14 +46,19 @@ class StudentStep:
         self.student = TapReader(student, taps)
         keep_inputs = target is not None and target.needs_inputs
         self.auxiliary = TapReader(auxiliary, taps, keep_inputs=keep_inputs) if method.needs_source else None
+        self._scope = contextlib.ExitStack()
 
     def __call__(self, x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.method.loss(self.batch(x, y, epoch))
+
+    def batch(self, x: Tensor, y: Tensor, epoch: int) -> StudentBatch:
+        """What ``method.loss`` sees for ``(x, y)`` at ``epoch``: the forwards under autocast, their
+        outputs as float32."""
         taps = self.method.loss_taps(epoch)
         with autocast(self.device, self.precision):
             source = self.source(x, taps)
             logits, feats = self.student(x)
-            feats = {t: feats[t] for t in taps}
-            return self.method.loss(StudentBatch(epoch, y, logits, feats, source))
+        return StudentBatch(epoch, y, logits.float(), _float32({t: feats[t] for t in taps}), _float32(source))
 
     def source(self, x: Tensor, taps: tuple[str, ...]) -> dict[str, Tensor]:
         """The auxiliary's features of ``x`` at ``taps`` (pruned targets where the method prunes)."""
@@ -61,12 +73,19 @@ class StudentStep:
         self.student.close()
         if self.auxiliary is not None:
             self.auxiliary.close()
+        self._scope.close()
 
     def __enter__(self) -> "StudentStep":
+        self._scope.enter_context(stage_precision(self.precision))
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _float32(features: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``features`` as float32 (no copy where they already are)."""
+    return {t: f.float() for t, f in features.items()}
 
 
 def student_step(student: nn.Module, method: Method, auxiliary: TapNet | None, pruned: PrunedTaps | None,
