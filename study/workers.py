@@ -27,7 +27,7 @@ from indistill.retrieval import METRICS, pr_curve
 from indistill.table import result_row
 from indistill.train.keys import stage_dirname
 from indistill.train.loop import COUNTERS, FINAL, LAST
-from indistill.train.runtime import is_distributed, rank, world_size
+from indistill.train.runtime import TorchCuda, cap_memory, is_distributed, rank, reserved_device, world_size
 from indistill.train.stages import Context, auxiliary_ce_dir, evaluate_stage, prune_stage, student_stage
 
 from .names import ARTIFACT_PROGRESS, EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, STUDENT_ROWS, TUNED
@@ -50,7 +50,19 @@ def _quiet_ray_train() -> None:
 
 
 def _device_name(cfg: RunConfig) -> str:
-    return "cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu"
+    """The device Ray reserved for this worker (``cpu`` when it reserved no GPU, else its ``cuda:<i>``),
+    checked against what torch can use (:func:`indistill.train.runtime.reserved_device`)."""
+    if cfg.device == "cpu":  # nothing to ask Ray: a test on logical GPUs, or a CPU study on GPU nodes
+        return "cpu"
+    from ray.train.torch import get_device  # the device of the GPU ids Ray assigned (cpu: none)
+
+    node = f"node {socket.gethostname()} (Ray node {ray.get_runtime_context().get_node_id()})"
+    return reserved_device(cfg.device, str(get_device()), TorchCuda.report(), node)
+
+
+def _reserved_gpus() -> float:
+    """How much GPU Ray reserved for this worker (0.25 for a quarter of one; 0 for none)."""
+    return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
 
 
 STAGES_DIR = "artifacts/stages"
@@ -105,6 +117,10 @@ def _context(cfg: RunConfig, root: Path, config: dict, persist: Callable[[Path],
              log: Callable[[str], None]) -> Context:
     cfg = cfg.replace(device=_device_name(cfg))
     ctx = make_context(cfg, root, log=log)
+    gpus = _reserved_gpus()
+    fraction = cap_memory(ctx.device, gpus)
+    if fraction is not None:
+        log(f"[run] CUDA memory capped at {fraction:.1%} of {ctx.device} (this worker reserved {gpus:g} of it)")
     ctx.persist = persist
     return ctx
 

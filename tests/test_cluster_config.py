@@ -334,3 +334,39 @@ def test_placeholders_are_marked_for_editing():
         if "ImageId:" in code:
             value = code.split("ImageId:", 1)[1].strip()
             assert value.startswith("*") or EDIT_MARK in ln, f"unmarked ImageId line: {ln.strip()}"
+
+
+def _gpu_checks(commands: list[str]) -> list[str]:
+    """The ``python -c`` programs among ``commands`` that check ``torch.cuda.is_available()``."""
+    import shlex
+
+    programs = []
+    for command in commands:
+        words = shlex.split(command)
+        if words[:2] == ["python", "-c"] and "torch.cuda.is_available()" in words[2]:
+            programs.append(words[2])
+    return programs
+
+
+@pytest.mark.parametrize("available", [True, False])
+def test_gpu_workers_fail_their_setup_when_torch_cannot_use_cuda(prepared, monkeypatch, capsys, available):
+    # every worker type is a GPU type (test_node_types_follow_project_rules): the check runs on each worker
+    # node, after the project's install, and never on the CPU head
+    programs = _gpu_checks(prepared["worker_setup_commands"])
+    assert len(programs) == 1, prepared["worker_setup_commands"]
+    assert _gpu_checks(prepared["head_setup_commands"]) == []
+    install = next(i for i, c in enumerate(prepared["worker_setup_commands"]) if "pip install -q -e" in c)
+    check = next(i for i, c in enumerate(prepared["worker_setup_commands"]) if "torch.cuda.is_available()" in c)
+    assert install < check
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    with pytest.raises(SystemExit) as info:
+        exec(compile(programs[0], "worker_setup_commands", "exec"), {})
+    out = capsys.readouterr().out
+    assert f"torch {torch.__version__} built for CUDA {torch.version.cuda} cuda available {available}" in out
+    if available:
+        assert info.value.code == 0
+    else:  # a message is exit status 1, printed to stderr by the interpreter
+        assert isinstance(info.value.code, str) and "docs/devices.md" in info.value.code
+        assert "torch.cuda.is_available() is False" in info.value.code
