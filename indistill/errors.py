@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
 from typing import Callable
@@ -57,11 +58,26 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def last_line(exc: BaseException, limit: int = 300) -> str:
-    """The last line of ``exc``'s message (where a traceback-carrying error says what went wrong), at
-    most ``limit`` characters; the exception's type when the message is empty."""
-    lines = str(exc).strip().splitlines()
-    return lines[-1][:limit] if lines else type(exc).__name__
+#: a frame line of a Python traceback, as it appears inside a wrapped error's message
+_FRAME = re.compile(r'^\s*File "[^"]*", line \d+')
+
+
+def error_reason(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` of the error that started it all, at most ``limit``
+    characters: for an error whose message carries a traceback (Ray's wrappers of a worker's error),
+    the innermost traceback's exception line (its type without the module path); else ``exc``'s own
+    type and first line (the type alone for an empty message)."""
+    lines = [line.rstrip() for line in str(exc).splitlines()]
+    frames = [i for i, line in enumerate(lines) if _FRAME.match(line)]
+    if frames:
+        for line in lines[frames[-1] + 1:]:
+            if line and not line[0].isspace():  # past the frame's source line and its carets
+                kind, sep, message = line.partition(": ")
+                kind = kind.rsplit(".", 1)[-1]
+                return (f"{kind}: {message}" if sep else kind)[:limit]
+    first = next((line.strip() for line in lines if line.strip()), "")
+    name = type(exc).__name__
+    return (f"{name}: {first}" if first else name)[:limit]
 
 
 def describe_os_error(exc: OSError) -> str:

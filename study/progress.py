@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple, TextIO
 
 from ray import tune
 
-from indistill.errors import last_line
+from indistill.errors import error_reason
 
 from .names import ARTIFACT_PROGRESS, OBJECTIVE
 from .outcome import FAILED, STATUSES, STOPPED, best_key, scored, trial_status
@@ -288,9 +288,10 @@ class TrialEvents(tune.Callback):
 
 
 def _short_error(trial) -> str:
-    """The last line of a failed trial's error, shortened (Tune keeps the full one in its error.txt)."""
+    """A failed trial's reason (:func:`~indistill.errors.error_reason`), shortened (Tune keeps the whole
+    error in its error.txt)."""
     try:
         error = trial.get_pickled_error()
     except Exception:  # an error that no longer unpickles
         error = None
-    return last_line(error, 120) if error is not None else "error (see the trial's error.txt)"
+    return error_reason(error, 120) if error is not None else "error (see the trial's error.txt)"

@@ -8,7 +8,7 @@ import pandas as pd
 import yaml
 
 from indistill.configure import build_config
-from indistill.errors import last_line
+from indistill.errors import error_reason
 from indistill.retrieval import METRICS
 from indistill.table import aggregate, column, display, integer_counts, latex
 
@@ -41,8 +41,7 @@ def summarize_trials(grid, bp) -> dict:
         status = trial_status(result.error is not None, epochs, max_epochs)
         reason = ""
         if status == FAILED:
-            name = type(result.error).__name__
-            reason = f"{name}: {last_line(result.error)}" if str(result.error).strip() else name
+            reason = error_reason(result.error)
         elif status == STOPPED:
             reason = f"ASHA stopped it after {epochs} epochs ({int(metrics.get(EMBEDDING_EPOCH, 0))} in the embedding phase)"
         df = result.metrics_dataframe

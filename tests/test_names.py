@@ -119,12 +119,29 @@ def test_the_study_sets_environment_variables_in_one_place() -> None:
     assert edits == ["study/runner.py:os.environ.setdefault(*AUTO_LOGGERS_ENV)"]
 
 
-@pytest.mark.parametrize("exc, shown", [
-    (RuntimeError("Traceback (most recent call last):\n  File x\nDivergedError: loss became nan"), "DivergedError: loss became nan"),
-    (RuntimeError(), "RuntimeError"),  # an empty message: its type, not an IndexError
-    (ValueError("x" * 400), "x" * 300),
-])
-def test_an_error_is_shown_by_its_last_line(exc, shown) -> None:
-    from indistill.errors import last_line
+#: what Ray's Tune shows for a Train worker's error: a wrapper whose message carries the tracebacks
+RAY_WRAPPED = """\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=4466, ip=192.0.2.2, repr=trial)
+  File "/venv/ray/train/v2/api/data_parallel_trainer.py", line 195, in fit
+    raise result.error
+ray.train.WorkerGroupError: Training failed due to worker errors:
+[Rank 0,1 Error Snippet]:
+  File "/venv/indistill/train/loop.py", line 98, in train_step
+    loss.backward()
+    ^^^^^^^^^^^^^^^
+RuntimeError: Expected to have finished reduction in the prior iteration before starting a new one.
+In addition, you can set the environment variable TORCH_DISTRIBUTED_DEBUG to either INFO or DETAIL"""
 
-    assert last_line(exc) == shown
+
+@pytest.mark.parametrize("exc, shown", [
+    (RuntimeError(RAY_WRAPPED), "RuntimeError: Expected to have finished reduction in the prior iteration before "
+                                "starting a new one."),  # the worker's own error, not the wrapper's last line
+    (RuntimeError('Traceback (most recent call last):\n  File "x.py", line 3, in f\n    g()\n'
+                  'indistill.train.loop.DivergedError: [student] loss became nan\n'), "DivergedError: [student] loss became nan"),
+    (ValueError("bad value\nsecond line"), "ValueError: bad value"),
+    (RuntimeError(), "RuntimeError"),  # an empty message: its type, not an IndexError
+    (ValueError("x" * 400), "ValueError: " + "x" * 288),
+])
+def test_an_error_is_shown_by_its_own_type_and_first_line(exc, shown) -> None:
+    from indistill.errors import error_reason
+
+    assert error_reason(exc) == shown

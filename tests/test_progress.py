@@ -119,7 +119,7 @@ def test_tune_callback_pickles_without_the_display_and_finds_it_again(tmp_path):
         # Tune's trial events, as Tune passes them: a trial's name, last result and pickled error
         trial = SimpleNamespace(trial_id="aaa", custom_trial_name="trial-0-aaa", last_result={"val_map": 0.5, "epoch": 6})
         failed = SimpleNamespace(trial_id="bbb", custom_trial_name=None, last_result={},
-                                 get_pickled_error=lambda: RuntimeError("Traceback:\n  x\nDivergedError: loss became nan"))
+                                 get_pickled_error=lambda: RuntimeError('Traceback (most recent call last):\n  File "loop.py", line 5, in run\n    step()\nDivergedError: loss became nan'))
         p.phase("digits", "search")
         callback.on_trial_start(0, [], trial)
         callback.on_trial_start(0, [], failed)
