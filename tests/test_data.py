@@ -372,3 +372,68 @@ def test_cache_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(DatasetFormatError, match="not a readable image"):
         load_benchmark("imagenet", tmp_path, options={"classes": 3, "workers": 1})
     assert not (tmp_path / "cache").exists()
+
+
+# --- device batches: the layout the config asks for -----------------------------------------
+
+
+def _device_split(name: str, channels_last: bool, n: int = 10):
+    from indistill.train.batches import DeviceSplit
+
+    spec = get_spec(name)
+    g = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (n, *spec.input_shape), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, spec.num_classes, (n,), generator=g)
+    return spec, DeviceSplit.create(Split(images, labels), spec, torch.device("cpu"), channels_last=channels_last)
+
+
+def _layout_ok(x: torch.Tensor, channels_last: bool) -> bool:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("prenormalized", [True, False], ids=["float-split", "uint8-split"])
+@pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_batches_reach_the_network_in_the_configs_layout_with_the_same_values(name, prenormalized, monkeypatch):
+    # before: index_select (training) returned NCHW copies of a channels_last split, and the crop's gather
+    # NCHW again, so every batch was re-laid out by the network's first convolution
+    import indistill.train.batches as batches
+
+    if not prenormalized:  # the ImageNet path: uint8 on the device, normalised per batch
+        monkeypatch.setattr(batches, "PRENORMALIZE_BYTES", 0)
+    spec, nhwc = _device_split(name, channels_last=True)
+    _, nchw = _device_split(name, channels_last=False)
+    assert nhwc.normalized is prenormalized
+    for augment in ({"padding": spec.crop_padding, "flip": spec.flip}, {"padding": 2, "flip": True}, {}):
+        got = list(nhwc.batches(4, seed=3, epoch=1, **augment))
+        want = list(nchw.batches(4, seed=3, epoch=1, **augment))  # the NCHW path: the values of the old one
+        assert len(got) == len(want) == 3  # 4 + 4 + 2 samples
+        for (x, y), (x_ref, y_ref) in zip(got, want):
+            assert _layout_ok(x, True) and _layout_ok(x_ref, False), augment
+            assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    for x, x_ref in zip(nhwc.eval_batches(4), nchw.eval_batches(4)):
+        assert _layout_ok(x, True) and _layout_ok(x_ref, False)
+        assert torch.equal(x, x_ref)
+
+
+def test_a_channels_last_batch_is_not_also_nchw():
+    # the check above means something: a 3-channel channels_last batch is not NCHW-contiguous
+    _, nhwc = _device_split("cifar10", channels_last=True)
+    x, _ = next(nhwc.batches(4, seed=0, epoch=0, padding=4, flip=True))
+    assert x.shape[1] == 3 and not x.is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize(("padding", "flip"), [(0, True), (1, False), (4, True), (40, True)])
+@pytest.mark.parametrize("fill", [0.0, (1.0, 2.0, 3.0)], ids=["scalar-fill", "per-channel-fill"])
+def test_augmenting_a_channels_last_batch_keeps_its_layout_values_and_draws(dtype, padding, flip, fill):
+    from indistill.data import augment_batch
+
+    x = torch.randint(0, 200, (6, 3, 7, 5), generator=torch.Generator().manual_seed(2)).to(dtype)
+    ref = augment_batch(x, padding, flip, generator=torch.Generator().manual_seed(9), fill=fill)
+    got = augment_batch(x.contiguous(memory_format=torch.channels_last), padding, flip,
+                        generator=torch.Generator().manual_seed(9), fill=fill)
+    assert ref.is_contiguous() and got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    assert got.dtype == dtype and torch.equal(got, ref)
+    if padding >= 7:  # a crop wholly outside some image: all fill
+        assert (ref == torch.as_tensor(fill, dtype=dtype).reshape(1, -1, 1, 1)).all(dim=(1, 2, 3)).any()

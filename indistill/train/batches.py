@@ -1,4 +1,9 @@
-"""Device-resident training data: one tensor per split, batched and augmented on the device."""
+"""Device-resident training data: one tensor per split, batched and augmented on the device.
+
+A split stored channels_last (``cfg.channels_last``: NHWC in memory) yields channels_last batches,
+training and evaluation alike, without a re-layout per batch: the images of a batch are gathered as
+whole NHWC images and viewed back as ``[B, C, H, W]`` (no copy), and augmentation keeps the layout.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..data import BenchmarkSpec, Split, augment_batch, normalize
-from ..data.augment import black
+from ..data.augment import black, is_channels_last
 from .runtime import epoch_generator, rank, world_size
 
 #: Keep a normalised float copy of a split on the device when it is at most this large;
@@ -46,7 +51,16 @@ class DeviceSplit:
         return black(self.mean, self.std)
 
     def prepare(self, images: Tensor) -> Tensor:
+        """``images`` normalised (in their layout), unless the split is stored normalised already."""
         return images if self.normalized else normalize(images, self.mean, self.std)
+
+    def take(self, idx: Tensor) -> Tensor:
+        """The images at ``idx`` (1-D, on the device) in the stored layout. ``index_select`` on a
+        channels_last ``[N, C, H, W]`` tensor returns an NCHW-contiguous copy (the network would convert
+        it back, per batch); gathering the NHWC view along dim 0 and permuting back keeps NHWC."""
+        if is_channels_last(self.images):
+            return self.images.permute(0, 2, 3, 1).index_select(0, idx).permute(0, 3, 1, 2)
+        return self.images.index_select(0, idx)
 
     def batches(
         self,
@@ -77,11 +91,13 @@ class DeviceSplit:
             idx = order[start : start + batch_size]
             if idx.numel() < 2:
                 continue
-            x = self.prepare(self.images.index_select(0, idx))
+            x = self.prepare(self.take(idx))
             if padding or flip:
                 x = augment_batch(x, padding, flip, generator=aug, fill=self.black)
             yield x, self.labels.index_select(0, idx)
 
     def eval_batches(self, batch_size: int) -> Iterator[Tensor]:
+        """The split in order, ``batch_size`` images at a time, normalised, in the stored layout
+        (a slice along dim 0 keeps it)."""
         for start in range(0, len(self), batch_size):
             yield self.prepare(self.images[start : start + batch_size])
