@@ -23,7 +23,7 @@ CUDA_BROKEN = TorchCuda("2.14.1+cu130", "13.0", False)  # a wheel built for a ne
 CPU_BUILD = TorchCuda("2.14.1+cpu", None, False)
 NODE = "node ip-10-0-1-7 (Ray node 3f2a)"
 GIB = 1024**3
-A10G = 24 * GIB
+GPU_24GIB = 24 * GIB
 
 
 @pytest.mark.parametrize(
@@ -71,11 +71,11 @@ def test_torch_cuda_report_is_what_torch_says(monkeypatch):
 @pytest.mark.parametrize(
     ("gpus", "total", "want"),
     [
-        (0.0, A10G, None),  # no GPU: nothing to cap
-        (1.0, A10G, None),  # a whole GPU (or more) is the worker's own
-        (2.0, A10G, None),
-        (0.25, A10G, 0.25 - 0.5 / 24),  # four trials on one A10G: a quarter, less a 512 MiB context
-        (0.5, A10G, 0.5 - 0.5 / 24),
+        (0.0, GPU_24GIB, None),  # no GPU: nothing to cap
+        (1.0, GPU_24GIB, None),  # a whole GPU (or more) is the worker's own
+        (2.0, GPU_24GIB, None),
+        (0.25, GPU_24GIB, 0.25 - 0.5 / 24),  # four trials on one 24 GiB GPU: a quarter, less a 512 MiB context
+        (0.5, GPU_24GIB, 0.5 - 0.5 / 24),
         (0.25, 80 * GIB, 0.25 - 0.5 / 80),
         (0.1, 2 * GIB, 0.05),  # the context estimate is more than the share: half the share
     ],
@@ -88,9 +88,9 @@ def test_a_fractional_gpu_is_capped_at_its_share_less_its_context(gpus, total, w
 @pytest.mark.parametrize("share", [0.5, 0.25, 0.2, 0.125])
 def test_the_trials_packed_on_one_gpu_fit_it_with_their_contexts(share):
     n = round(1 / share)
-    fraction = memory_fraction(share, A10G)
+    fraction = memory_fraction(share, GPU_24GIB)
     assert 0 < fraction < share
-    assert n * (fraction * A10G + CUDA_CONTEXT_BYTES) <= A10G * (1 + 1e-12)
+    assert n * (fraction * GPU_24GIB + CUDA_CONTEXT_BYTES) <= GPU_24GIB * (1 + 1e-12)
 
 
 def _fake_cuda(monkeypatch, total: int) -> list:
@@ -101,7 +101,7 @@ def _fake_cuda(monkeypatch, total: int) -> list:
 
 
 def test_cap_memory_sets_the_fraction_on_the_device(monkeypatch):
-    calls = _fake_cuda(monkeypatch, A10G)
+    calls = _fake_cuda(monkeypatch, GPU_24GIB)
     device = torch.device("cuda", 1)
     assert cap_memory(device, 0.25) == pytest.approx(0.25 - 0.5 / 24)
     assert calls == [(pytest.approx(0.25 - 0.5 / 24), device)]
@@ -168,7 +168,7 @@ def test_a_reserved_gpu_torch_cannot_use_fails_the_trial(ray_reports, monkeypatc
 def test_the_worker_caps_its_memory_where_it_picks_its_device(ray_reports, monkeypatch, tmp_path, resources, device, want):
     from study import workers
 
-    calls = _fake_cuda(monkeypatch, A10G)
+    calls = _fake_cuda(monkeypatch, GPU_24GIB)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     ray_reports["device"], ray_reports["resources"] = torch.device(device), resources
     built = []
