@@ -143,3 +143,21 @@ def test_the_retrieval_embeddings_run_with_tf32_off(tf32_on):
         _assert_tf32_off(flags)
         assert not autocast_on
     assert _flags() == tf32_on
+
+
+@pytest.mark.parametrize(("precision", "off"), [("fp32", True), ("auto", False)])
+def test_the_student_step_holds_tf32_off_for_its_loop_in_fp32(tf32_on, precision, off):
+    # `with step: loop.run()` in student_stage: the backward passes and evaluations run inside it too
+    from indistill.configure import build_config
+    from indistill.train.methods import create_method
+    from indistill.train.student_step import student_step
+
+    cfg = build_config({"precision": precision}, benchmark="cifar10")
+    net = create_network("cifar10", "student", num_classes=10, in_channels=3, image_size=32)
+    step = student_step(net, create_method("ce", cfg.student, ("block0", "block1", "block2"), 1), None, None, cfg, CPU)
+    with step:
+        if off:
+            _assert_tf32_off(_flags())
+        else:
+            assert _flags() == tf32_on
+    assert _flags() == tf32_on
