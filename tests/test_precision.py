@@ -161,3 +161,23 @@ def test_the_student_step_holds_tf32_off_for_its_loop_in_fp32(tf32_on, precision
         else:
             assert _flags() == tf32_on
     assert _flags() == tf32_on
+
+
+def test_the_teacher_and_auxiliary_loops_run_with_tf32_off_in_fp32(tf32_on, tmp_path, monkeypatch):
+    """Every loop of the artifact stages (teacher; auxiliary CE, then PKT) runs, backward passes
+    included, inside ``stage_precision`` when the config says fp32."""
+    from indistill.configure import build_config
+    from indistill.pipeline import make_context
+    from indistill.train import stages
+    from indistill.train.loop import Loop
+
+    seen: list[tuple[str, dict]] = []
+    monkeypatch.setattr(Loop, "run", lambda self: seen.append((self.name, _flags())) or [])
+    cfg = build_config({"device": "cpu", "precision": "fp32"}, benchmark="digits")
+    ctx = make_context(cfg, tmp_path, log=lambda _m: None)
+    teacher = stages.teacher_stage(ctx, "val").network
+    stages.auxiliary_stage(ctx, teacher, "val")
+    assert [name for name, _ in seen] == ["teacher", "auxiliary/ce", "auxiliary/pkt"]
+    for _name, flags in seen:
+        _assert_tf32_off(flags)
+    assert _flags() == tf32_on

@@ -27,6 +27,7 @@ TINY_SPACE = {
     },
     "criteria": ["l1", "random"],
     "fixed": {
+        "device": "cpu",  # the nodes' GPUs are logical: Ray reserves them, torch has none
         "teacher": {"epochs": 1},
         "auxiliary": {"ce": {"epochs": 1}, "pkt": {"epochs": 1}},
         "student": {"curriculum": {"epochs": [1, 1, 1]}, "schedules": {"mkt": {"epochs": 2}}},

@@ -23,7 +23,7 @@ from .batches import DeviceSplit
 from .keys import Protocol, stage_dirname, stage_key
 from .loop import FINAL, EpochHook, Loop, load_final
 from .methods import Method, create_method
-from .runtime import autocast, rank, seed_everything
+from .runtime import autocast, rank, seed_everything, stage_precision
 from .student_step import student_step
 
 @dataclass
@@ -145,7 +145,8 @@ def teacher_stage(ctx: Context, protocol: Protocol = "test") -> StageResult:
     if cfg.teacher.checkpoint:
         return StageResult("teacher", None, _load_given(ctx, model, "teacher", cfg.teacher.checkpoint))
     work_dir = ctx.stage_path("teacher", protocol)
-    history = _ce_loop(ctx, "teacher", model, cfg.teacher, work_dir, protocol).run()
+    with stage_precision(cfg.precision):
+        history = _ce_loop(ctx, "teacher", model, cfg.teacher, work_dir, protocol).run()
     return StageResult("teacher", work_dir, _freeze(model), history=history)
 
 
@@ -167,7 +168,8 @@ def auxiliary_stage(ctx: Context, teacher: TapNet | None, protocol: Protocol = "
     work_dir = ctx.stage_path("auxiliary", protocol)
     ce_dir = auxiliary_ce_dir(ctx, protocol)
     if not (work_dir / FINAL).exists():  # a finished auxiliary needs neither its CE start nor the teacher
-        _ce_loop(ctx, "auxiliary/ce", model, cfg.auxiliary.ce, ce_dir, protocol).run()
+        with stage_precision(cfg.precision):
+            _ce_loop(ctx, "auxiliary/ce", model, cfg.auxiliary.ce, ce_dir, protocol).run()
     trainable = _maybe_compile(model, cfg)
     t_reader = TapReader(teacher, (EMBEDDING,))
     a_reader = TapReader(trainable, (EMBEDDING,))
@@ -183,9 +185,10 @@ def auxiliary_stage(ctx: Context, teacher: TapNet | None, protocol: Protocol = "
 
     stage = cfg.auxiliary.pkt
     try:
-        history = Loop(work_dir, model, stage.optim, stage.epochs, step,
-                       _batches(ctx, ctx.train_split(protocol), stage, cfg.seed + 1), name="auxiliary/pkt",
-                       log=ctx.log, saved=ctx.saved).run()
+        with stage_precision(cfg.precision):
+            history = Loop(work_dir, model, stage.optim, stage.epochs, step,
+                           _batches(ctx, ctx.train_split(protocol), stage, cfg.seed + 1), name="auxiliary/pkt",
+                           log=ctx.log, saved=ctx.saved).run()
     finally:
         t_reader.close()
         a_reader.close()
