@@ -64,8 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", default="studies", help="where studies live: a path (NFS for multi-node) or s3://bucket/prefix")
     run.add_argument("--name", default="default", help="the study's name: its directory under --storage")
     run.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP) per trial")
-    run.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractional for one-worker trials (default: on a "
-                     "cluster with GPUs 0.25 for one-worker trials, one per worker for DDP trials; else 0)")
+    run.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractional for one-worker trials (default: 0.25 "
+                     "for one-worker trials and one per worker for DDP trials when the cluster has GPUs or its "
+                     "autoscaler can start GPU nodes; else 0, but on a cluster joined with --address whose node types "
+                     "are unknown an error asking for it)")
+    run.add_argument("--max-concurrent-trials", type=int, metavar="N", help="how many trials (and final runs) of a "
+                     "benchmark run at once (default: as many as fit the nodes the cluster has and those its "
+                     "autoscaler can start, see docs/cluster.md)")
     run.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial")
     run.add_argument("--dist-backend", choices=("auto", "nccl", "gloo"), default="auto",
                      help="torch.distributed backend of the Ray Train runs; auto: nccl when trials use GPUs, else gloo")
@@ -123,18 +128,25 @@ def _benchmarks(text: str) -> list[str]:
     return names
 
 
-def make_plan(args: argparse.Namespace, cluster: dict | None = None):
-    """Validate everything the user typed and build the StudyPlan (no Ray needed)."""
+def make_plan(args: argparse.Namespace, cluster=None, *, remote: bool = False):
+    """Validate everything the user typed and build the StudyPlan (no Ray needed). ``cluster``: the
+    :class:`~study.resources.ClusterShape` (or resource totals) the default --gpus-per-trial comes
+    from (None: before Ray, 0); ``remote``: a cluster joined with --address/$RAY_ADDRESS."""
+    from collections.abc import Mapping
+
     from indistill.configure import with_data_root
 
-    from .resources import TrialResources, default_gpus_per_trial
+    from .resources import ClusterShape, TrialResources, gpus_per_trial
     from .runner import BenchmarkPlan, StudyPlan
     from .search_space import base_config, default_space_path, load_space
     from .storage import Storage
 
-    gpus = args.gpus_per_trial
-    if gpus is None:
-        gpus = default_gpus_per_trial(cluster or {}, args.workers_per_trial)
+    if isinstance(cluster, Mapping):
+        cluster = ClusterShape(up=(cluster,))
+    gpus, gpus_note = (args.gpus_per_trial or 0.0, "") if cluster is None else \
+        gpus_per_trial(args.gpus_per_trial, cluster, args.workers_per_trial, remote=remote)
+    if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
+        raise ConfigError(f"--max-concurrent-trials: must be >= 1, got {args.max_concurrent_trials}")
     try:
         resources = TrialResources(workers=args.workers_per_trial, gpus=gpus, cpus=args.cpus_per_trial,
                                    backend=None if args.dist_backend == "auto" else args.dist_backend)
@@ -178,7 +190,8 @@ def make_plan(args: argparse.Namespace, cluster: dict | None = None):
     if not args.name or args.name in (".", "..") or "/" in args.name or "\\" in args.name:
         raise ConfigError(f"--name: {args.name!r} is not a study name (one directory name under --storage)")
     storage = Storage.create(args.storage).sub(args.name)
-    return StudyPlan(args.name, storage, tuple(plans), resources, args.artifact_workers, args.resume, verbose=args.verbose)
+    return StudyPlan(args.name, storage, tuple(plans), resources, args.artifact_workers, args.resume, verbose=args.verbose,
+                     max_concurrent=args.max_concurrent_trials, gpus_note=gpus_note)
 
 
 def _check_data(plan) -> None:
@@ -310,9 +323,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     with contextlib.nullcontext(sys.stdout) if args.verbose else driver_log(plan.storage) as console:
         init_ray(address, log_to_driver=args.verbose, configure_logging=True, logging_level="WARNING")
         try:
-            cluster = ray.cluster_resources()
-            if args.gpus_per_trial is None and cluster.get("GPU", 0) >= 1:
-                plan = make_plan(args, cluster)
+            if args.gpus_per_trial is None:  # from the GPUs up now or those the autoscaler can start
+                from .resources import read_cluster_shape
+
+                plan = make_plan(args, read_cluster_shape(), remote=bool(address))
             table = run_study(plan, console, live=console.isatty() and not args.verbose)
             logs = _ray_logs_dir()
         finally:

@@ -26,7 +26,7 @@ from indistill.io import atomic_write_bytes, stable_hash
 from indistill.schema import ConfigError, to_dict
 
 from .progress import STUDY_LOG, BenchmarkStatus, Progress, TrialEvents, attach, format_duration
-from .resources import REPORT_POLL_ENV, STATE_SYNC_ENV, TrialResources
+from .resources import REPORT_POLL_ENV, STATE_SYNC_ENV, Concurrency, TrialResources, concurrency, read_cluster_shape
 from .results import build_table, summarize_trials, write_study_table
 from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
 from .search_space import SearchSpace, apply_params, define_by_run, shortest_curriculum
@@ -103,6 +103,8 @@ class StudyPlan:
     artifact_workers: int = 1
     resume: bool = False
     verbose: bool = False  # Ray's and Tune's console output, and the runs' log lines, on the console too
+    max_concurrent: int | None = None  # --max-concurrent-trials (None: what the cluster can hold)
+    gpus_note: str = ""  # why the default --gpus-per-trial is what it is, when the GPUs up now do not say
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,7 @@ def _optuna_db(plan: StudyPlan, bp: BenchmarkPlan) -> Path:
     return mirror / OPTUNA_FILE
 
 
-def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, cluster: dict) -> tune.ResultGrid:
+def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_once: Concurrency) -> tune.ResultGrid:
     budget = bp.space.budget
     optuna_db = _optuna_db(plan, bp)
     exp_name = f"{bp.benchmark}-search"
@@ -210,9 +212,9 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, cluster: 
         progress.phase(bp.benchmark, "search", f"resuming the search from {exp_path}")
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
     else:
-        concurrent = plan.trial_resources.max_concurrent(cluster)
-        progress.phase(bp.benchmark, "search", f"{budget.trials} trials, {concurrent} at a time "
-                       f"({_resources_text(plan.trial_resources)}); logs: {bp.benchmark}/logs/trials/")
+        concurrent, at_a_time = at_once.text(budget.trials, "trials")
+        progress.phase(bp.benchmark, "search", f"{budget.trials} trials ({_resources_text(plan.trial_resources)}), "
+                       f"{at_a_time}; logs: {bp.benchmark}/logs/trials/")
         import optuna
 
         searcher = RecordedOptunaSearch(space=define_by_run(bp.space), metric=OBJECTIVE, mode="max",
@@ -256,7 +258,7 @@ def final_trial(params: dict, spec: FinalSpec) -> None:
          f"{spec.benchmark}-final-seed{params['seed']}", spec.ray_storage, max_failures=1)
 
 
-def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, progress: Progress, cluster: dict) -> None:
+def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, progress: Progress, at_once: Concurrency) -> None:
     """Every student row (baselines and the tuned InDistill) once per final seed, the seeds as
     concurrent Ray Train runs; finished seeds are not redone."""
     seeds = final_seeds(bp)
@@ -265,10 +267,10 @@ def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, progress: Pro
     if not todo:
         progress.phase(bp.benchmark, "final", "already done")
         return
-    concurrent = min(len(todo), plan.trial_resources.max_concurrent(cluster))
+    concurrent, at_a_time = at_once.text(len(todo), "seeds")
     progress.status[bp.benchmark].concurrent = concurrent
-    progress.phase(bp.benchmark, "final", f"every student row on the full train split, evaluated on test: seeds "
-                   f"{todo}, {concurrent} at a time (teacher and auxiliary shared); logs: {bp.benchmark}/logs/final/")
+    progress.phase(bp.benchmark, "final", f"every student row on the full train split, evaluated on test (teacher and "
+                   f"auxiliary shared): seeds {todo}, {at_a_time}; logs: {bp.benchmark}/logs/final/")
     config = {"cfg": config_to_dict(_final_config(best)), "base": config_to_dict(_final_config(bp.base)),
               "storage": plan.storage.uri, "export_seed": seeds[0], "verbose": plan.verbose}
     trainable = _trainable(final_trial, f"{bp.benchmark}_final",
@@ -392,10 +394,12 @@ def write_study_state(plan: StudyPlan) -> None:
     })
 
 
-def new_progress(plan: StudyPlan, out: TextIO | None, *, live: bool = False, cluster: dict | None = None) -> Progress:
-    """The study's display: a status per benchmark of the plan (``out`` None: the log file only)."""
+def new_progress(plan: StudyPlan, out: TextIO | None, *, live: bool = False,
+                 at_once: Concurrency | None = None) -> Progress:
+    """The study's display: a status per benchmark of the plan (``out`` None: the log file only;
+    ``at_once``: how many trials run at once, else one)."""
     statuses = [BenchmarkStatus(bp.benchmark, trials=bp.space.budget.trials, seeds=bp.space.budget.final_seeds,
-                                concurrent=plan.trial_resources.max_concurrent(cluster or {}),
+                                concurrent=at_once.count if at_once else 1,
                                 full_epochs=bp.base.student.epochs) for bp in plan.benchmarks]
     return Progress(plan.storage, statuses, out, live=live)
 
@@ -408,21 +412,27 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
     benchmark that fails does not stop the others: the table holds what finished, then the first
     failure is raised."""
     t0 = time.perf_counter()
+    # what the cluster has and can start: how many trials at once, and why (a trial that fits no
+    # node of it is a one-line error, before anything is written)
+    shape = read_cluster_shape()
+    at_once = concurrency(plan.trial_resources, shape, plan.max_concurrent)
     if not plan.storage.exists(STATE):
         write_study_state(plan)
     # the HParams dashboard's columns (every benchmark's hyperparameters, val_map first), before any trial
     write_hparams_experiment(plan.storage, plan.benchmarks, [(OBJECTIVE, "val mAP (cosine, 11-point) of the trial's last epoch")])
-    cluster = ray.cluster_resources()
     errors: list[BaseException] = []
-    progress = new_progress(plan, out, live=live, cluster=cluster)
+    progress = new_progress(plan, out, live=live, at_once=at_once)
     names = ", ".join(b.benchmark for b in plan.benchmarks)
     attach(progress)
     try:
         with progress:
-            progress(f"[study] {plan.name}: {names} at once on {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
+            now = shape.now()
+            progress(f"[study] {plan.name}: {names} at once on {now.get('CPU', 0):g} CPUs, {now.get('GPU', 0):g} GPUs up now; "
                      f"study directory {plan.storage.uri} (runs' logs: <benchmark>/logs/, this log: {STUDY_LOG})")
+            if plan.gpus_note:
+                progress(f"[study] {plan.gpus_note}")
             with ThreadPoolExecutor(max_workers=len(plan.benchmarks), thread_name_prefix="benchmark") as pool:
-                futures = {pool.submit(run_benchmark, plan, bp, progress, cluster): bp for bp in plan.benchmarks}
+                futures = {pool.submit(run_benchmark, plan, bp, progress, at_once): bp for bp in plan.benchmarks}
                 for future in as_completed(futures):
                     bench = futures[future].benchmark
                     exc = future.exception()
@@ -444,19 +454,19 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
     return table
 
 
-def run_benchmark(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, cluster: dict) -> None:
+def run_benchmark(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_once: Concurrency) -> None:
     """One benchmark's phases in order: artifacts, search, final runs (each skipped when done)."""
     phases = _PhaseTimer(plan.storage, f"{bp.benchmark}/phases.json")
     with phases("artifacts"):
         run_artifacts(plan, bp, progress)
     if not plan.storage.exists(f"{bp.benchmark}/search/trials.json"):
         with phases("search"):
-            grid = run_search(plan, bp, progress, cluster)
+            grid = run_search(plan, bp, progress, at_once)
         trials = summarize_trials(grid, bp)
         placements = read_placements(plan.storage, bp.benchmark)
         for trial in trials["trials"]:
             trial["placement"] = placements.get(trial["trial_id"], [])
-        trials["max_concurrent"] = plan.trial_resources.max_concurrent(cluster)
+        trials["max_concurrent"] = at_once.count
         plan.storage.write_json(f"{bp.benchmark}/search/trials.json", trials)
     trials = plan.storage.read_json(f"{bp.benchmark}/search/trials.json")
     progress.searched(bp.benchmark, trials)
@@ -466,7 +476,7 @@ def run_benchmark(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, cluste
     best_cfg = apply_params(bp.base, trials["best"]["params"], bp.space)
     plan.storage.write_text(f"{bp.benchmark}/search/best_config.yaml", _yaml(config_to_dict(best_cfg)))
     with phases("final"):
-        run_final(plan, bp, best_cfg, progress, cluster)
+        run_final(plan, bp, best_cfg, progress, at_once)
 
 
 class _PhaseTimer:

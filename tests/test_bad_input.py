@@ -611,6 +611,13 @@ def study_gpus_without_a_gpu(root):
 
 
 @case
+def study_zero_concurrent_trials(root):
+    c = study_case(root, "--max-concurrent-trials", "0", space=SPACE)
+    c.names, c.words = "--max-concurrent-trials", "must be >= 1, got 0"
+    return c
+
+
+@case
 def study_zero_trials(root):
     c = study_case(root, "--trials", "0", space=SPACE)
     c.names = "--trials"
