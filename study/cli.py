@@ -315,7 +315,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_before_ray(args, plan)
     import ray
 
-    from .runner import init_ray, run_study
+    from .runner import StudyFailed, init_ray, run_study
 
     address = args.address or os.environ.get("RAY_ADDRESS")
     # Ray's console output (workers' and actors' lines, raylet warnings) only with --verbose: the
@@ -327,13 +327,24 @@ def cmd_run(args: argparse.Namespace) -> int:
                 from .resources import read_cluster_shape
 
                 plan = make_plan(args, read_cluster_shape(), remote=bool(address))
-            table = run_study(plan, console, live=console.isatty() and not args.verbose)
+            failed = None
+            try:
+                table = run_study(plan, console, live=console.isatty() and not args.verbose)
+            except StudyFailed as exc:  # the table holds what finished; the failure is the last line
+                table, failed = exc.table, exc
             logs = _ray_logs_dir()
         finally:
             ray.shutdown()
     _print_summary(plan.storage.uri, table)
     if logs:
         print(f"Ray's own logs  : {logs}")
+    if failed is not None:
+        if debug_requested(args):
+            import traceback
+
+            traceback.print_exception(failed.__cause__, file=sys.stderr)
+        print(f"{PROG}: failed: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 

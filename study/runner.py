@@ -20,7 +20,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from indistill.config import RunConfig, config_to_dict
-from indistill.errors import last_line
+from indistill.errors import error_reason
 from indistill.pipeline import artifact_stages
 from indistill.io import atomic_write_bytes, stable_hash
 from indistill.schema import ConfigError, to_dict
@@ -409,8 +409,8 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
     artifacts, then its search, then its final runs, sharing the cluster with the others); returns
     the results table. Progress goes to ``out`` (a live panel with ``live``; None: only the study's
     log file). Ray must be initialised, by :func:`init_ray` (its report poll and Tune setting). A
-    benchmark that fails does not stop the others: the table holds what finished, then the first
-    failure is raised."""
+    benchmark that fails does not stop the others: the table holds what finished, then
+    :class:`StudyFailed` (carrying that table) is raised."""
     t0 = time.perf_counter()
     # what the cluster has and can start: how many trials at once, and why (a trial that fits no
     # node of it is a one-line error, before anything is written)
@@ -420,7 +420,7 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
         write_study_state(plan)
     # the HParams dashboard's columns (every benchmark's hyperparameters, val_map first), before any trial
     write_hparams_experiment(plan.storage, plan.benchmarks, [(OBJECTIVE, "val mAP (cosine, 11-point) of the trial's last epoch")])
-    errors: list[BaseException] = []
+    errors: list[tuple[str, BaseException]] = []
     progress = new_progress(plan, out, live=live, at_once=at_once)
     names = ", ".join(b.benchmark for b in plan.benchmarks)
     attach(progress)
@@ -439,8 +439,8 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
                     if exc is None:
                         progress.phase(bench, "done")
                         continue
-                    progress.phase(bench, "failed", last_line(exc))
-                    errors.append(exc)
+                    progress.phase(bench, "failed", failure_reason(exc))
+                    errors.append((bench, exc))
             table, per_seed = build_table(plan.storage, [b.benchmark for b in plan.benchmarks])
             write_study_table(plan.storage, table, per_seed)
             from .report import write_report
@@ -450,8 +450,29 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
     finally:
         attach(None)
     if errors:
-        raise errors[0]
+        raise StudyFailed(plan.name, table, errors)
     return table
+
+
+class BenchmarkFailed(RuntimeError):
+    """A benchmark's phase ended without its result; the message says why."""
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line: a :class:`BenchmarkFailed`'s message, else the error's own type and first line."""
+    return str(exc) if isinstance(exc, BenchmarkFailed) else error_reason(exc)
+
+
+class StudyFailed(RuntimeError):
+    """Benchmarks of a study failed: ``table`` holds what finished, ``failures`` each failed
+    benchmark's error (the first is also the ``__cause__``)."""
+
+    def __init__(self, name: str, table: pd.DataFrame, failures: list[tuple[str, BaseException]]) -> None:
+        reasons = "; ".join(f"{bench}: {failure_reason(exc)}" for bench, exc in failures)
+        super().__init__(f"study {name}: {len(failures)} benchmark(s) failed: {reasons}")
+        self.table = table
+        self.failures = failures
+        self.__cause__ = failures[0][1]
 
 
 def run_benchmark(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_once: Concurrency) -> None:
@@ -471,8 +492,10 @@ def run_benchmark(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_onc
     trials = plan.storage.read_json(f"{bp.benchmark}/search/trials.json")
     progress.searched(bp.benchmark, trials)
     if trials["best"] is None:
-        progress(f"[{bp.benchmark}] search: no trial finished; skipping the final runs")
-        return
+        reasons = [t["reason"] for t in trials["trials"] if t["reason"]]
+        first = f" (the first: {reasons[0]})" if reasons else ""
+        raise BenchmarkFailed(f"none of its {len(trials['trials'])} search trials finished{first}; no final runs; "
+                              f"logs: {bp.benchmark}/logs/trials/")
     best_cfg = apply_params(bp.base, trials["best"]["params"], bp.space)
     plan.storage.write_text(f"{bp.benchmark}/search/best_config.yaml", _yaml(config_to_dict(best_cfg)))
     with phases("final"):
