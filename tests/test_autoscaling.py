@@ -175,11 +175,11 @@ def test_the_study_on_such_a_cluster_stops_with_one_line(tmp_path, capsys, monke
 # ----------------------------------------------------------------------------- Ray's fake autoscaler
 
 #: the fake cluster: a CPU-only head and one worker type with logical GPUs that starts at zero
-GPU_NODE = {"CPU": 1, "GPU": 1, "object_store_memory": 100 * 1024**2}
+GPU_NODE = {"CPU": 1, "GPU": 2, "object_store_memory": 100 * 1024**2}
 MAX_GPU_NODES = 2
-#: half a GPU and half a CPU a trial: two trials a node, room for four on the two nodes it can start;
-#: three trials, so that all at once needs both
-TRIAL_ARGS = ["--gpus-per-trial", "0.5", "--cpus-per-trial", "0.5", "--dist-backend", "gloo"]
+#: two-worker (data-parallel, gloo) trials of one GPU and half a CPU a worker: one trial a node, two
+#: at once on the two nodes the autoscaler can start; three trials, so that a third waits
+TRIAL_ARGS = ["--workers-per-trial", "2", "--gpus-per-trial", "2", "--cpus-per-trial", "1", "--dist-backend", "gloo"]
 AUTOSCALING_SPACE = {**TINY_SPACE, "criteria": ["l1"], "curriculum": LEAN_CURRICULUM,
                      "fixed": {**LEAN_FIXED, "device": "cpu"},  # logical GPUs: train on the CPU
                      "budget": {**TINY_SPACE["budget"], "trials": 3, "epochs": 2, "early_stopping": False,
@@ -310,9 +310,10 @@ def _nodes(address: str) -> list[dict]:
 @pytest.mark.e2e
 @pytest.mark.ray
 def test_trials_run_at_once_on_the_nodes_the_autoscaler_starts(tmp_path):
-    """A study joins a cluster with no GPU up (a CPU head, GPU nodes from zero): its plan comes from
-    the node type the autoscaler may start (2 nodes x 2 trials), the autoscaler starts both, and the
-    three trials run at once on them, never on the head."""
+    """A study of two-worker trials joins a cluster with no GPU up (a CPU head, GPU nodes from zero):
+    its plan comes from the node type the autoscaler may start (2 nodes x 1 trial), the autoscaler
+    starts both, two trials run at once on them, never on the head, and every trial trains to its end
+    with its two workers on one node."""
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(AUTOSCALING_SPACE))
     with fake_autoscaling_cluster() as cluster:
@@ -329,18 +330,20 @@ def test_trials_run_at_once_on_the_nodes_the_autoscaler_starts(tmp_path):
     root = tmp_path / "studies" / "auto"
     lines = (root / "logs/study.log").read_text().splitlines()
     assert any(line.startswith("[study] auto: digits at once on 1 CPUs, 0 GPUs up now;") for line in lines), lines
-    assert ("[digits] search: 3 trials (0.5 CPU, 0.5 GPU per worker), 3 at a time: all its trials (room for 4: the "
-            "cluster can grow to 2 GPUs (node types gpu_node x2)); logs: digits/logs/trials/") in lines, lines
+    assert ("[digits] search: 3 trials (0.5 CPU, 1 GPU per worker x 2 workers), 2 at a time: the cluster can grow "
+            "to 4 GPUs (node types gpu_node x2); logs: digits/logs/trials/") in lines, lines
     trials = json.loads((root / "digits/search/trials.json").read_text())
-    assert trials["max_concurrent"] == 4
+    assert trials["max_concurrent"] == 2
     assert trials["counts"] == {"completed": 3, "stopped early": 0, "failed": 0}
     head = next(n["NodeID"] for n in nodes if "node:__internal_head__" in n["Resources"])
-    started = {n["NodeID"] for n in nodes if n["Resources"].get("GPU") == 1}
+    started = {n["NodeID"] for n in nodes if n["Resources"].get("GPU") == GPU_NODE["GPU"]}
     assert len(started) == MAX_GPU_NODES and head not in started  # the autoscaler grew to its limit
     placed = {t["trial_id"]: {r["node_id"] for r in t["placement"]} for t in trials["trials"]}
     assert set().union(*placed.values()) == started, placed  # every trial on a started node, both used
+    assert all(len(t["placement"]) == 2 and len(placed[t["trial_id"]]) == 1 for t in trials["trials"]), placed
     spans = _intervals(root, "digits")
     assert sorted(spans) == sorted(placed)
     at_once = _most_at_once(spans.values())
-    assert at_once == 3, spans  # more trials at once than one node holds: both nodes worked together
+    assert at_once == 2, spans  # more trials at once than one node holds: both nodes worked together
+    assert json.loads((root / "digits/final/seed-0.json").read_text())["rows"]  # the two-worker final run too
     print(f"fake autoscaler: {len(started)} GPU nodes started, {at_once} of 3 trials at once, study {study_s:.0f} s")
