@@ -63,7 +63,7 @@ def _adam(*schedule: tuple[int, float], reset: str = "never") -> OptimConfig:
     return OptimConfig(name="adam", lr_schedule=tuple(schedule), reset=reset)
 
 
-# The reference code's schedules (DESIGN.md section 2): CE baselines 50 epochs at 1e-3 then 30 at
+# The reference code's schedules (docs/method.md, "Fidelity"): CE baselines 50 epochs at 1e-3 then 30 at
 # 1e-4 with a new Adam at the drop; T -> A PKT 30 + 10 likewise; students a new Adam every epoch.
 def _ce_optim() -> OptimConfig:
     return _adam((0, 1e-3), (50, 1e-4), reset="lr_change")
@@ -187,7 +187,7 @@ class StudentConfig:
                 own.optim if own.optim is not None else self.optim)
 
 
-#: What InDistill's pruned-teacher feature at a tap is (DESIGN.md section 2):
+#: What InDistill's pruned-teacher feature at a tap is (docs/method.md, "Pruning"):
 #: ``running_stats`` = the auxiliary's own tap restricted to the kept channels (its BN in eval mode);
 #: ``batch_stats`` = the kept filters' conv output through a fresh BN using the batch's statistics
 #: (gamma kept, beta = 0), then the rest of the block (the reference code).
@@ -220,7 +220,7 @@ class NetworksConfig:
     student: dict = field(default_factory=dict)
 
 
-#: the three networks of a benchmark (DESIGN.md section 2)
+#: the three networks of a benchmark (docs/method.md, "The method")
 ROLES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(NetworksConfig))
 
 

@@ -1,4 +1,4 @@
-"""Retrieval evaluation of a network's embedding (DESIGN.md section 4) on the training device.
+"""Retrieval evaluation of a network's embedding (docs/method.md, "Retrieval metrics") on the training device.
 
 Below the training code: it reads a network and a split, and imports nothing from ``indistill.train``.
 """

@@ -1,4 +1,4 @@
-"""Distillation losses (DESIGN.md section 2): feature losses (MSE, PKT, cosine) and logit losses (Hinton KD).
+"""Distillation losses (docs/method.md, "The method"): feature losses (MSE, PKT, cosine) and logit losses (Hinton KD).
 
 ``LOSSES`` holds the feature losses, which compare the features at a tap (what a curriculum layer or
 the embedding phase may use); ``LOGIT_LOSSES`` holds the losses on class logits. Every loss has the

@@ -1,4 +1,4 @@
-"""Channel selection for InDistill's pruned auxiliary taps (DESIGN.md section 3).
+"""Channel selection for InDistill's pruned auxiliary taps (docs/method.md, "Pruning").
 
 A criterion scores the output channels of the conv that produces an intermediate tap; the k
 highest (k = the student's width there; ties go to the lower index) are kept in their original

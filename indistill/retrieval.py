@@ -1,4 +1,4 @@
-"""Retrieval evaluation: mAP / precision of queries ranked against a database (DESIGN.md section 4).
+"""Retrieval evaluation: mAP / precision of queries ranked against a database (docs/method.md, "Retrieval metrics").
 
 Keys per metric: ``map`` (11-point interpolated, recall levels decided in integers), ``ap_full``
 (exact AP), ``p@K``, and ``map_legacy`` / ``p@K_legacy`` (the PKT / MKT / InDistill reference code's

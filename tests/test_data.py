@@ -47,7 +47,7 @@ def _check_carve(bench: data.BenchmarkData, raw_train: Split) -> None:
 # --- registry -------------------------------------------------------------------------------
 
 def test_registered_names():
-    # the five benchmarks of DESIGN.md and the embedded default, in the order the CLIs list them
+    # the five benchmarks of docs/benchmarks.md and the embedded default, in the order the CLIs list them
     assert BENCHMARKS.names() == ["digits", "cifar10", "cifar100", "fashionmnist", "cub200", "imagenet"]
 
 

@@ -57,7 +57,7 @@ def filters(*values: list[float]) -> torch.Tensor:
 
 
 def test_registered_criteria() -> None:
-    # the stable names of DESIGN.md section 3, used in search spaces and exported configs
+    # the stable names of docs/method.md ("Pruning"), used in search spaces and exported configs
     assert CRITERIA.names() == ["l1", "l2", "bn_scale", "fpgm", "taylor", "activation", "random"]
     assert DATA_CRITERIA == ["taylor", "activation"]
 

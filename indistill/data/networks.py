@@ -1,4 +1,4 @@
-"""The networks a benchmark declares (DESIGN.md section 2): plain entries that ``indistill.models.zoo`` builds.
+"""The networks a benchmark declares (docs/benchmarks.md, "Adding a benchmark"): plain entries that ``indistill.models.zoo`` builds.
 
 An entry is the name of an architecture registered in ``indistill.models.MODELS`` plus its options;
 ``num_classes``, ``in_channels`` and ``image_size`` come from the benchmark. Only cifar10's trio is

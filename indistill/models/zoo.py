@@ -1,4 +1,4 @@
-"""Build a benchmark's teacher / auxiliary / student from the networks its spec declares (DESIGN.md section 2).
+"""Build a benchmark's teacher / auxiliary / student from the networks its spec declares (docs/benchmarks.md).
 
 A benchmark's ``BenchmarkSpec.networks`` holds each role's entry: an architecture name and its
 options (``indistill/data/networks.py``); ``num_classes``, ``in_channels`` and ``image_size`` come
