@@ -9,13 +9,17 @@ import shlex
 import socket
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence, TextIO
+from typing import TYPE_CHECKING, Iterator, Sequence, TextIO
 
 from indistill.clihelp import COMMON_ENVIRONMENT, add_command, command_parser, environment_epilog, parse_command
 from indistill.errors import UserError, add_debug_flag, debug_requested, run_command
 from indistill.schema import ConfigError
 
 from .resources import REPORT_POLL_ENV, STATE_SYNC_ENV
+
+if TYPE_CHECKING:
+    from .resources import Concurrency
+    from .runner import StudyPlan
 
 PROG = "indistill-study"
 
@@ -48,12 +52,15 @@ EPILOG = environment_epilog(ENVIRONMENT)
 def build_parser() -> argparse.ArgumentParser:
     from indistill.data import BENCHMARKS
 
+    from .search_space import packaged_spaces_text
+
     parser, sub = command_parser(PROG, DESCRIPTION, EPILOG)
 
     run = add_command(sub, "run", "run (or --resume) a study; with no options: the embedded digits study", epilog=EPILOG)
     run.add_argument("--benchmarks", default="digits", help=f"comma-separated benchmarks, or 'all' ({','.join(BENCHMARKS)})")
-    run.add_argument("--search-space", type=Path, help="search-space YAML (default: search_spaces/<benchmark>.yaml, "
-                     "else search_spaces/default.yaml)")
+    run.add_argument("--search-space", type=Path, help="search-space YAML (default: <benchmark>.yaml of the packaged "
+                     "search spaces, else their default.yaml; they are a checkout's search_spaces/, installed as the "
+                     f"package study.search_spaces, here: {packaged_spaces_text()})")
     run.add_argument("--trials", type=int, help="how many trials Optuna proposes per benchmark "
                      "(default: the search space's budget.trials)")
     run.add_argument("--epochs", type=int, help="the student epochs of every trial and of every final student row; "
@@ -79,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="dataset root (default: the search space's fixed data.root, else $INDISTILL_DATA, else ~/.cache/indistill/data)")
     run.add_argument("--download", action="store_true", help="download cifar10/cifar100/fashionmnist with torchvision before starting")
     run.add_argument("--resume", action="store_true", help="continue an interrupted study with the same --storage and --name")
+    run.add_argument("--dry-run", action="store_true", help="check everything run checks before Ray starts (configs, "
+                     "search spaces, data, storage, resources, the --resume state), print the resolved plan and exit: "
+                     "Ray is not started and nothing is written to the study directory (--download still downloads)")
     run.add_argument("--verbose", action="store_true", help="also show Ray's and Tune's own console output and every "
                      "run's log lines (they are always in the study's log files); no live panel")
 
@@ -310,9 +320,97 @@ def _redirected_fds(sink: TextIO) -> Iterator[TextIO]:
         console.close()
 
 
+def dry_run(args: argparse.Namespace, plan: StudyPlan) -> int:
+    """``run --dry-run``, after every check ``run`` makes before Ray: print the plan it would follow
+    (:func:`plan_lines`) and return 0, without starting Ray or writing to the study directory. On a
+    local Ray the default --gpus-per-trial and the trials at once come from this machine (as Ray
+    would see it); a cluster's nodes are only known once the study joins it."""
+    from .resources import Concurrency, concurrency, this_machine_shape
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        at_once = None if plan.max_concurrent is None else Concurrency(plan.max_concurrent, "--max-concurrent-trials")
+    else:
+        shape = this_machine_shape()
+        if args.gpus_per_trial is None:  # as cmd_run does once Ray runs
+            plan = make_plan(args, shape)
+        at_once = concurrency(plan.trial_resources, shape, plan.max_concurrent)
+    gpus_later = bool(address) and args.gpus_per_trial is None
+    print("\n".join(plan_lines(plan, at_once, address=address, gpus_later=gpus_later)), flush=True)
+    return 0
+
+
+def plan_lines(plan: StudyPlan, at_once: Concurrency | None, *, address: str | None = None,
+               gpus_later: bool = False) -> list[str]:
+    """The plan of a study as plain text lines (what ``run --dry-run`` prints and users paste into
+    issues). ``at_once``: the :class:`~study.resources.Concurrency` of every benchmark's trials and
+    final runs, None when it is decided on joining the cluster at ``address``; ``gpus_later``: so is
+    the default --gpus-per-trial."""
+    from indistill.data import BENCHMARKS
+
+    from .resources import _count
+    from .runner import final_seeds
+    from .search_space import shortest_curriculum
+    from .workers import final_rows
+
+    later = "decided when the study joins the cluster"
+    res = plan.trial_resources
+    gpus = f"GPUs {later} (no --gpus-per-trial)" if gpus_later else _count(res.gpus / res.workers, "GPU")
+    backend = res.backend or ("auto: nccl if trials get GPUs, else gloo" if gpus_later else
+                              f"{'nccl' if res.use_gpu else 'gloo'} (auto)")
+    lines = [f"{PROG} run --dry-run: every check before Ray passed; Ray was not started, nothing was written",
+             f"study          : {plan.name} ({'resumed: its state and inputs match' if plan.resume else 'new'})",
+             f"storage        : {plan.storage.uri}",
+             f"ray            : {f'the cluster at {address}' if address else 'a local Ray on this machine'}",
+             f"benchmarks     : {', '.join(bp.benchmark for bp in plan.benchmarks)}"
+             + (" (at once, sharing the cluster)" if len(plan.benchmarks) > 1 else "")]
+    for bp in plan.benchmarks:
+        budget, base = bp.space.budget, bp.base
+        fixed = ", ".join(_leaves(bp.space.fixed))
+        rows = final_rows(base, base)
+        own = [f"{label} keeps its recipe's {base.student.schedule(method)[0]}" for label, _cfg, method in rows
+               if base.student.schedule(method)[0] != base.student.epochs]
+        if budget.early_stopping:
+            max_t = base.student.epochs - shortest_curriculum(bp.space)
+            stopping = (f"ASHA on embedding-phase epochs (grace period {min(budget.grace_period, max_t)}, "
+                        f"reduction factor {budget.reduction_factor}, at most {max_t} epochs)")
+        else:
+            stopping = "off: every trial runs its whole budget"
+        seeds = final_seeds(bp)
+        lines += [f"{bp.benchmark}:",
+                  f"  config       : {BENCHMARKS.check(bp.benchmark, 'benchmark').default_config.resolve()}"
+                  + (f" with the search space's fixed {fixed}" if fixed else ""),
+                  f"  search space : {Path(bp.space_path).expanduser().resolve()}",
+                  f"  data root    : {base.data.root}",
+                  f"  trials       : {budget.trials}" + (f", {at_once.text(budget.trials, 'trials')[0]} at a time"
+                                                        if at_once else ""),
+                  f"  epochs       : {base.student.epochs} student epochs per trial and per final row"
+                  + (f" ({', '.join(own)})" if own else ""),
+                  f"  early stop   : {stopping}",
+                  f"  final rows   : {', '.join(label for label, _cfg, _method in rows)}",
+                  f"  final seeds  : {seeds}" + (f", {at_once.text(len(seeds), 'seeds')[0]} at a time" if at_once else "")]
+    lines += [f"resources      : per trial {_count(res.workers, 'worker')}, each {_count(res.cpus / res.workers, 'CPU')} "
+              f"and {gpus}; backend {backend}",
+              f"artifact run   : {_count(plan.artifact_workers, 'worker')} (teacher, auxiliary, pruning)",
+              "concurrency    : " + (f"{at_once.count} trials (and final runs) of each benchmark at a time: {at_once.reason}"
+                                      if at_once else f"{later} (its nodes and the node types its autoscaler may start)")]
+    if plan.gpus_note:
+        lines.append(f"note           : {plan.gpus_note}")
+    return lines
+
+
+def _leaves(tree: object, prefix: str = "") -> list[str]:
+    """The dotted keys of a nested mapping's leaves (``data.root``)."""
+    if not isinstance(tree, dict) or not tree:
+        return [prefix.rstrip(".")] if prefix else []
+    return [leaf for key, value in tree.items() for leaf in _leaves(value, f"{prefix}{key}.")]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     check_before_ray(args, plan)
+    if args.dry_run:
+        return dry_run(args, plan)
     import ray
 
     from .runner import StudyFailed, init_ray, run_study

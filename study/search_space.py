@@ -17,7 +17,9 @@ from indistill.pruning import CRITERIA
 from indistill.schema import ConfigError, from_dict
 from indistill.yamlio import load_yaml_file
 
-PACKAGED = Path(__file__).resolve().parent.parent / "search_spaces"
+#: the package the default search spaces are installed as (the source tree's top-level
+#: ``search_spaces/``, mapped by pyproject.toml's package-dir; found through the installed package)
+SPACES_PACKAGE = "study.search_spaces"
 
 
 def _require(ok: bool, field_name: str, message: str) -> None:
@@ -152,10 +154,42 @@ def load_space(path: str | Path, benchmark: str) -> SearchSpace:
     return space
 
 
+def packaged_spaces() -> Path:
+    """The directory of the packaged search spaces: the installed package :data:`SPACES_PACKAGE`
+    (``site-packages/study/search_spaces/`` from a wheel, the checkout's ``search_spaces/`` in an
+    editable install), found by ``importlib.resources``, never by the checkout's layout."""
+    from importlib import resources
+
+    try:
+        root = resources.files(SPACES_PACKAGE)
+    except ModuleNotFoundError:  # an install made before the package existed (an old editable finder)
+        raise ConfigError(f"--search-space: the packaged search spaces (package {SPACES_PACKAGE}) are not installed; "
+                          "reinstall indistill-study (pip install -e . in a checkout) or give --search-space FILE") from None
+    if not isinstance(root, Path):  # e.g. a zip import: the spaces must be files the study can name
+        raise ConfigError(f"--search-space: the packaged search spaces ({root}) are not files on disk; "
+                          "install indistill-study unzipped, or give --search-space FILE")
+    return root.resolve()
+
+
 def default_space_path(benchmark: str) -> Path:
-    """``search_spaces/<benchmark>.yaml`` if present, else ``search_spaces/default.yaml``."""
-    own = PACKAGED / f"{benchmark}.yaml"
-    return own if own.is_file() else PACKAGED / "default.yaml"
+    """The packaged ``<benchmark>.yaml`` search space if there is one, else the packaged
+    ``default.yaml`` (both in :func:`packaged_spaces`)."""
+    root = packaged_spaces()
+    own, fallback = root / f"{benchmark}.yaml", root / "default.yaml"
+    if own.is_file():
+        return own
+    if not fallback.is_file():
+        raise ConfigError(f"--search-space: no {benchmark}.yaml nor default.yaml among the packaged search spaces "
+                          f"in {root}; reinstall indistill-study or give --search-space FILE")
+    return fallback
+
+
+def packaged_spaces_text() -> str:
+    """Where the packaged search spaces are, for ``--help``: their directory, or why there is none."""
+    try:
+        return str(packaged_spaces())
+    except ConfigError:
+        return "not installed: reinstall indistill-study"
 
 
 def base_config(space: SearchSpace, benchmark: str, extra: Mapping | None = None) -> RunConfig:

@@ -765,13 +765,9 @@ def run_in_process(c: Case) -> int:
         return int(exc.code or 0)
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_bad_input(name, tmp_path, capsys, monkeypatch, no_ray):
-    root = tmp_path / "work"
-    root.mkdir()
-    monkeypatch.chdir(root)
-    monkeypatch.delenv("INDISTILL_DEBUG", raising=False)
-    c = CASES[name](root)
+def one_line_error(c: Case, root: Path, capsys) -> str:
+    """Run case ``c`` over ``root``: exit 2, one ``error:`` line naming the bad file or field, no
+    traceback, nothing under ``root`` changed; returns the line."""
     before = snapshot(root)
     rc = run_in_process(c)
     out, err = capsys.readouterr()
@@ -784,6 +780,34 @@ def test_bad_input(name, tmp_path, capsys, monkeypatch, no_ray):
     assert c.words in line, line
     assert "Traceback" not in out + err
     assert snapshot(root) == before  # nothing written, renamed or removed
+    return line
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, tmp_path, capsys, monkeypatch, no_ray):
+    root = tmp_path / "work"
+    root.mkdir()
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("INDISTILL_DEBUG", raising=False)
+    one_line_error(CASES[name](root), root, capsys)
+
+
+#: the cases of ``indistill-study run`` (built by study_case)
+STUDY_RUN_CASES = [name for name in CASES if name.startswith(("space_", "study_"))]
+
+
+@pytest.mark.parametrize("name", STUDY_RUN_CASES)
+def test_bad_input_of_a_dry_run(name, tmp_path, capsys, monkeypatch, no_ray):
+    """``run --dry-run`` meets every bad study input with the line ``run`` gives, word for word."""
+    root = tmp_path / "work"
+    root.mkdir()
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("INDISTILL_DEBUG", raising=False)
+    c = CASES[name](root)
+    assert (c.prog, c.argv[0]) == ("indistill-study", "run")
+    line = one_line_error(c, root, capsys)
+    c.argv.append("--dry-run")
+    assert one_line_error(c, root, capsys) == line
 
 
 # ----------------------------------------------------------------------------- end to end (subprocess)
