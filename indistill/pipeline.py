@@ -1,13 +1,16 @@
-"""The stage graph (teacher -> auxiliary -> prune -> students -> evaluate) and ``indistill run``.
+"""The plan of a run and the three verbs every run is made of: :func:`prepare` the artifact stages,
+:func:`train_student` (one method, one seed), :func:`evaluate` a finished network; and ``indistill run``.
 
-:data:`STAGE_GRAPH` is the one description of the artifact stages, used by ``indistill run`` and
-by the study (its artifact run builds them, its trials and final runs load them).
+:func:`artifact_stages` picks the artifact stages (:data:`~indistill.train.stages.ARTIFACT_STAGES`)
+from what the config's methods declare they need (a source network, pruning). The study's artifact
+run, its trials and its final runs call the same verbs.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -23,111 +26,133 @@ from .models.zoo import create_network
 from .pruning import PrunedTaps
 from .schema import ConfigError
 from .table import aggregate, integer_counts, result_row, write_table
+from .train.keys import Protocol
+from .train.loop import EpochHook
+from .train.methods import METHODS, method_label
 from .train.runtime import resolve_device
-from .train.keys import Protocol, stage_dirname
-from .train.methods import method_label
 from .train.stages import (
-    STAGE_FILES,
+    ARTIFACT_STAGES,
     Context,
     StageResult,
-    auxiliary_stage,
+    StudentRun,
     evaluate_stage,
-    load_stage,
-    prune_stage,
+    stage_dirname,
     student_stage,
-    teacher_stage,
 )
-
-def _network(results: dict[str, StageResult], stage: str) -> TapNet | None:
-    return results[stage].network if stage in results else None
-
-
-#: the artifact stages in order, each built from the results of the stages before it; students
-#: read ``auxiliary`` and ``prune`` (InDistill), then every network is evaluated
-STAGE_GRAPH: dict[str, Callable[[Context, dict[str, StageResult], Protocol], StageResult]] = {
-    "teacher": lambda ctx, _done, protocol: teacher_stage(ctx, protocol),
-    # a given auxiliary checkpoint needs no teacher (then none was built under ``val``)
-    "auxiliary": lambda ctx, done, protocol: auxiliary_stage(ctx, _network(done, "teacher"), protocol),
-    "prune": lambda ctx, done, protocol: prune_stage(ctx, done["auxiliary"].network, protocol=protocol),
-}
-
-
-#: the artifact stages whose networks are results-table rows (named after their stage)
-NETWORK_ROWS: tuple[str, ...] = ("teacher", "auxiliary")
 
 
 def run_dir(out: Path, cfg: RunConfig) -> Path:
     return Path(out) / f"{cfg.benchmark}-seed{cfg.seed}"
 
 
-def make_context(cfg: RunConfig, cache_root: Path, log: Callable[[str], None] = print) -> Context:
+def make_context(cfg: RunConfig, cache_root: Path, log: Callable[[str], None] = print,
+                 persist: Callable[[Path], None] | None = None) -> Context:
     """Load the benchmark (from ``cfg.data.root``: see :func:`indistill.configure.with_data_root`),
-    resolve the device and set torch's CPU threads for ``cfg``."""
+    resolve the device and set torch's CPU threads for ``cfg``; ``persist``: see :class:`Context`."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)  # no GPU for 'cuda' fails before the data is read
     data = load_benchmark(cfg.benchmark, cfg.data.root, download=cfg.data.download, options=cfg.data.options)
-    return Context(cfg, data, device, Path(cache_root), log)
+    return Context(cfg, data, device, Path(cache_root), log, persist)
+
+
+def needs(cfg: RunConfig, what: str) -> bool:
+    """Whether any of the config's methods declares ``what`` (``needs_source``, ``needs_pruning``)."""
+    return any(getattr(METHODS.get(m), what) for m in cfg.methods)
 
 
 def roles_needed(cfg: RunConfig) -> list[str]:
-    """The networks a run builds: the teacher (a table row), the auxiliary unless only CE students, the student."""
-    return ["teacher", *(["auxiliary"] if any(m != "ce" for m in cfg.methods) else []), "student"]
+    """The networks a run builds: the teacher (a table row), the auxiliary when a method needs a source, the student."""
+    return ["teacher", *(["auxiliary"] if needs(cfg, "needs_source") else []), "student"]
 
 
 def artifact_stages(cfg: RunConfig, protocol: Protocol) -> tuple[str, ...]:
-    """The artifact stages ``cfg.methods`` need under ``protocol``, in :data:`STAGE_GRAPH` order.
-
-    Under ``test`` the teacher is always built (a table row); under ``val`` (a search) only to
-    train the auxiliary. The auxiliary is needed unless every method is CE; pruning by InDistill.
-    """
-    needs_aux = any(m != "ce" for m in cfg.methods)
-    wanted = {"auxiliary"} if needs_aux else set()
-    if "indistill" in cfg.methods:
+    """The artifact stages ``cfg.methods`` need under ``protocol``, in build order: the auxiliary for
+    a method that needs a source, the kept channels for one that needs pruning, and what those read
+    (a given auxiliary checkpoint reads no teacher); under ``test`` the teacher too (a table row).
+    Under ``val`` (a search) the teacher is built only to train the auxiliary."""
+    wanted = {"auxiliary"} if needs(cfg, "needs_source") else set()
+    if needs(cfg, "needs_pruning"):
         wanted.add("prune")
-    if protocol == "test" or (needs_aux and not cfg.auxiliary.checkpoint):
+    for stage in reversed(ARTIFACT_STAGES.values()):  # what the wanted stages read, back to the first
+        if stage.name in wanted and not (stage.name == "auxiliary" and cfg.auxiliary.checkpoint):
+            wanted.update(stage.reads)
+    if protocol == "test":
         wanted.add("teacher")
-    return tuple(s for s in STAGE_GRAPH if s in wanted)
+    return tuple(s for s in ARTIFACT_STAGES if s in wanted)
 
 
 def artifact_files(cfg: RunConfig, protocol: Protocol) -> list[str]:
-    """What a student run reads from the stage cache (paths relative to it): the auxiliary's final
-    weights (unless given as a checkpoint) and, for InDistill, the kept channel indices."""
+    """What a student run reads from the stage cache (paths relative to it): the finished file of
+    every artifact stage it needs but the teacher, a given auxiliary checkpoint aside."""
     stages = [s for s in artifact_stages(cfg, protocol) if s != "teacher"]
     if cfg.auxiliary.checkpoint and "auxiliary" in stages:
         stages.remove("auxiliary")
-    return [f"{stage_dirname(s, cfg, protocol)}/{STAGE_FILES[s]}" for s in stages]
+    return [f"{stage_dirname(s, cfg, protocol)}/{ARTIFACT_STAGES[s].file}" for s in stages]
 
 
-def build_artifacts(ctx: Context, protocol: Protocol, *, rows: bool = False,
-                    done: Callable[[str], None] = lambda _stage: None) -> tuple[dict[str, StageResult], list[dict]]:
-    """Build (or reuse) every artifact stage the config needs under ``protocol``, in graph order;
-    ``rows``: evaluate the teacher and the auxiliary on test too (their table rows). ``done`` is
-    called after each stage. Returns the stage results and the rows."""
+@dataclass(frozen=True)
+class Artifacts:
+    """The finished artifact stages of one config under one protocol, by name, and (``rows``) the
+    table rows of those that are rows, evaluated on test."""
+
+    protocol: Protocol
+    results: Mapping[str, StageResult]
+    rows: tuple[dict, ...] = field(default=())
+
+    @property
+    def auxiliary(self) -> TapNet | None:
+        return self.results["auxiliary"].network if "auxiliary" in self.results else None
+
+    @property
+    def pruned(self) -> PrunedTaps | None:
+        return self.results["prune"].pruned if "prune" in self.results else None
+
+
+def prepare(ctx: Context, protocol: Protocol, *, rows: bool = False,
+            done: Callable[[str], None] = lambda _stage: None) -> Artifacts:
+    """Build (or reuse) every artifact stage the config needs under ``protocol``, in order; ``rows``:
+    evaluate those that are table rows (teacher, auxiliary) on test too. ``done`` is called after each stage."""
     results: dict[str, StageResult] = {}
     table_rows: list[dict] = []
-    cfg = ctx.cfg
-    for stage in artifact_stages(cfg, protocol):
-        result = results[stage] = STAGE_GRAPH[stage](ctx, results, protocol)
-        if rows and stage in NETWORK_ROWS:
-            directory = result.directory or ctx.stage_path(stage, protocol)
-            table_rows.append({"seed": cfg.seed, **result_row(stage, count_parameters(result.network),
-                                                               evaluate_stage(ctx, result.network, directory))})
-        done(stage)
-    return results, table_rows
+    for name in artifact_stages(ctx.cfg, protocol):
+        stage = ARTIFACT_STAGES[name]
+        result = results[name] = stage.build(ctx, results, protocol)
+        if rows and stage.row:
+            directory = result.directory or ctx.stage_path(name, protocol)
+            table_rows.append({"seed": ctx.cfg.seed, **table_row(name, result.network, evaluate(ctx, result.network, directory))})
+        done(name)
+    return Artifacts(protocol, results, tuple(table_rows))
 
 
-def student_inputs(ctx: Context, protocol: Protocol, *, pruning: bool = True) -> tuple[TapNet | None, PrunedTaps | None]:
-    """What a student run reads: the finished auxiliary (loaded, never trained, no data on the
-    device) and, with ``pruning`` and InDistill, the kept indices (read, else selected from that
-    auxiliary when this config's criterion has none cached: no training either)."""
-    cfg = ctx.cfg
-    if not any(m != "ce" for m in cfg.methods):
-        return None, None
-    auxiliary = load_stage(ctx, "auxiliary", protocol).network
-    if not pruning or "indistill" not in cfg.methods:
-        return auxiliary, None
-    return auxiliary, prune_stage(ctx, auxiliary, protocol=protocol).pruned
+def load_artifacts(ctx: Context, protocol: Protocol, method: str) -> Artifacts:
+    """What a ``method`` student reads, from finished stages (no training, no data on the device for
+    the networks): the auxiliary, and the kept channels when the method prunes (selected from that
+    auxiliary when this config's criterion has none cached)."""
+    impl = METHODS.get(method)
+    wanted = [*(["auxiliary"] if impl.needs_source else []), *(["prune"] if impl.needs_pruning else [])]
+    results: dict[str, StageResult] = {}
+    for name in wanted:
+        results[name] = ARTIFACT_STAGES[name].load(ctx, results, protocol)
+    return Artifacts(protocol, results)
+
+
+def train_student(ctx: Context, method: str, artifacts: Artifacts, *, hooks: Sequence[EpochHook] = (),
+                  work_dir: Path | None = None, resume_from: Path | None = None) -> StudentRun:
+    """Train (or reuse) ``method``'s student for ``ctx.cfg`` (its ``student_seed``) on ``artifacts``'
+    protocol's training split."""
+    return student_stage(ctx, method, artifacts.auxiliary, artifacts.pruned, protocol=artifacts.protocol,
+                         hooks=list(hooks), work_dir=work_dir, resume_from=resume_from)
+
+
+def evaluate(ctx: Context, network: torch.nn.Module, directory: Path, protocol: Protocol = "test") -> dict[str, dict[str, float]]:
+    """``network``'s retrieval results under ``protocol`` (``{metric: {key: value}}``), cached in ``directory``."""
+    return evaluate_stage(ctx, network, directory, protocol)
+
+
+def table_row(label: str, network: torch.nn.Module, results: dict[str, dict[str, float]]) -> dict:
+    """A results-table row: ``label``, the network's parameter count and its retrieval results in percent."""
+    return result_row(label, count_parameters(network), results)
 
 
 def check_inputs(cfg: RunConfig, data) -> None:
@@ -167,16 +192,13 @@ def run_pipeline(cfg: RunConfig, out: Path, log: Callable[[str], None] = print,
     check_inputs(cfg, ctx.data)
     log(f"[run] {cfg.benchmark} seed {cfg.seed} on {ctx.device}: train {len(ctx.data.train) + len(ctx.data.val)}, "
         f"test {len(ctx.data.test)} images; student seeds {seeds}; stages cached in {ctx.cache_root}")
-    artifacts, rows = build_artifacts(ctx, "test", rows=True)
-    auxiliary = artifacts["auxiliary"].network if "auxiliary" in artifacts else None
-    pruned = artifacts["prune"].pruned if "prune" in artifacts else None
+    artifacts = prepare(ctx, "test", rows=True)
+    rows = list(artifacts.rows)
     for seed in seeds:
-        ctx.cfg = cfg.with_student_seed(seed)
+        seeded = ctx.with_config(cfg.with_student_seed(seed))
         for method in cfg.methods:
-            run = student_stage(ctx, method, auxiliary, pruned, protocol="test")
-            rows.append({"seed": seed, **result_row(method_label(method), count_parameters(run.model),
-                                                    evaluate_stage(ctx, run.model, run.work_dir))})
-    ctx.cfg = cfg
+            run = train_student(seeded, method, artifacts)
+            rows.append({"seed": seed, **table_row(method_label(method), run.model, evaluate(seeded, run.model, run.work_dir))})
     per_seed = pd.DataFrame(rows)
     # the config is written with the results it produced, so a failed run leaves both as they were
     save_config(cfg, rdir / "config.yaml")

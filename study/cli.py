@@ -351,7 +351,7 @@ def plan_lines(plan: StudyPlan, at_once: Concurrency | None, *, address: str | N
     from .resources import _count
     from .runner import final_seeds
     from .search_space import shortest_curriculum
-    from .workers import final_rows
+    from .rows import final_rows
 
     later = "decided when the study joins the cluster"
     res = plan.trial_resources

@@ -1,8 +1,8 @@
 """Names the study's modules share, each defined once: what trials report, the table's rows, files."""
 from __future__ import annotations
 
-from indistill.pipeline import NETWORK_ROWS
 from indistill.train.methods import METHODS, method_label
+from indistill.train.stages import ARTIFACT_STAGES
 
 #: what every trial reports to Tune and the search maximises: its epoch's
 #: :data:`indistill.evaluate.SELECTION_KEY` (val cosine mAP)
@@ -13,15 +13,19 @@ EMBEDDING_EPOCH = "embedding_epoch"
 #: the row of the searched InDistill, and of InDistill with the paper's defaults
 TUNED = "InDistill (tuned)"
 PAPER_DEFAULTS = "InDistill (paper defaults)"
-#: the student methods the study trains as baselines: every registered method but InDistill
-BASELINES: tuple[str, ...] = tuple(m for m in METHODS.names() if m != "indistill")
+#: the method the study searches (its trials' students); the artifact runs always serve it
+SEARCHED = "indistill"
+#: the student methods the study trains as baselines: every registered method but the searched one
+BASELINES: tuple[str, ...] = tuple(m for m in METHODS.names() if m != SEARCHED)
 #: (row label, method, tuned?) of every student row of a study's table: the baselines with the
 #: paper defaults, then InDistill with them, then the tuned InDistill
 STUDENT_ROWS: tuple[tuple[str, str, bool], ...] = (
     *((method_label(m), m, False) for m in BASELINES),
-    (PAPER_DEFAULTS, "indistill", False),
-    (TUNED, "indistill", True),
+    (PAPER_DEFAULTS, SEARCHED, False),
+    (TUNED, SEARCHED, True),
 )
+#: the artifact stages whose networks are rows of the table (teacher, auxiliary)
+NETWORK_ROWS: tuple[str, ...] = tuple(name for name, stage in ARTIFACT_STAGES.items() if stage.row)
 #: the table's rows of a benchmark, in order: the artifact networks, then the students
 ROW_ORDER: tuple[str, ...] = (*NETWORK_ROWS, *(label for label, _method, _tuned in STUDENT_ROWS))
 

@@ -33,13 +33,9 @@ from .search_space import SearchSpace, apply_params, define_by_run, shortest_cur
 from .storage import Storage
 from .tblog import AUTO_LOGGERS_ENV, TrialNamer, tune_loggers, write_hparams_experiment
 from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE
-from .workers import (
-    final_seed,
-    prepare_artifacts,
-    read_placements,
-    run_trial,
-    with_indistill,
-)
+from .placement import read_placements
+from .rows import with_searched
+from .workers import final_seed, prepare_artifacts, run_trial  # the Ray Train runs' entry points
 
 STATE = "study.json"
 QUIET = ray.train.LoggingConfig(log_level="WARNING")  # our own per-epoch lines are the progress output
@@ -167,7 +163,7 @@ def run_artifacts(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress) -> Non
     if plan.storage.exists(f"{bp.benchmark}/{NETWORKS_FILE}"):
         progress.phase(bp.benchmark, "artifacts", "already prepared")
         return
-    cfg = with_indistill(_final_config(bp.base))
+    cfg = with_searched(_final_config(bp.base))
     search, final = artifact_stages(cfg, "val"), artifact_stages(cfg, "test")
     progress.stages(bp.benchmark, 0, len(search) + len(final))
     progress.phase(bp.benchmark, "artifacts", f"{len(search) + len(final)} stages: {', '.join(search)} without the val "

@@ -1,8 +1,10 @@
 """Code that runs on Ray Train workers: artifacts, one search trial, the final retrain.
 
-Each function is a ``train_loop_per_worker``: it receives a plain dict, trains with the
-Ray-free ``indistill`` stages (DDP when the run has several workers) and reports through
-``ray.train.report``. Only rank 0 writes to the study storage.
+Each function is a ``train_loop_per_worker``: it receives a plain dict and runs the Ray-free
+verbs of :mod:`indistill.pipeline` (``prepare``, ``load_artifacts`` + ``train_student``,
+``evaluate``; data-parallel when the run has several workers). What is Ray's stays here: the
+device Ray reserved, the stage cache mirrored to the study storage, the report hook and the
+trial's placement. Only rank 0 writes to the study storage.
 """
 from __future__ import annotations
 
@@ -21,16 +23,26 @@ import torch
 from indistill.config import RunConfig
 from indistill.configure import build_config
 from indistill.errors import one_line
-from indistill.evaluate import SELECTION_KEY, count_parameters, embed, metric_key
-from indistill.pipeline import artifact_files, artifact_stages, build_artifacts, make_context, student_inputs
+from indistill.evaluate import SELECTION_KEY, embed, metric_key
+from indistill.pipeline import (
+    Artifacts,
+    artifact_files,
+    artifact_stages,
+    evaluate,
+    load_artifacts,
+    make_context,
+    prepare,
+    table_row,
+    train_student,
+)
 from indistill.retrieval import METRICS, pr_curve
-from indistill.table import result_row
-from indistill.train.keys import stage_dirname
 from indistill.train.loop import COUNTERS, FINAL, LAST
 from indistill.train.runtime import TorchCuda, cap_memory, is_distributed, rank, reserved_device, world_size
-from indistill.train.stages import Context, auxiliary_ce_dir, evaluate_stage, prune_stage, student_stage
+from indistill.train.stages import Context, stage_dirname
 
-from .names import ARTIFACT_PROGRESS, EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, STUDENT_ROWS, TUNED
+from .names import ARTIFACT_PROGRESS, EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, SEARCHED, TUNED
+from .placement import write_placement
+from .rows import final_rows, with_searched
 from .runlog import RunLog
 from .storage import Storage
 from .tblog import TensorBoardLogger, artifact_run, final_run, trial_hparams, trial_run
@@ -113,30 +125,24 @@ def failure_logged(log: Callable[[str], None]) -> Iterator[None]:
         raise
 
 
-def _context(cfg: RunConfig, root: Path, config: dict, persist: Callable[[Path], None] | None,
-             log: Callable[[str], None]) -> Context:
-    cfg = cfg.replace(device=_device_name(cfg))
-    ctx = make_context(cfg, root, log=log)
+def _context(cfg: RunConfig, root: Path, persist: Callable[[Path], None] | None, log: Callable[[str], None]) -> Context:
+    """The run's context on the device Ray reserved for this worker (its CUDA memory capped to a
+    fractional GPU's share), its stage cache at ``root`` mirrored by ``persist``."""
+    ctx = make_context(cfg.replace(device=_device_name(cfg)), root, log=log, persist=persist)
     gpus = _reserved_gpus()
     fraction = cap_memory(ctx.device, gpus)
     if fraction is not None:
         log(f"[run] CUDA memory capped at {fraction:.1%} of {ctx.device} (this worker reserved {gpus:g} of it)")
-    ctx.persist = persist
     return ctx
 
 
-def with_indistill(cfg: RunConfig) -> RunConfig:
-    """The study's artifacts always serve InDistill (the searched method) besides ``cfg.methods``."""
-    return cfg if "indistill" in cfg.methods else cfg.replace(methods=(*cfg.methods, "indistill"))
-
-
 def prepare_artifacts(config: dict) -> None:
-    """The artifact stages twice (:func:`indistill.pipeline.build_artifacts`): without the val
+    """The artifact stages twice (:func:`indistill.pipeline.prepare`): without the val
     images (what the search's trials read) and on the full train split (what the final runs read,
     teacher and auxiliary evaluated on test). A retried run continues from the last finished
     stage and epoch."""
     _quiet_ray_train()
-    cfg = with_indistill(build_config(config["cfg"]))
+    cfg = with_searched(build_config(config["cfg"]))
     storage = Storage(config["storage"])
     total = len(artifact_stages(cfg, "val")) + len(artifact_stages(cfg, "test"))
     finished = 0
@@ -151,47 +157,31 @@ def prepare_artifacts(config: dict) -> None:
 
     log = _run_log(config, f"{cfg.benchmark}/logs/artifacts.log")
     with failure_logged(log), stage_cache(storage, cfg.benchmark) as (root, persist):
-        ctx = _context(cfg, root, config, persist, log)
-        results, _ = build_artifacts(ctx, "val", done=lambda stage: done(stage, "val"))
-        _log_artifacts(storage, ctx, results, "val")
-        results, rows = build_artifacts(ctx, "test", rows=True, done=lambda stage: done(stage, "test"))
-        _log_artifacts(storage, ctx, results, "test")
+        ctx = _context(cfg, root, persist, log)
+        _log_artifacts(storage, cfg.benchmark, prepare(ctx, "val", done=lambda stage: done(stage, "val")))
+        artifacts = prepare(ctx, "test", rows=True, done=lambda stage: done(stage, "test"))
+        _log_artifacts(storage, cfg.benchmark, artifacts)
     if rank() == 0:
-        storage.write_json(f"{cfg.benchmark}/{NETWORKS_FILE}", {"rows": rows})
+        storage.write_json(f"{cfg.benchmark}/{NETWORKS_FILE}", {"rows": list(artifacts.rows)})
 
 
-def _log_artifacts(storage: Storage, ctx: Context, results: dict, protocol: str) -> None:
-    """The training curves of the artifact stages just built (rank 0): each trained stage's
-    per-epoch history, and the auxiliary's cross-entropy start, one TensorBoard run each
+def _log_artifacts(storage: Storage, benchmark: str, artifacts: Artifacts) -> None:
+    """The training curves of the artifact stages just built (rank 0): every loop's per-epoch
+    history (the auxiliary's cross-entropy start and its PKT phase apart), one TensorBoard run each
     (:func:`study.tblog.artifact_run`). A run already in the storage is left as it is: a retried
     artifact run reloads finished stages, and their curves are not written twice."""
     if rank() != 0:
         return
-    bench = ctx.cfg.benchmark
-    curves = {stage: result.history for stage, result in results.items() if result.history}
-    aux = results.get("auxiliary")
-    if aux is not None and aux.directory is not None:  # trained here, not the user's checkpoint
-        curves = {"auxiliary-ce": _auxiliary_ce_history(ctx, protocol), **curves}
-    for stage, history in curves.items():
-        rel = artifact_run(bench, stage, protocol)
-        if not history or storage.exists(rel):
-            continue
-        tb = TensorBoardLogger(storage, rel)
-        try:
-            tb.log_history(history)
-        finally:
-            tb.close()
-
-
-def _auxiliary_ce_history(ctx: Context, protocol: str) -> list[dict[str, float]]:
-    """The per-epoch history of the auxiliary's cross-entropy start (indistill's auxiliary stage keeps
-    it in its own directory and returns the PKT phase's), or [] when it cannot be read."""
-    path = auxiliary_ce_dir(ctx, protocol) / FINAL
-    try:
-        history = torch.load(path, map_location="cpu", weights_only=True).get("history", [])
-    except Exception:  # a missing or unreadable file: no curve, the artifacts themselves are fine
-        return []
-    return history if isinstance(history, list) else []
+    for result in artifacts.results.values():
+        for curve, history in result.curves.items():
+            rel = artifact_run(benchmark, curve, artifacts.protocol)
+            if not history or storage.exists(rel):
+                continue
+            tb = TensorBoardLogger(storage, rel)
+            try:
+                tb.log_history(history)
+            finally:
+                tb.close()
 
 
 def _report_metrics(epoch: int, metrics: dict[str, float], curriculum_epochs: int = 0) -> dict[str, float]:
@@ -269,14 +259,7 @@ def _record_placement(storage: Storage, benchmark: str, trial_id: str, device: s
         ranks = [None] * world_size()
         torch.distributed.all_gather_object(ranks, me)
     if rank() == 0:
-        storage.write_json(f"{benchmark}/search/placement/{trial_id}.json", {"ranks": ranks})
-
-
-def read_placements(storage: Storage, benchmark: str) -> dict[str, list[dict]]:
-    """Trial id -> where its ranks ran (as ``_record_placement`` wrote it)."""
-    rel = f"{benchmark}/search/placement"
-    return {name[: -len(".json")]: storage.read_json(f"{rel}/{name}")["ranks"]
-            for name in storage.listdir(rel) if name.endswith(".json")}
+        write_placement(storage, benchmark, trial_id, ranks)
 
 
 def _restored_checkpoint(scratch: Path) -> Path | None:
@@ -302,11 +285,10 @@ def run_trial(config: dict) -> None:
             tb.hparams(trial_hparams(cfg), group=f"{cfg.benchmark}/{name}", start_time=config.get("started_at"))
         log = _run_log(config, f"{cfg.benchmark}/logs/trials/{config['trial_id']}.log")
         with failure_logged(log), stage_cache(storage, cfg.benchmark, fetch=artifact_files(cfg, "val")) as (root, persist):
-            ctx = _context(cfg, root, config, persist, log)
+            ctx = _context(cfg, root, persist, log)
             _record_placement(storage, cfg.benchmark, config["trial_id"], str(ctx.device))
-            aux, pruned = student_inputs(ctx, "val")
             reporter = EpochReporter(tb, config.get("started_at"), entered_at, sum(cfg.student.curriculum.epochs))
-            run = student_stage(ctx, "indistill", aux, pruned, protocol="val", hooks=[reporter],
+            run = train_student(ctx, SEARCHED, load_artifacts(ctx, "val", SEARCHED), hooks=[reporter],
                                 work_dir=scratch / "student", resume_from=_restored_checkpoint(scratch))
             reporter.finish(run.history)
     finally:
@@ -333,35 +315,26 @@ def final_seed(config: dict) -> None:
                     *(stage_dirname("student", cfg, "test", method) for _label, cfg, method in plan)})
     log = _run_log(config, f"{bench}/logs/final/seed-{seed}.log")
     with failure_logged(log), stage_cache(storage, bench, fetch=fetch) as (root, persist):
-        ctx = _context(with_indistill(base), root, config, persist, log)  # the tuned row reads the auxiliary
-        aux, _ = student_inputs(ctx, "test", pruning=False)
+        ctx = _context(base, root, persist, log)
         for label, cfg, method in plan:
-            ctx.cfg = cfg.replace(device=ctx.cfg.device)
-            pruned = prune_stage(ctx, aux, protocol="test").pruned if method == "indistill" else None
+            row_ctx = ctx.with_config(cfg.replace(device=ctx.cfg.device))
             tb = TensorBoardLogger(storage, final_run(bench, _slug(label), seed)) if rank() == 0 else None
             try:
-                run = student_stage(ctx, method, aux, pruned, protocol="test", hooks=[_TensorBoardHook(tb)])
-                results = evaluate_stage(ctx, run.model, run.work_dir)
+                run = train_student(row_ctx, method, load_artifacts(row_ctx, "test", method), hooks=[_TensorBoardHook(tb)])
+                results = evaluate(row_ctx, run.model, run.work_dir)
                 if tb is not None:
                     tb.log(len(run.history), {metric_key("test", m): v["map"] for m, v in results.items()})
                     if label == TUNED:
-                        _pr_curves(tb, ctx, run.model)
+                        _pr_curves(tb, row_ctx, run.model)
             finally:
                 if tb is not None:
                     tb.close()
-            rows.append({"seed": seed, **result_row(label, count_parameters(run.model), results)})
+            rows.append({"seed": seed, **table_row(label, run.model, results)})
             ray.train.report({"row": len(rows), "epoch": len(rows)})
             if label == TUNED and rank() == 0 and seed == config.get("export_seed"):
-                storage.upload_file(run.work_dir / FINAL, f"{bench}/final/run/{FINAL}")
+                storage.upload_file(run.checkpoint, f"{bench}/final/run/{FINAL}")
     if rank() == 0:
         storage.write_json(f"{bench}/final/seed-{seed}.json", {"rows": rows})
-
-
-def final_rows(base: RunConfig, tuned: RunConfig) -> list[tuple[str, RunConfig, str]]:
-    """(row label, config, method) of every student row (:data:`STUDENT_ROWS`); baselines that
-    the base config's ``methods`` leave out are left out."""
-    return [(label, tuned if is_tuned else base, method) for label, method, is_tuned in STUDENT_ROWS
-            if method == "indistill" or method in base.methods]
 
 
 def _slug(label: str) -> str:

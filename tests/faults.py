@@ -8,6 +8,7 @@ NaN in the first epoch and the training loop raises its ``DivergedError``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.abc
 import importlib.util
 import sys
@@ -27,16 +28,18 @@ def runtime_env_extra() -> dict:
 
 
 def _poison(workers) -> None:
-    real = workers.student_stage
+    real = workers.train_student
 
-    def student_stage(ctx, method, auxiliary, pruned, **kwargs):
-        if ctx.cfg.prune.criterion == POISONED_CRITERION and kwargs.get("protocol") == "val" and auxiliary is not None:
-            auxiliary = copy.deepcopy(auxiliary)
+    def train_student(ctx, method, artifacts, **kwargs):
+        if ctx.cfg.prune.criterion == POISONED_CRITERION and artifacts.protocol == "val" and artifacts.auxiliary is not None:
+            auxiliary = copy.deepcopy(artifacts.auxiliary)
             for p in auxiliary.parameters():
                 p.data.fill_(float("nan"))
-        return real(ctx, method, auxiliary, pruned, **kwargs)
+            poisoned = dataclasses.replace(artifacts.results["auxiliary"], network=auxiliary)
+            artifacts = dataclasses.replace(artifacts, results={**artifacts.results, "auxiliary": poisoned})
+        return real(ctx, method, artifacts, **kwargs)
 
-    workers.student_stage = student_stage
+    workers.train_student = train_student
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):

@@ -6,10 +6,9 @@ import pytest
 
 from indistill.configure import build_config
 from indistill.train import keys
-from indistill.train.keys import excluded, stage_key
+from indistill.train.stages import ARTIFACT_STAGES, excluded, stage_key
 from indistill.train.methods import METHODS
 
-ARTIFACT_STAGES = tuple(keys.STAGE_EXCLUDES)
 STAGES = [(s, None) for s in ARTIFACT_STAGES] + [("student", m) for m in METHODS.names()]
 
 

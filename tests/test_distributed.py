@@ -98,18 +98,16 @@ TINY = {
 def _train_everything(tmp: Path) -> dict:
     """Every artifact stage and every registered method's student on this rank (a shared cache)."""
     from indistill.configure import build_config
-    from indistill.pipeline import build_artifacts, make_context
+    from indistill.pipeline import make_context, prepare, train_student
     from indistill.train.methods import METHODS
-    from indistill.train.stages import student_stage
 
     cfg = build_config({**TINY, "methods": list(METHODS.names())}, benchmark="digits")
     ctx = make_context(cfg, tmp / "stages", log=lambda _m: None)
-    results, _ = build_artifacts(ctx, "val")
-    out = {stage: r.network.state_dict() for stage, r in results.items() if r.network is not None}
-    out["prune"] = results["prune"].pruned.state_dict()
-    aux, pruned = results["auxiliary"].network, results["prune"].pruned
+    artifacts = prepare(ctx, "val")
+    out = {stage: r.network.state_dict() for stage, r in artifacts.results.items() if r.network is not None}
+    out["prune"] = artifacts.pruned.state_dict()
     for method in METHODS.names():
-        run = student_stage(ctx, method, aux, pruned, protocol="val", work_dir=tmp / f"student-{method}")
+        run = train_student(ctx, method, artifacts, work_dir=tmp / f"student-{method}")
         out[method] = {"state": run.model.state_dict(), "history": run.history}
     return out
 

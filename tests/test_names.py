@@ -10,7 +10,8 @@ import pytest
 
 from indistill.configure import build_config, with_data_root
 from indistill.evaluate import CURVE_KEYS, SELECTION_KEY, curve_metrics, metric_key
-from indistill.pipeline import NETWORK_ROWS, STAGE_GRAPH
+from indistill.train.stages import ARTIFACT_STAGES
+from study.names import NETWORK_ROWS
 from indistill.retrieval import METRICS
 from indistill.table import DIFF_COLUMN, column, metric_columns, result_row
 from indistill.train.methods import METHODS, method_label
@@ -59,7 +60,7 @@ def test_method_labels_golden() -> None:
 
 
 def test_network_rows_are_artifact_stages() -> None:
-    assert NETWORK_ROWS == ("teacher", "auxiliary") and set(NETWORK_ROWS) <= set(STAGE_GRAPH)
+    assert NETWORK_ROWS == ("teacher", "auxiliary") and set(NETWORK_ROWS) <= set(ARTIFACT_STAGES)
 
 
 def test_study_rows_follow_the_method_registry() -> None:

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from indistill.configure import build_config
-from indistill.pipeline import artifact_files, build_artifacts, make_context, student_inputs
-from indistill.train.keys import stage_dirname
+from indistill.pipeline import artifact_files, load_artifacts, make_context, prepare, train_student
+from indistill.train.stages import stage_dirname
 from indistill.train.loop import Loop
-from indistill.train.stages import student_stage
 from study.storage import Storage
 from study.workers import STAGES_DIR, stage_cache
 
@@ -24,9 +23,7 @@ def _artifacts(storage: Storage, cfg) -> list[str]:
     """One artifact run (the search's stages) through the study's stage cache; returns its log."""
     log: list[str] = []
     with stage_cache(storage, cfg.benchmark) as (root, persist):
-        ctx = make_context(cfg, root, log.append)
-        ctx.persist = persist
-        build_artifacts(ctx, "val")
+        prepare(make_context(cfg, root, log.append, persist), "val")
     return log
 
 
@@ -35,10 +32,10 @@ def test_a_failed_artifact_run_on_s3_keeps_what_finished_and_resumes_exactly(s3,
     storage = Storage.create(f"s3://{BUCKET}/studies/one")
     epoch = Loop._epoch
 
-    def node_lost_in_third_epoch(self, e, optimizer):
+    def node_lost_in_third_epoch(self, e, *args):
         if self.name == "auxiliary/pkt" and e == 2:
             raise RuntimeError("node lost")
-        return epoch(self, e, optimizer)
+        return epoch(self, e, *args)
 
     monkeypatch.setattr(Loop, "_epoch", node_lost_in_third_epoch)
     with pytest.raises(RuntimeError, match="node lost"):
@@ -73,27 +70,24 @@ def test_a_trial_fetches_and_holds_only_what_it_reads(s3, tmp_path):
     assert [Path(f).parent.name.split("-")[0] for f in wanted] == ["auxiliary", "prune"]
     with stage_cache(storage, cfg.benchmark, fetch=wanted) as (root, persist):
         assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == sorted(wanted)
-        ctx = make_context(cfg, root, lambda _m: None)
-        ctx.persist = persist
-        aux, pruned = student_inputs(ctx, "val")
-        assert aux is not None and pruned is not None
+        ctx = make_context(cfg, root, lambda _m: None, persist)
+        artifacts = load_artifacts(ctx, "val", "indistill")
+        assert artifacts.auxiliary is not None and artifacts.pruned is not None
         assert ctx._splits == {}  # loading trains nothing and puts no data on the device
-        student_stage(ctx, "indistill", aux, pruned, protocol="val", work_dir=tmp_path / "trial")
-        assert set(ctx._splits) == {"train", "val"}
+        train_student(ctx, "indistill", artifacts, work_dir=tmp_path / "trial")
+        assert {name for name, _layout in ctx._splits} == {"train", "val"}
     # a new criterion's indices are selected from the loaded auxiliary and persisted for the next trial
     other = cfg.replace(prune=cfg.prune.__class__(criterion="random"))
     with stage_cache(storage, cfg.benchmark, fetch=artifact_files(other, "val")) as (root, persist):
-        ctx = make_context(other, root, lambda _m: None)
-        ctx.persist = persist
-        student_inputs(ctx, "val")
+        load_artifacts(make_context(other, root, lambda _m: None, persist), "val", "indistill")
     assert any(k.endswith(f"{stage_dirname('prune', other, 'val')}/indices.pt") for k in s3.keys("studies/two/"))
 
 
 def test_a_final_run_holds_the_full_train_split_and_test_only(tmp_path):
     cfg = build_config(CFG, benchmark="digits")
     ctx = make_context(cfg, tmp_path / "stages", lambda _m: None)
-    student_stage(ctx, "ce", None, protocol="test")
-    assert set(ctx._splits) == {"train_full", "test"}
+    train_student(ctx, "ce", load_artifacts(ctx, "test", "ce"))
+    assert {name for name, _layout in ctx._splits} == {"train_full", "test"}
 
 
 def test_logs_on_s3_leave_no_local_copies(s3, tmp_path, monkeypatch):

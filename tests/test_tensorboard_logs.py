@@ -270,16 +270,17 @@ def test_artifact_curves_are_written_once_per_stage_and_protocol(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from indistill.configure import build_config
-    from indistill.pipeline import build_artifacts, make_context
+    from indistill.pipeline import make_context, prepare
     from study import workers
 
     cfg = build_config({"teacher": {"epochs": 1}, "auxiliary": {"ce": {"epochs": 2}, "pkt": {"epochs": 1}}, "device": "cpu"},
                        benchmark="digits")
     ctx = make_context(cfg, tmp_path / "cache", log=lambda _m: None)
-    results, _ = build_artifacts(ctx, "val")
+    artifacts = prepare(ctx, "val")
+    results = artifacts.results
     assert set(results) == {"teacher", "auxiliary", "prune"}
     storage = Storage.create(tmp_path / "study")
-    workers._log_artifacts(storage, ctx, results, "val")
+    workers._log_artifacts(storage, "digits", artifacts)
     root = tmp_path / "study/digits/tensorboard/artifacts"
     assert sorted(p.name for p in root.iterdir()) == ["auxiliary", "auxiliary-ce", "teacher"]
 
@@ -295,8 +296,7 @@ def test_artifact_curves_are_written_once_per_stage_and_protocol(tmp_path):
         [(1, results["auxiliary"].history[0]["loss/embedding"])]
     files = sorted(root.rglob("*tfevents*"))
     # a retried artifact run reloads the finished stages (same histories): nothing is written twice
-    again, _ = build_artifacts(ctx, "val")
-    workers._log_artifacts(storage, ctx, again, "val")
+    workers._log_artifacts(storage, "digits", prepare(ctx, "val"))
     assert sorted(root.rglob("*tfevents*")) == files
 
 

@@ -1,9 +1,10 @@
 """Cache keys of the pipeline's stages.
 
 A stage's key hashes the whole config (``to_dict``) with the retrieval protocol, minus the dotted
-paths its exclude list names: a field added to the config later enters every key unless it is
-excluded here, so a new field can never silently reuse a stale cache. Given checkpoints enter by
-their content, not their path.
+paths that cannot change it (each artifact stage declares its own, :class:`~indistill.train.stages.Stage`;
+the student's follow from its method, :func:`student_excluded`): a field added to the config later
+enters every key unless it is excluded, so a new field can never silently reuse a stale cache.
+Given checkpoints enter by their content, not their path.
 """
 from __future__ import annotations
 
@@ -23,14 +24,6 @@ Protocol = Literal["test", "val"]
 EXECUTION: tuple[str, ...] = ("device", "compile", "threads", "channels_last", "methods", "eval",
                               "data.root", "data.download", "data.options.workers", "student.eval_every")
 
-#: what each artifact stage does not read (besides :data:`EXECUTION`)
-STAGE_EXCLUDES: dict[str, tuple[str, ...]] = {
-    "teacher": ("networks.auxiliary", "networks.student", "auxiliary", "prune", "student"),
-    "auxiliary": ("networks.student", "prune", "student"),
-    # the kept indices depend on the auxiliary and the student's widths; the target only on how a
-    # student reads them (it enters the InDistill student's key)
-    "prune": ("student", "prune.target"),
-}
 #: a given auxiliary checkpoint replaces the teacher and the auxiliary's training
 GIVEN_AUXILIARY: tuple[str, ...] = ("teacher", "networks.teacher", "auxiliary.ce", "auxiliary.pkt")
 
@@ -84,30 +77,21 @@ def without(tree: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def excluded(stage: str, cfg: RunConfig, method: str | None = None) -> tuple[str, ...]:
-    """The dotted config paths that cannot change ``stage`` (``student``: of ``method``)."""
-    given_aux = GIVEN_AUXILIARY if cfg.auxiliary.checkpoint else ()
-    if stage != "student":
-        return (*EXECUTION, *STAGE_EXCLUDES[stage], *(given_aux if stage != "teacher" else ()))
-    from .methods import METHODS
+def given_auxiliary(cfg: RunConfig) -> tuple[str, ...]:
+    """What a given ``auxiliary.checkpoint`` makes unreadable for the stages after the teacher."""
+    return GIVEN_AUXILIARY if cfg.auxiliary.checkpoint else ()
 
-    impl = METHODS.get(method)
+
+def student_excluded(cfg: RunConfig, needs_source: bool, needs_pruning: bool, method: str) -> tuple[str, ...]:
+    """The dotted config paths that cannot change the student of ``method`` (whose needs are given)."""
     others = tuple(p for m, paths in METHOD_SECTIONS.items() if m != method for p in paths)
-    return (*EXECUTION, *SCHEDULE_FIELDS, *others, *given_aux,
-            *(() if impl.needs_source else NO_SOURCE), *(() if impl.needs_pruning else ("prune",)))
+    return (*EXECUTION, *SCHEDULE_FIELDS, *others, *given_auxiliary(cfg),
+            *(() if needs_source else NO_SOURCE), *(() if needs_pruning else ("prune",)))
 
 
-def stage_key(stage: str, cfg: RunConfig, protocol: Protocol = "test", method: str | None = None) -> str:
-    """The cache key of ``stage`` (teacher | auxiliary | prune | student of ``method``) under ``protocol``."""
-    tree = without(config_tree(cfg), excluded(stage, cfg, method))
-    extra: dict[str, Any] = {}
-    if stage == "student":
-        epochs, optim = cfg.student.schedule(method)
-        extra = {"method": method, "schedule": {"epochs": epochs, "optim": to_dict(optim)}}
-    return stable_hash({"stage": stage, "protocol": protocol, "config": tree, **extra})
-
-
-def stage_dirname(stage: str, cfg: RunConfig, protocol: Protocol = "test", method: str | None = None) -> str:
-    """The stage's directory name in the stage cache: ``<stage>-<key>`` (students: ``student-<method>-<protocol>-<key>``)."""
-    name = f"student-{method}-{protocol}" if stage == "student" else stage
-    return f"{name}-{stage_key(stage, cfg, protocol, method)}"
+def hashed_key(stage: str, cfg: RunConfig, protocol: Protocol, excluded: tuple[str, ...],
+               extra: dict[str, Any] | None = None) -> str:
+    """The cache key of ``stage`` under ``protocol``: the config tree without ``excluded``, hashed
+    with the stage's name, the protocol and ``extra``."""
+    tree = without(config_tree(cfg), excluded)
+    return stable_hash({"stage": stage, "protocol": protocol, "config": tree, **(extra or {})})

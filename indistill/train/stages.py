@@ -1,9 +1,16 @@
-"""The pipeline's stages, each cached in ``<cache_root>/<stage>-<key>/`` by the config that determines it."""
+"""The pipeline's stages, each cached in ``<cache_root>/<stage>-<key>/`` by the config that determines it.
+
+The artifact stages (teacher, auxiliary, prune) are :class:`Stage` objects in :data:`ARTIFACT_STAGES`,
+each declared once: what it reads, the file a finished one leaves, the config fields that cannot
+change it, how it is built and how a finished one is loaded. The student stage is
+:func:`student_stage`, one per method; :func:`evaluate_stage` scores a network.
+"""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -19,16 +26,18 @@ from ..models.base import EMBEDDING, TapNet, TapReader
 from ..models.checkpoint import load_checkpoint
 from ..models.zoo import create_network
 from ..pruning import PrunedTaps, select_channels
+from ..schema import to_dict
 from .batches import DeviceSplit
-from .keys import Protocol, stage_dirname, stage_key
+from .keys import EXECUTION, Protocol, given_auxiliary, hashed_key, student_excluded
 from .loop import FINAL, EpochHook, Loop, load_final
-from .methods import Method, create_method
+from .methods import METHODS, Method, create_method
 from .runtime import autocast, rank, seed_everything, stage_precision
 from .student_step import student_step
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
-    """A loaded benchmark on its device plus the config and the stage cache."""
+    """A loaded benchmark on its device plus the config and the stage cache. Never changed: another
+    config (a seed, a row of the table) is :meth:`with_config`, sharing the data on the device."""
 
     cfg: RunConfig
     data: BenchmarkData
@@ -38,7 +47,13 @@ class Context:
     #: called (rank 0) with every file a stage writes under ``cache_root``, as it is written: the
     #: study mirrors a remote stage cache this way
     persist: Callable[[Path], None] | None = None
-    _splits: dict[str, DeviceSplit] = field(default_factory=dict)
+    _splits: dict[tuple[str, bool], DeviceSplit] = field(default_factory=dict)
+
+    def with_config(self, cfg: RunConfig) -> "Context":
+        """This context for ``cfg`` (same benchmark and data), the device splits shared."""
+        if cfg.benchmark != self.cfg.benchmark or cfg.data != self.cfg.data:
+            raise ValueError(f"a context of {self.cfg.benchmark}'s data cannot run {cfg.benchmark} with data {cfg.data}")
+        return dataclasses.replace(self, cfg=cfg)
 
     def saved(self, path: Path) -> None:
         if self.persist is not None and rank() == 0:
@@ -46,10 +61,11 @@ class Context:
 
     def split(self, name: str) -> DeviceSplit:
         """``train`` (minus val), ``val``, ``test`` or ``train_full`` on the device."""
-        if name not in self._splits:
+        key = (name, self.cfg.channels_last)
+        if key not in self._splits:
             raw: Split = self.data.train_full() if name == "train_full" else getattr(self.data, name)
-            self._splits[name] = DeviceSplit.create(raw, self.data.spec, self.device, self.cfg.channels_last)
-        return self._splits[name]
+            self._splits[key] = DeviceSplit.create(raw, self.data.spec, self.device, self.cfg.channels_last)
+        return self._splits[key]
 
     def train_split(self, protocol: Protocol) -> DeviceSplit:
         return self.split("train_full" if protocol == "test" else "train")
@@ -123,18 +139,19 @@ def _load_given(ctx: Context, model: TapNet, role: str, path: str) -> TapNet:
 @dataclass
 class StageResult:
     """A finished stage: its network (``pruned``: the kept indices, for ``prune``), its cache
-    directory (None for a given checkpoint) and its per-epoch training history."""
+    directory (None for a given checkpoint), its per-epoch training history, and ``curves``: the
+    per-epoch history of every loop it is made of, by curve name (the auxiliary's cross-entropy start
+    as ``auxiliary-ce``), for the logs."""
 
     stage: str
     directory: Path | None
     network: TapNet | None = None
     pruned: PrunedTaps | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
 INDICES = "indices.pt"
-#: the file a finished stage leaves in its directory: what :func:`load_stage` reads
-STAGE_FILES = {"teacher": FINAL, "auxiliary": FINAL, "prune": INDICES}
 
 
 def teacher_stage(ctx: Context, protocol: Protocol = "test") -> StageResult:
@@ -147,12 +164,22 @@ def teacher_stage(ctx: Context, protocol: Protocol = "test") -> StageResult:
     work_dir = ctx.stage_path("teacher", protocol)
     with stage_precision(cfg.precision):
         history = _ce_loop(ctx, "teacher", model, cfg.teacher, work_dir, protocol).run()
-    return StageResult("teacher", work_dir, _freeze(model), history=history)
+    return StageResult("teacher", work_dir, _freeze(model), history=history, curves={"teacher": history})
 
 
-def auxiliary_ce_dir(ctx: Context, protocol: Protocol) -> Path:
+def _auxiliary_ce_dir(ctx: Context, protocol: Protocol) -> Path:
     """Where the auxiliary stage keeps its cross-entropy start (keyed like the auxiliary itself)."""
     return ctx.stage_dir("auxiliary-ce", stage_key("auxiliary", ctx.cfg, protocol))
+
+
+def _finished_history(path: Path) -> list[dict[str, float]]:
+    """The per-epoch history in a finished loop's ``final.pt``, or [] when it is missing or unreadable
+    (only the logs' curves read it; the weights come from the stage's own file)."""
+    try:
+        history = torch.load(path, map_location="cpu", weights_only=True).get("history", [])
+    except Exception:
+        return []
+    return history if isinstance(history, list) else []
 
 
 def auxiliary_stage(ctx: Context, teacher: TapNet | None, protocol: Protocol = "test") -> StageResult:
@@ -166,10 +193,12 @@ def auxiliary_stage(ctx: Context, teacher: TapNet | None, protocol: Protocol = "
     if teacher is None:
         raise ValueError("the auxiliary stage needs the teacher (no auxiliary.checkpoint given)")
     work_dir = ctx.stage_path("auxiliary", protocol)
-    ce_dir = auxiliary_ce_dir(ctx, protocol)
-    if not (work_dir / FINAL).exists():  # a finished auxiliary needs neither its CE start nor the teacher
+    ce_dir = _auxiliary_ce_dir(ctx, protocol)
+    if (work_dir / FINAL).exists():  # a finished auxiliary needs neither its CE start nor the teacher
+        ce_history = _finished_history(ce_dir / FINAL)
+    else:
         with stage_precision(cfg.precision):
-            _ce_loop(ctx, "auxiliary/ce", model, cfg.auxiliary.ce, ce_dir, protocol).run()
+            ce_history = _ce_loop(ctx, "auxiliary/ce", model, cfg.auxiliary.ce, ce_dir, protocol).run()
     trainable = _maybe_compile(model, cfg)
     t_reader = TapReader(teacher, (EMBEDDING,))
     a_reader = TapReader(trainable, (EMBEDDING,))
@@ -192,26 +221,20 @@ def auxiliary_stage(ctx: Context, teacher: TapNet | None, protocol: Protocol = "
     finally:
         t_reader.close()
         a_reader.close()
-    return StageResult("auxiliary", work_dir, _freeze(model), history=history)
+    return StageResult("auxiliary", work_dir, _freeze(model), history=history,
+                       curves={"auxiliary-ce": ce_history, "auxiliary": history})
 
 
-def load_stage(ctx: Context, stage: str, protocol: Protocol = "test", auxiliary: TapNet | None = None) -> StageResult:
-    """A finished artifact stage (teacher | auxiliary | prune) read from its cache directory (or
-    the given checkpoint), without a training loop and without data on the device; ``prune``
-    checks its indices against ``auxiliary``. A stage that never finished is a UserError."""
-    cfg = ctx.cfg
-    given = getattr(cfg, stage).checkpoint if stage in ("teacher", "auxiliary") else None
+def _load_network(ctx: Context, stage: str, protocol: Protocol) -> StageResult:
+    """A finished teacher or auxiliary read from its cache directory (or the given checkpoint),
+    without a training loop and without data on the device; one that never finished is a UserError."""
+    given = getattr(ctx.cfg, stage).checkpoint
     if given:
         return StageResult(stage, None, _load_given(ctx, ctx.network(stage), stage, given))
     work_dir = ctx.stage_path(stage, protocol)
-    path = work_dir / STAGE_FILES[stage]
+    path = work_dir / FINAL
     if not path.exists():
         raise UserError(f"{path}: the {stage} stage ({protocol} protocol) has not finished; run it first")
-    if stage == "prune":
-        if auxiliary is None:
-            raise ValueError("loading the prune stage needs the auxiliary network")
-        pruned = _read_indices(path, auxiliary, student_widths(ctx.network("student")))
-        return StageResult(stage, work_dir, pruned=pruned.to(ctx.device))
     model = ctx.network(stage)
     history = load_final(path, model)
     return StageResult(stage, work_dir, _freeze(model), history=history)
@@ -276,9 +299,16 @@ def _set_aside(ctx: Context, stage: str, path: Path, exc: Exception, then: str) 
 
 @dataclass
 class StudentRun:
+    """A trained student: its network, its per-epoch history and its directory."""
+
     model: TapNet
     history: list[dict[str, float]]
     work_dir: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        """The finished student's weights and history (what ``indistill-study export`` ships)."""
+        return self.work_dir / FINAL
 
 
 def student_stage(
@@ -346,3 +376,74 @@ def evaluate_stage(ctx: Context, model: nn.Module, stage_dir: Path, protocol: Pr
     atomic_write_json(path, res)
     ctx.saved(path)
     return res
+
+
+# ----------------------------------------------------------------------------- the artifact stages
+
+Built = Mapping[str, StageResult]  # the results of the stages built before, by name
+
+
+@dataclass(frozen=True)
+class Stage:
+    """An artifact stage, declared once: the stages it ``reads``, the ``file`` a finished one leaves
+    in its directory, the config fields besides :data:`~indistill.train.keys.EXECUTION` that cannot
+    change it (``excludes``), how it is ``build``-t (trained, or reused when finished) and how a
+    finished one is ``load``-ed without training. ``row``: its network is a row of the results table.
+    A given auxiliary checkpoint replaces the teacher and the auxiliary's training for every stage
+    after the teacher."""
+
+    name: str
+    reads: tuple[str, ...]
+    file: str
+    excludes: tuple[str, ...]
+    build: Callable[[Context, Built, Protocol], StageResult]
+    load: Callable[[Context, Built, Protocol], StageResult]
+    row: bool = False
+
+    def excluded(self, cfg: RunConfig) -> tuple[str, ...]:
+        return (*EXECUTION, *self.excludes, *(given_auxiliary(cfg) if self.name != "teacher" else ()))
+
+
+def _built(done: Built, stage: str) -> TapNet | None:
+    return done[stage].network if stage in done else None
+
+
+#: the artifact stages in the order they are built
+ARTIFACT_STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("teacher", (), FINAL, ("networks.auxiliary", "networks.student", "auxiliary", "prune", "student"),
+          build=lambda ctx, _done, protocol: teacher_stage(ctx, protocol),
+          load=lambda ctx, _done, protocol: _load_network(ctx, "teacher", protocol), row=True),
+    # a given auxiliary checkpoint needs no teacher (then none was built under ``val``)
+    Stage("auxiliary", ("teacher",), FINAL, ("networks.student", "prune", "student"),
+          build=lambda ctx, done, protocol: auxiliary_stage(ctx, _built(done, "teacher"), protocol),
+          load=lambda ctx, _done, protocol: _load_network(ctx, "auxiliary", protocol), row=True),
+    # the kept indices depend on the auxiliary and the student's widths; the target only on how a
+    # student reads them (it enters the InDistill student's key). Loading selects them from the
+    # finished auxiliary when they are not cached yet (no training).
+    Stage("prune", ("auxiliary",), INDICES, ("student", "prune.target"),
+          build=lambda ctx, done, protocol: prune_stage(ctx, done["auxiliary"].network, protocol=protocol),
+          load=lambda ctx, done, protocol: prune_stage(ctx, done["auxiliary"].network, protocol=protocol)),
+)}
+
+
+def excluded(stage: str, cfg: RunConfig, method: str | None = None) -> tuple[str, ...]:
+    """The dotted config paths that cannot change ``stage`` (``student``: of ``method``)."""
+    if stage != "student":
+        return ARTIFACT_STAGES[stage].excluded(cfg)
+    impl = METHODS.get(method)
+    return student_excluded(cfg, impl.needs_source, impl.needs_pruning, method)
+
+
+def stage_key(stage: str, cfg: RunConfig, protocol: Protocol = "test", method: str | None = None) -> str:
+    """The cache key of ``stage`` (teacher | auxiliary | prune | student of ``method``) under ``protocol``."""
+    extra = None
+    if stage == "student":
+        epochs, optim = cfg.student.schedule(method)
+        extra = {"method": method, "schedule": {"epochs": epochs, "optim": to_dict(optim)}}
+    return hashed_key(stage, cfg, protocol, excluded(stage, cfg, method), extra)
+
+
+def stage_dirname(stage: str, cfg: RunConfig, protocol: Protocol = "test", method: str | None = None) -> str:
+    """The stage's directory name in the stage cache: ``<stage>-<key>`` (students: ``student-<method>-<protocol>-<key>``)."""
+    name = f"student-{method}-{protocol}" if stage == "student" else stage
+    return f"{name}-{stage_key(stage, cfg, protocol, method)}"
