@@ -201,8 +201,8 @@ class StepCase:
 
 
 def hand_seeded(net: TapNet, seed: int) -> TapNet:
-    """Every floating-point weight, bias and BN statistic drawn from a seeded CPU generator (as
-    tests/test_student_step.py does): the same numbers whatever torch's init or the device."""
+    """Every floating-point weight, bias and BN statistic drawn from a seeded CPU generator: the same
+    numbers whatever torch's init or the device (the golden student-step tests seed with it too)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in sorted(net.state_dict().items()):

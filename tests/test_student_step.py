@@ -16,6 +16,8 @@ from indistill.losses import LOSSES
 from indistill.train.methods import METHODS, Method, StudentBatch, create_method
 from indistill.train.student_step import StudentStep, student_step
 
+from benchmarks.gpu_check import hand_seeded
+
 CPU = torch.device("cpu")
 # Recorded on x86-64 with AVX-512, torch 2.14.1, where the step reproduces them bit for bit; other CPUs' kernels
 # may round differently in the last bits, hence a relative tolerance (a changed loss moves them by far more).
@@ -48,28 +50,11 @@ def _config(variant: str, target: str) -> RunConfig:
     return build_config(overrides, benchmark="cifar10")
 
 
-def _hand_seeded(net: TapNet, seed: int) -> TapNet:
-    """Every weight, bias and BN statistic drawn from a seeded generator (no dependence on torch's init)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in sorted(net.state_dict().items()):
-            if not t.is_floating_point():
-                continue
-            draw = torch.randn(t.shape, generator=g)
-            if name.endswith("running_var"):
-                t.copy_(0.5 + draw.abs())
-            elif name.endswith("running_mean"):
-                t.copy_(0.1 * draw)
-            else:
-                t.copy_(0.3 * draw)
-    return net
-
-
 def _network(cfg: RunConfig, role: str, seed: int) -> TapNet:
     net = create_network("cifar10", role, num_classes=10, in_channels=3, image_size=32).to(CPU)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    return _hand_seeded(net, seed)
+    return hand_seeded(net, seed)
 
 
 def _batch(cfg: RunConfig) -> tuple[Tensor, Tensor]:
