@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install the project with its test extra. One line per step; pip's
+# Create .venv (if missing) and install the project with its test and docs extras. One line per step; pip's
 # output goes to .venv/setup.log, and its end is printed only when a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,5 +26,5 @@ else
     step "creating .venv" "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --upgrade pip >>"$LOG" 2>&1 || true  # a newer pip is nice, not needed (offline)
-step "installing indistill-study and test dependencies" .venv/bin/python -m pip install -e ".[test]"
+step "installing indistill-study, test and docs dependencies" .venv/bin/python -m pip install -e ".[test,docs]"
 echo "setup: done"
