@@ -2,7 +2,7 @@
 
 The reference is the public code of the InDistill paper (gsarridis/InDistill) and, for MKT and the
 released auxiliary's schedule, of "Heterogeneous KD using information flow modeling" (passalis/pkth).
-``indistill config`` annotates these keys with their entry; the README's "Fidelity" table is
+``indistill config`` annotates these keys with their entry; the fidelity table of docs/method.md is
 :func:`fidelity_markdown` (a test keeps the two equal).
 """
 from __future__ import annotations
@@ -93,7 +93,7 @@ def annotations(config: Mapping[str, Any] | None = None, reference: Mapping[str,
 
 
 def fidelity_markdown() -> str:
-    """The README's "Fidelity" table."""
+    """The fidelity table of docs/method.md."""
     lines = ["| behaviour of the reference code | config key | value that reproduces it | where in the reference | the project's alternatives |",
              "|---|---|---|---|---|"]
     for b in FIDELITY:

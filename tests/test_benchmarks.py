@@ -1,4 +1,4 @@
-"""Every registered benchmark is complete, and a new one is added the way the README says."""
+"""Every registered benchmark is complete, and a new one is added the way docs/benchmarks.md says."""
 from __future__ import annotations
 
 import pytest
@@ -48,7 +48,7 @@ def test_every_registered_benchmark_is_complete(name: str) -> None:
     check_complete(name)
 
 
-# ----------------------------------------------------------------------------- a toy benchmark, as the README adds one
+# ----------------------------------------------------------------------------- a toy benchmark, as docs/benchmarks.md adds one
 
 TOY = "toy"
 
