@@ -213,6 +213,26 @@ def digits_run(path: Path, name: str) -> str:
     return f"{table}\n\n{source}"
 
 
+def default_study(path: Path, name: str) -> str:
+    """A study's results.csv (``indistill-study run``): every row's key columns, and meta.txt beside
+    it as the source line."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    delta = next(c for c in rows[0] if c.startswith("Δ cosine map"))
+    metrics = ["cosine map", "euclidean map"]
+    body = [[r["network"], f"{int(r['params']):,}", r["epochs"], r["n"], *(_mean_std(r, m) for m in metrics), r[delta]]
+            for r in rows]
+    table = _grid(["network", "params", "epochs", "n", *metrics, delta], ["l", "r", "l", "r", "r", "r", "l"], body)
+    tuned = next((r for r in rows if r.get("best config")), None)
+    best = (f"The tuned row's config (best of {tuned['trials completed']} completed, {tuned['trials stopped early']} "
+            f"stopped early and {tuned['trials failed']} failed trials, val mAP {float(tuned['best val map']):.2f}): "
+            f"{tuned['best config']}.\n\n") if tuned else ""
+    m = _meta(path.parent / "meta.txt")
+    source = (f"Source: `{name}` (beside it: `results.md` with every column and `results_per_seed.csv`): "
+              f"`{m['command']}` at commit {m['commit']}, {m['date']}, {m['wall']}; {m['machine']}; {m['versions']}.")
+    return f"{table}\n\n{best}{source}"
+
+
 TABLES: tuple[Table, ...] = (
     Table("fidelity", "indistill/fidelity.py", fidelity),
     Table("speed-distill", "benchmarks/cpu-distill.json", distill),
@@ -220,6 +240,7 @@ TABLES: tuple[Table, ...] = (
     Table("default-study-phases", "benchmarks/ray-overhead-digits.json", study_phases),
     Table("ray-overhead", "benchmarks/ray-overhead-digits.json", ray_overhead),
     Table("digits-run", "docs/results/digits-run/results.csv", digits_run),
+    Table("default-study", "docs/results/default-study/results.csv", default_study),
 )
 BY_NAME = {t.name: t for t in TABLES}
 
