@@ -174,6 +174,10 @@ def test_the_tables_hold_their_files_values() -> None:
     assert "| student (ce) | 14,906 | 3 | 95.41 ± 0.53 | 94.65 ± 0.31 | 95.40 ± 0.52 | 97.02 ± 0.41 | +2.74 [+0.88, +4.59] * |" in run
     assert "| teacher | 620,234 | 1 | 97.44 | 96.70 | 97.44 | 98.50 |  |" in run
     assert "`indistill run --benchmark digits --seeds 0,1,2 --device cpu --out /tmp/digits3` at commit 5f2ab06" in run
+    study = doc_tables.default_study(ROOT / "docs/results/default-study/results.csv", "docs/results/default-study/results.csv")
+    assert "| InDistill (tuned) | 14,906 | 20 | 3 | 90.53 ± 0.25 | 89.55 ± 0.21 |  |" in study
+    assert "| student (mkt) | 14,906 | 20 (MKT's recipe) | 3 | 94.01 ± 0.15 | 94.12 ± 0.10 | +3.48 [+2.84, +4.12] * |" in study
+    assert "val mAP 88.53): 1ep pkt w=0.262; 2ep pkt w=0.856; 3ep mse w=2.05; overlap=True; criterion=activation." in study
     from indistill.fidelity import fidelity_markdown
 
     assert fidelity_markdown() in (ROOT / "docs/method.md").read_text()
@@ -185,8 +189,8 @@ def _tables_copy(tmp_path: Path) -> Path:
     for path in [README, *PAGES, *(ROOT / t.source for t in doc_tables.TABLES)]:
         (root / rel(path)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, root / rel(path))
-    meta = ROOT / "docs/results/digits-run/meta.txt"
-    shutil.copy(meta, root / rel(meta))
+    for meta in (ROOT / "docs/results").glob("*/meta.txt"):  # the source lines of the runs' tables
+        shutil.copy(meta, root / rel(meta))
     return root
 
 
