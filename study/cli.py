@@ -138,6 +138,10 @@ def _benchmarks(text: str) -> list[str]:
     return names
 
 
+#: the run flags that override a search space's budget, by the budget field each sets
+BUDGET_FLAGS = {"trials": "--trials", "epochs": "--epochs", "final_seeds": "--final-seeds"}
+
+
 def make_plan(args: argparse.Namespace, cluster=None, *, remote: bool = False):
     """Validate everything the user typed and build the StudyPlan (no Ray needed). ``cluster``: the
     :class:`~study.resources.ClusterShape` (or resource totals) the default --gpus-per-trial comes
@@ -166,29 +170,20 @@ def make_plan(args: argparse.Namespace, cluster=None, *, remote: bool = False):
     for bench in _benchmarks(args.benchmarks):
         path = args.search_space or default_space_path(bench)
         space = load_space(path, bench)
-        if args.trials is not None or args.epochs is not None or args.final_seeds is not None:
+        given = {field: getattr(args, field) for field in BUDGET_FLAGS if getattr(args, field) is not None}
+        if given:
             import dataclasses
 
-            budget = space.budget
-            if args.trials is not None:
-                if args.trials < 1:
-                    raise ConfigError(f"--trials: must be >= 1, got {args.trials}")
-                budget = dataclasses.replace(budget, trials=args.trials)
-            if args.epochs is not None:
-                if args.epochs < 1:
-                    raise ConfigError(f"--epochs: must be >= 1, got {args.epochs}")
-                budget = dataclasses.replace(budget, epochs=args.epochs)
-            if args.final_seeds is not None:
-                if args.final_seeds < 1:
-                    raise ConfigError(f"--final-seeds: must be >= 1, got {args.final_seeds}")
-                budget = dataclasses.replace(budget, final_seeds=args.final_seeds)
-            space = dataclasses.replace(space, budget=budget)
+            for field, value in given.items():
+                if value < 1:
+                    raise ConfigError(f"{BUDGET_FLAGS[field]}: must be >= 1, got {value}")
+            space = dataclasses.replace(space, budget=dataclasses.replace(space.budget, **given))
             from .search_space import validate_space
 
             try:
                 validate_space(space, bench)
             except ConfigError as exc:
-                raise ConfigError(f"{path} with --trials/--epochs/--final-seeds: {exc}") from None
+                raise ConfigError(f"{path} with {'/'.join(BUDGET_FLAGS.values())}: {exc}") from None
         extra = {"data": {"download": True}} if args.download else {}
         # the CPU threads a worker runs with (Ray sets OMP_NUM_THREADS so): recorded for exact reproduction
         extra["threads"] = max(1, int(resources.cpus / resources.workers))

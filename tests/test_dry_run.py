@@ -164,6 +164,10 @@ def _error_line(argv: list[str], capsys) -> tuple[int, list[str]]:
 
 @pytest.mark.parametrize("argv, words", [
     (["--trials", "0"], "indistill-study: error: --trials: must be >= 1, got 0"),
+    (["--epochs", "0"], "indistill-study: error: --epochs: must be >= 1, got 0"),
+    (["--final-seeds", "-1"], "indistill-study: error: --final-seeds: must be >= 1, got -1"),
+    # shorter than the digits config's curriculum: the space's file and the flags that changed it
+    (["--epochs", "2"], "indistill-study: error: /"),
     (["--benchmarks", "mnist"], "indistill-study: error: --benchmarks: unknown benchmark 'mnist'"),
     (["--workers-per-trial", "2", "--gpus-per-trial", "0.5"], "indistill-study: error: --gpus-per-trial: multi-worker"),
     (["--resume"], "indistill-study: error: --resume: no study at "),
@@ -174,6 +178,10 @@ def test_bad_input_gets_the_same_one_line_error_as_run(argv, words, work, machin
     rc, lines = _error_line(["run", *argv, "--dry-run"], capsys)
     assert rc == 2
     assert len(lines) == 1 and lines[0].startswith(words), lines
+    if argv == ["--epochs", "2"]:
+        assert lines[0].endswith("search_spaces/digits.yaml with --trials/--epochs/--final-seeds: budget.epochs: 2 "
+                                 "student epochs do not fit the digits config: student.curriculum.epochs: the "
+                                 "curriculum lasts 7 epochs, more than student.epochs = 2"), lines
     assert _error_line(["run", *argv], capsys) == (2, lines)  # what run says, word for word
     assert os.listdir(work) == []
 
