@@ -9,17 +9,17 @@ import shlex
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence, TextIO
+from typing import TYPE_CHECKING, Sequence
 
 from indistill.clihelp import COMMON_ENVIRONMENT, add_command, command_parser, environment_epilog, parse_command
 from indistill.errors import UserError, add_debug_flag, debug_requested, run_command
 from indistill.schema import ConfigError
 
+from .plan import StudyPlan, check_before_ray, final_seeds, make_plan
 from .resources import REPORT_POLL_ENV, STATE_SYNC_ENV
 
 if TYPE_CHECKING:
     from .resources import Concurrency
-    from .runner import StudyPlan
 
 PROG = "indistill-study"
 
@@ -125,196 +125,6 @@ def _host(text: str) -> str:
     return text
 
 
-def _benchmarks(text: str) -> list[str]:
-    from indistill.data import BENCHMARKS
-
-    names = BENCHMARKS.names() if text == "all" else [b.strip() for b in text.split(",") if b.strip()]
-
-    for name in names:
-        if name not in BENCHMARKS:
-            raise ConfigError(f"--benchmarks: unknown benchmark {name!r}; choose from: {', '.join(BENCHMARKS.names())}, all")
-    if not names:
-        raise ConfigError("--benchmarks: give at least one benchmark")
-    return names
-
-
-#: the run flags that override a search space's budget, by the budget field each sets
-BUDGET_FLAGS = {"trials": "--trials", "epochs": "--epochs", "final_seeds": "--final-seeds"}
-
-
-def make_plan(args: argparse.Namespace, cluster=None, *, remote: bool = False):
-    """Validate everything the user typed and build the StudyPlan (no Ray needed). ``cluster``: the
-    :class:`~study.resources.ClusterShape` (or resource totals) the default --gpus-per-trial comes
-    from (None: before Ray, 0); ``remote``: a cluster joined with --address/$RAY_ADDRESS."""
-    from collections.abc import Mapping
-
-    from indistill.configure import with_data_root
-
-    from .resources import ClusterShape, TrialResources, gpus_per_trial
-    from .runner import BenchmarkPlan, StudyPlan
-    from .search_space import base_config, default_space_path, load_space
-    from .storage import Storage
-
-    if isinstance(cluster, Mapping):
-        cluster = ClusterShape(up=(cluster,))
-    gpus, gpus_note = (args.gpus_per_trial or 0.0, "") if cluster is None else \
-        gpus_per_trial(args.gpus_per_trial, cluster, args.workers_per_trial, remote=remote)
-    if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
-        raise ConfigError(f"--max-concurrent-trials: must be >= 1, got {args.max_concurrent_trials}")
-    try:
-        resources = TrialResources(workers=args.workers_per_trial, gpus=gpus, cpus=args.cpus_per_trial,
-                                   backend=None if args.dist_backend == "auto" else args.dist_backend)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    plans = []
-    for bench in _benchmarks(args.benchmarks):
-        path = args.search_space or default_space_path(bench)
-        space = load_space(path, bench)
-        given = {field: getattr(args, field) for field in BUDGET_FLAGS if getattr(args, field) is not None}
-        if given:
-            import dataclasses
-
-            for field, value in given.items():
-                if value < 1:
-                    raise ConfigError(f"{BUDGET_FLAGS[field]}: must be >= 1, got {value}")
-            space = dataclasses.replace(space, budget=dataclasses.replace(space.budget, **given))
-            from .search_space import validate_space
-
-            try:
-                validate_space(space, bench)
-            except ConfigError as exc:
-                raise ConfigError(f"{path} with {'/'.join(BUDGET_FLAGS.values())}: {exc}") from None
-        extra = {"data": {"download": True}} if args.download else {}
-        # the CPU threads a worker runs with (Ray sets OMP_NUM_THREADS so): recorded for exact reproduction
-        extra["threads"] = max(1, int(resources.cpus / resources.workers))
-        # the data root, resolved here once: every worker on every node reads the driver's choice
-        base = with_data_root(base_config(space, bench, extra), args.data_root)
-        plans.append(BenchmarkPlan(bench, space, str(path), base))
-    if args.artifact_workers < 1:
-        raise ConfigError("--artifact-workers: must be >= 1")
-    if not args.name or args.name in (".", "..") or "/" in args.name or "\\" in args.name:
-        raise ConfigError(f"--name: {args.name!r} is not a study name (one directory name under --storage)")
-    storage = Storage.create(args.storage).sub(args.name)
-    return StudyPlan(args.name, storage, tuple(plans), resources, args.artifact_workers, args.resume, verbose=args.verbose,
-                     max_concurrent=args.max_concurrent_trials, gpus_note=gpus_note)
-
-
-def _check_data(plan) -> None:
-    """Fail fast (before Ray) when a dataset is missing or unreadable, or a network option or a
-    given checkpoint does not fit; downloads happen here with --download."""
-    from indistill.data import load_benchmark
-    from indistill.pipeline import check_inputs
-
-    for bp in plan.benchmarks:
-        data = load_benchmark(bp.benchmark, bp.base.data.root, download=bp.base.data.download,
-                              options=bp.base.data.options)
-        check_inputs(bp.base, data)
-
-
-def _check_gpus(args: argparse.Namespace, plan) -> None:
-    """GPUs asked for on a local Ray (no --address): this machine must have them."""
-    if not plan.trial_resources.use_gpu or args.address or os.environ.get("RAY_ADDRESS"):
-        return  # a cluster's GPUs are known once Ray runs (its autoscaler may add them)
-    import math
-
-    import torch
-
-    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    need = math.ceil(plan.trial_resources.gpus)
-    if have < need:
-        found = f"only {have}" if have else "no CUDA GPU"
-        raise ConfigError(f"--gpus-per-trial: {plan.trial_resources.gpus:g} GPU(s) per trial on a local Ray, but this "
-                          f"machine has {found}; use --gpus-per-trial 0, or --address of a cluster with GPUs")
-
-
-def check_before_ray(args: argparse.Namespace, plan) -> None:
-    """Everything a study needs that can be checked without Ray, writing nothing: the study
-    directory (a directory, new or resumable with a valid state), GPUs, data, networks, checkpoints."""
-    from .runner import check_new_or_resume, sync_config
-
-    sync_config()  # a malformed $INDISTILL_STATE_SYNC_S
-    plan.storage.check_writable("--storage")
-    check_new_or_resume(plan)  # a resumed study: its state, benchmarks and inputs
-    _check_gpus(args, plan)
-    _check_data(plan)
-
-
-@contextlib.contextmanager
-def driver_log(storage) -> Iterator[TextIO]:
-    """Everything Ray, Tune and Python print or log in the driver goes to ``<study>/logs/driver.log``,
-    not the console (the study's progress display says what happens; ``--verbose`` keeps it on the
-    console). Yields the console, for the progress display."""
-    import logging
-    import shutil
-    import tempfile
-
-    from .storage import Storage
-
-    rel = "logs/driver.log"
-    scratch = None if storage.is_local else Path(tempfile.mkdtemp(prefix="indistill-driver-"))
-    local = storage.local_path() / rel if scratch is None else scratch / "driver.log"
-    local.parent.mkdir(parents=True, exist_ok=True)
-    if scratch is not None and storage.exists(rel):  # a resumed study continues it, as on local storage
-        local.write_bytes(storage.read_bytes(rel))
-    handler = logging.FileHandler(local)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    loggers = [logging.getLogger(name) for name in ("ray", "py.warnings", "optuna")]
-    saved = [(lg, lg.handlers[:], lg.propagate) for lg in loggers]
-    logging.captureWarnings(True)
-    for lg in loggers:
-        lg.handlers = [handler]
-        lg.propagate = False
-    # what libraries print (Tune's experiment box, Ray's "(raylet)" notices, some from C++) lands in
-    # the same file: the process's stdout and stderr descriptors point there, and the progress
-    # display writes to a duplicate of the console's
-    sink = open(local, "a", buffering=1)
-    try:
-        with _redirected_fds(sink) as console:
-            yield console
-    finally:
-        sink.close()
-        for lg, handlers, propagate in saved:
-            lg.handlers, lg.propagate = handlers, propagate
-        logging.captureWarnings(False)
-        handler.close()
-        if scratch is not None:
-            try:
-                Storage(storage.uri).upload_file(local, rel)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _redirected_fds(sink: TextIO) -> Iterator[TextIO]:
-    """Point file descriptors 1 and 2 (and sys.stdout/stderr) at ``sink``; yield the console."""
-    try:
-        out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # not real files (an embedding host): Python level only
-        console, errors = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = sink
-        try:
-            yield console
-        finally:
-            sys.stdout, sys.stderr = console, errors
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    console = os.fdopen(os.dup(out_fd), "w", buffering=1)
-    saved = os.dup(out_fd), os.dup(err_fd)
-    os.dup2(sink.fileno(), out_fd)
-    os.dup2(sink.fileno(), err_fd)
-    try:
-        yield console
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], out_fd)
-        os.dup2(saved[1], err_fd)
-        os.close(saved[0])
-        os.close(saved[1])
-        console.close()
-
-
 def dry_run(args: argparse.Namespace, plan: StudyPlan) -> int:
     """``run --dry-run``, after every check ``run`` makes before Ray: print the plan it would follow
     (:func:`plan_lines`) and return 0, without starting Ray or writing to the study directory. On a
@@ -344,7 +154,6 @@ def plan_lines(plan: StudyPlan, at_once: Concurrency | None, *, address: str | N
     from indistill.data import BENCHMARKS
 
     from .resources import _count
-    from .runner import final_seeds
     from .search_space import shortest_curriculum
     from .rows import final_rows
 
@@ -408,7 +217,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return dry_run(args, plan)
     import ray
 
-    from .runner import StudyFailed, init_ray, run_study
+    from .console import driver_log
+    from .ray_runs import init_ray
+    from .runner import StudyFailed, run_study
 
     address = args.address or os.environ.get("RAY_ADDRESS")
     # Ray's console output (workers' and actors' lines, raylet warnings) only with --verbose: the

@@ -13,7 +13,7 @@ BACKENDS = (None, "nccl", "gloo")
 
 # Ray Train's controller collects a worker's report once per health-check poll (default 2 s) and a
 # worker's next report blocks until then, so a trial whose epochs are shorter than the poll interval
-# waits ~2 s per epoch (measured: 88 % of a digits trial's wall time). ``study.runner.init_ray`` puts
+# waits ~2 s per epoch (measured: 88 % of a digits trial's wall time). ``study.ray_runs.init_ray`` puts
 # this variable into every Ray process of the study, once, through ray.init's runtime_env; a value
 # the user set in the driver's environment wins.
 REPORT_POLL_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
@@ -21,6 +21,15 @@ REPORT_POLL_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 # SyncConfig.sync_period (Ray's default: 300 s, so a killed driver could lose 5 minutes of finished
 # trials); the study uploads it at most every INDISTILL_STATE_SYNC_S seconds (default 30).
 STATE_SYNC_ENV = ("INDISTILL_STATE_SYNC_S", "30")
+
+
+def state_sync_period() -> float:
+    """:data:`STATE_SYNC_ENV`'s seconds (checked before Ray starts: a malformed value is one line)."""
+    text = os.environ.get(STATE_SYNC_ENV[0], STATE_SYNC_ENV[1])
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"${STATE_SYNC_ENV[0]}: expected seconds, got {text!r}") from None
 
 
 @dataclass(frozen=True)

@@ -1,175 +1,60 @@
-"""A study: for each benchmark, artifacts -> Tune search -> final retrain -> results table."""
+"""A study's orchestration: for each benchmark, on its own driver thread, the artifacts, then the
+Tune search, then the final runs, then the results table (the Ray plumbing: :mod:`study.ray_runs`)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import Iterator, TextIO
 
 import pandas as pd
-import ray
-import ray.train
 from ray import tune
-from ray.train.torch import TorchConfig, TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from indistill.config import RunConfig, config_to_dict
 from indistill.errors import error_reason
-from indistill.pipeline import artifact_stages
 from indistill.io import atomic_write_bytes, stable_hash
-from indistill.schema import ConfigError, to_dict
+from indistill.pipeline import artifact_stages
 
-from .progress import STUDY_LOG, BenchmarkStatus, Progress, TrialEvents, attach, format_duration
-from .resources import REPORT_POLL_ENV, STATE_SYNC_ENV, Concurrency, TrialResources, concurrency, read_cluster_shape
-from .results import build_table, summarize_trials, write_study_table
-from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
-from .search_space import SearchSpace, apply_params, define_by_run, shortest_curriculum
-from .storage import Storage
-from .tblog import AUTO_LOGGERS_ENV, TrialNamer, tune_loggers, write_hparams_experiment
 from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE
+from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
 from .placement import read_placements
+from .plan import BenchmarkPlan, StudyPlan, final_config, final_seeds
+from .progress import STUDY_LOG, BenchmarkStatus, Progress, TrialEvents, attach, format_duration
+from .ray_runs import (
+    FinalSpec,
+    TrialSpec,
+    as_trainable,
+    final_trial,
+    ray_storage,
+    sync_config,
+    train_run,
+    tune_trial,
+    tune_verbosity,
+)
+from .resources import Concurrency, TrialResources, concurrency, read_cluster_shape
+from .results import build_table, summarize_trials, write_study_table
+from .resume import STATE, write_study_state, yaml_text
 from .rows import with_searched
-from .workers import final_seed, prepare_artifacts, run_trial  # the Ray Train runs' entry points
-
-STATE = "study.json"
-QUIET = ray.train.LoggingConfig(log_level="WARNING")  # our own per-epoch lines are the progress output
-
-
-def sync_config() -> tune.SyncConfig:
-    """Tune's upload period of the experiment state (checked before Ray starts)."""
-    text = os.environ.get(STATE_SYNC_ENV[0], STATE_SYNC_ENV[1])
-    try:
-        period = float(text)
-    except ValueError:
-        raise ConfigError(f"${STATE_SYNC_ENV[0]}: expected seconds, got {text!r}") from None
-    return tune.SyncConfig(sync_period=period)
-
-
-def runtime_env(**extra) -> dict:
-    """The study's Ray job environment: :data:`~study.resources.REPORT_POLL_ENV` in every Ray
-    process of the study (the driver's value when set, else the study's), plus ``extra`` runtime_env
-    fields. Set once, by :func:`init_ray`, not by each run."""
-    name, default = REPORT_POLL_ENV
-    return {"env_vars": {name: os.environ.get(name, default)}, **extra}
-
-
-def init_ray(address: str | None = None, *, runtime_env_extra: dict | None = None, **kwargs) -> None:
-    """``ray.init`` with the study's :func:`runtime_env` (``runtime_env_extra``: more of its fields),
-    and the driver's own Tune setting :data:`~study.tblog.AUTO_LOGGERS_ENV` unless the user set it:
-    the one place the study sets environment variables."""
-    os.environ.setdefault(*AUTO_LOGGERS_ENV)
-    ray.init(address=address, runtime_env=runtime_env(**(runtime_env_extra or {})), **kwargs)
-
-
-def _fit(fn: Callable[[dict], None], config: dict, resources: TrialResources, name: str, storage_path: str,
-         max_failures: int, **run_options) -> None:
-    """One quiet Ray Train run of ``fn`` on ``resources``."""
-    TorchTrainer(
-        fn, train_loop_config=config, scaling_config=_scaling(resources),
-        torch_config=TorchConfig(backend=resources.backend),
-        run_config=ray.train.RunConfig(name=name, storage_path=storage_path, logging_config=QUIET,
-                                       failure_config=ray.train.FailureConfig(max_failures=max_failures), **run_options),
-    ).fit()
-
-
-@dataclass(frozen=True)
-class BenchmarkPlan:
-    """One benchmark of a study: its search space and the config every stage starts from."""
-
-    benchmark: str
-    space: SearchSpace
-    space_path: str
-    base: RunConfig
-
-
-@dataclass(frozen=True)
-class StudyPlan:
-    """Everything validated before Ray starts."""
-
-    name: str
-    storage: Storage  # the study directory
-    benchmarks: tuple[BenchmarkPlan, ...]
-    trial_resources: TrialResources
-    artifact_workers: int = 1
-    resume: bool = False
-    verbose: bool = False  # Ray's and Tune's console output, and the runs' log lines, on the console too
-    max_concurrent: int | None = None  # --max-concurrent-trials (None: what the cluster can hold)
-    gpus_note: str = ""  # why the default --gpus-per-trial is what it is, when the GPUs up now do not say
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """Constants a trial needs, passed through the object store."""
-
-    plan: BenchmarkPlan
-    storage: str
-    ray_storage: str
-    resources: TrialResources
-    verbose: bool = False
-
-
-def _ray_storage(storage: Storage) -> str:
-    return storage.join("ray")
-
-
-def _scaling(resources: TrialResources) -> ray.train.ScalingConfig:
-    return ray.train.ScalingConfig(
-        num_workers=resources.workers, use_gpu=resources.use_gpu, resources_per_worker=resources.per_worker()
-    )
-
-
-def _trainable(fn: Callable[[dict, object], None], name: str, spec: object):
-    """``fn`` as a Tune trainable registered under ``name``: Tune registers trainables by name
-    cluster-wide, so the concurrent searches of several benchmarks need one name each. The trial
-    function only launches a Ray Train run, whose workers hold the CPUs/GPUs; a placement group
-    may not be empty, so the trial reserves a sliver of memory instead."""
-
-    def trainable(params: dict, spec: object) -> None:
-        fn(params, spec)
-
-    trainable.__name__ = trainable.__qualname__ = name
-    return tune.with_resources(tune.with_parameters(trainable, spec=spec), {"CPU": 0, "memory": 32 * 1024**2})
-
-
-def tune_trial(params: dict, spec: TrialSpec) -> None:
-    """The Tune function trainable: one Ray Train run of the student stage for ``params``."""
-    ctx = tune.get_context()
-    trial_id = ctx.get_trial_id()
-    cfg = apply_params(spec.plan.base, params, spec.plan.space)
-    config = {
-        "cfg": config_to_dict(cfg), "storage": spec.storage, "trial_id": trial_id, "trial_name": ctx.get_trial_name(),
-        "verbose": spec.verbose,
-        "started_at": time.time(),  # wall-clock start of the trial, for its Ray overhead
-    }
-    # named after the trial (no timestamp): a retried trial resumes its own checkpoints
-    _fit(run_trial, config, spec.resources, f"{spec.plan.benchmark}-trial-{trial_id}", spec.ray_storage,
-         max_failures=0, callbacks=[TuneReportCallback()], checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
-
-
-def _train_run(fn: Callable[[dict], None], name: str, config: dict, plan: StudyPlan, workers: int) -> None:
-    res = dataclasses.replace(plan.trial_resources, workers=workers,
-                              gpus=(float(workers) if plan.trial_resources.use_gpu else 0.0),
-                              cpus=plan.trial_resources.cpus / plan.trial_resources.workers * workers)
-    _fit(fn, config, res, name, _ray_storage(plan.storage), max_failures=1)
+from .search_space import apply_params, define_by_run, shortest_curriculum
+from .storage import Storage
+from .tblog import TrialNamer, tune_loggers, write_hparams_experiment
+from .workers import prepare_artifacts  # the artifact run's entry point
 
 
 def run_artifacts(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress) -> None:
     if plan.storage.exists(f"{bp.benchmark}/{NETWORKS_FILE}"):
         progress.phase(bp.benchmark, "artifacts", "already prepared")
         return
-    cfg = with_searched(_final_config(bp.base))
+    cfg = with_searched(final_config(bp.base))
     search, final = artifact_stages(cfg, "val"), artifact_stages(cfg, "test")
     progress.stages(bp.benchmark, 0, len(search) + len(final))
     progress.phase(bp.benchmark, "artifacts", f"{len(search) + len(final)} stages: {', '.join(search)} without the val "
                    f"images, then {', '.join(final)} with them; {plan.artifact_workers} worker(s); "
                    f"log: {bp.benchmark}/logs/artifacts.log")
-    _train_run(prepare_artifacts, f"{bp.benchmark}-artifacts",
+    train_run(prepare_artifacts, f"{bp.benchmark}-artifacts",
                {"cfg": config_to_dict(cfg), "storage": plan.storage.uri, "verbose": plan.verbose},
                plan, plan.artifact_workers)
 
@@ -201,8 +86,8 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_once: 
     optuna_db = _optuna_db(plan, bp)
     exp_name = f"{bp.benchmark}-search"
     exp_path = plan.storage.join("ray", exp_name)
-    spec = TrialSpec(bp, plan.storage.uri, _ray_storage(plan.storage), plan.trial_resources, plan.verbose)
-    trainable = _trainable(tune_trial, f"{bp.benchmark}_trial", spec)
+    spec = TrialSpec(bp, plan.storage.uri, ray_storage(plan.storage), plan.trial_resources, plan.verbose)
+    trainable = as_trainable(tune_trial, f"{bp.benchmark}_trial", spec)
     loggers = tune_loggers()  # Tune's JSON and CSV loggers, not its TensorBoard one (also when resuming)
     if plan.resume and tune.Tuner.can_restore(exp_path):
         progress.phase(bp.benchmark, "search", f"resuming the search from {exp_path}")
@@ -223,35 +108,14 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_once: 
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                         num_samples=budget.trials, max_concurrent_trials=concurrent,
                                         trial_name_creator=TrialNamer(budget.trials)),  # trial-<k>-<id>
-            run_config=tune.RunConfig(name=exp_name, storage_path=_ray_storage(plan.storage), sync_config=sync_config(),
+            run_config=tune.RunConfig(name=exp_name, storage_path=ray_storage(plan.storage), sync_config=sync_config(),
                                       failure_config=tune.FailureConfig(max_failures=budget.max_failures),
-                                      verbose=_tune_verbosity(plan), callbacks=[*loggers, TrialEvents(bp.benchmark)]),
+                                      verbose=tune_verbosity(plan), callbacks=[*loggers, TrialEvents(bp.benchmark)]),
         )
     grid = tuner.fit()
     if not plan.storage.is_local:
         plan.storage.upload(optuna_db.parent, f"{bp.benchmark}/search")
     return grid
-
-
-@dataclass(frozen=True)
-class FinalSpec:
-    """Constants of the final runs of one benchmark, passed through the object store."""
-
-    benchmark: str
-    config: dict
-    ray_storage: str
-    resources: TrialResources
-
-
-def final_seeds(bp: BenchmarkPlan) -> list[int]:
-    """The student seeds of the final runs: ``budget.final_seeds`` consecutive seeds from the config's."""
-    return [bp.base.student_seed + i for i in range(bp.space.budget.final_seeds)]
-
-
-def final_trial(params: dict, spec: FinalSpec) -> None:
-    """The Tune function trainable of one final seed: one Ray Train run of ``final_seed``."""
-    _fit(final_seed, {**spec.config, "seed": params["seed"]}, spec.resources,
-         f"{spec.benchmark}-final-seed{params['seed']}", spec.ray_storage, max_failures=1)
 
 
 def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, progress: Progress, at_once: Concurrency) -> None:
@@ -267,127 +131,22 @@ def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, progress: Pro
     progress.status[bp.benchmark].concurrent = concurrent
     progress.phase(bp.benchmark, "final", f"every student row on the full train split, evaluated on test (teacher and "
                    f"auxiliary shared): seeds {todo}, {at_a_time}; logs: {bp.benchmark}/logs/final/")
-    config = {"cfg": config_to_dict(_final_config(best)), "base": config_to_dict(_final_config(bp.base)),
+    config = {"cfg": config_to_dict(final_config(best)), "base": config_to_dict(final_config(bp.base)),
               "storage": plan.storage.uri, "export_seed": seeds[0], "verbose": plan.verbose}
-    trainable = _trainable(final_trial, f"{bp.benchmark}_final",
-                           FinalSpec(bp.benchmark, config, _ray_storage(plan.storage), plan.trial_resources))
+    trainable = as_trainable(final_trial, f"{bp.benchmark}_final",
+                           FinalSpec(bp.benchmark, config, ray_storage(plan.storage), plan.trial_resources))
     tune.Tuner(
         trainable, param_space={"seed": tune.grid_search(todo)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
-        run_config=tune.RunConfig(name=f"{bp.benchmark}-final", storage_path=_ray_storage(plan.storage),
+        run_config=tune.RunConfig(name=f"{bp.benchmark}-final", storage_path=ray_storage(plan.storage),
                                   sync_config=sync_config(), failure_config=tune.FailureConfig(max_failures=1),
-                                  verbose=_tune_verbosity(plan), callbacks=[*tune_loggers(), TrialEvents(bp.benchmark)]),
+                                  verbose=tune_verbosity(plan), callbacks=[*tune_loggers(), TrialEvents(bp.benchmark)]),
     ).fit()  # a failed seed run is reported by TrialEvents as it fails
-
-
-def _tune_verbosity(plan: StudyPlan) -> int:
-    """Tune's console output: none (our progress display instead) unless --verbose (its status tables)."""
-    return 1 if plan.verbose else 0
 
 
 def _resources_text(res: TrialResources) -> str:
     per = ", ".join(f"{v:g} {k}" for k, v in res.per_worker().items())
     return f"{per} per worker" + (f" x {res.workers} workers" if res.workers > 1 else "")
-
-
-def _final_config(cfg: RunConfig) -> RunConfig:
-    # evaluated on test once, after training: no per-epoch evaluation
-    return dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, eval_every=0))
-
-
-#: base-config fields that say where or how fast a study runs: they may change on --resume
-RESUMABLE_FIELDS = ("data.root", "data.download", "threads", "device")
-
-
-def study_inputs(bp: BenchmarkPlan) -> dict[str, dict]:
-    """The inputs that define a benchmark's study: its resolved base config and search space."""
-    from indistill.train.keys import without
-
-    return {"base config": without(config_to_dict(bp.base), RESUMABLE_FIELDS), "search space": to_dict(bp.space)}
-
-
-def input_hashes(bp: BenchmarkPlan) -> dict[str, str]:
-    return {name: stable_hash(tree) for name, tree in study_inputs(bp).items()}
-
-
-def check_new_or_resume(plan: StudyPlan) -> None:
-    """A new study must not exist; a resumed one must, with the same benchmarks and inputs."""
-    exists = plan.storage.exists(STATE)
-    if exists and not plan.resume:
-        raise ConfigError(f"--name: study {plan.storage.uri} already exists; add --resume to continue it or pick another --name")
-    if plan.resume and not exists:
-        raise ConfigError(f"--resume: no study at {plan.storage.uri} to resume")
-    if plan.resume:
-        check_same_inputs(plan, plan.storage.check_study())
-
-
-def check_same_inputs(plan: StudyPlan, state: dict) -> None:
-    """Refuse to resume with other benchmarks, base configs or search spaces than the study's,
-    naming the first difference."""
-    new_study = "start a new study with another --name to use them (or resume with the study's own inputs)"
-    names = [b.benchmark for b in plan.benchmarks]
-    if names != state["benchmarks"]:
-        raise ConfigError(f"--resume: study {plan.name} has benchmarks {','.join(state['benchmarks'])}, not "
-                          f"{','.join(names)}; {new_study}")
-    recorded = state.get("inputs", {})
-    for bp in plan.benchmarks:
-        for name, digest in input_hashes(bp).items():
-            if bp.benchmark in recorded and recorded[bp.benchmark].get(name) != digest:
-                where = _first_difference(plan.storage, bp, name)
-                raise ConfigError(f"--resume: {bp.benchmark}'s {name} differs from the one study {plan.name} was "
-                                  f"started with{where}; {new_study}")
-
-
-def _first_difference(storage: Storage, bp: BenchmarkPlan, name: str) -> str:
-    rel = f"{bp.benchmark}/{INPUT_FILES[name]}"
-    if not storage.exists(rel):
-        return ""
-    import yaml
-
-    try:
-        old = yaml.safe_load(storage.read_text(rel))
-    except yaml.YAMLError:
-        return ""
-    if name == "base config" and isinstance(old, dict):
-        from indistill.train.keys import without
-
-        old = without(old, RESUMABLE_FIELDS)
-    path, was, now = _diff(old, study_inputs(bp)[name])
-    return f" ({path}: {was!r} then, {now!r} now)" if path else ""
-
-
-def _diff(a, b, prefix: str = "") -> tuple[str, object, object]:
-    """The first dotted path where plain trees ``a`` and ``b`` differ, with both values."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b), key=str):
-            found = _diff(a.get(key), b.get(key), f"{prefix}{key}.")
-            if found[0]:
-                return found
-        return "", None, None
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            found = _diff(x, y, f"{prefix}{i}.")
-            if found[0]:
-                return found
-        return "", None, None
-    return (prefix.rstrip("."), a, b) if a != b else ("", None, None)
-
-
-#: where each input of a benchmark is kept in the study directory (resolved, as YAML)
-INPUT_FILES = {"base config": "base_config.yaml", "search space": "search_space.yaml"}
-
-
-def write_study_state(plan: StudyPlan) -> None:
-    """A new study's ``study.json`` (its benchmarks and the hashes of their inputs) and each
-    benchmark's complete resolved inputs, for the user and for naming a change on --resume."""
-    for bp in plan.benchmarks:
-        plan.storage.write_text(f"{bp.benchmark}/{INPUT_FILES['base config']}", _yaml(config_to_dict(bp.base)))
-        plan.storage.write_text(f"{bp.benchmark}/{INPUT_FILES['search space']}", _yaml(to_dict(bp.space)))
-    plan.storage.write_json(STATE, {
-        "name": plan.name, "benchmarks": [b.benchmark for b in plan.benchmarks], "created": time.time(),
-        "space_files": {b.benchmark: b.space_path for b in plan.benchmarks},
-        "inputs": {b.benchmark: input_hashes(b) for b in plan.benchmarks},
-    })
 
 
 def new_progress(plan: StudyPlan, out: TextIO | None, *, live: bool = False,
@@ -493,7 +252,7 @@ def run_benchmark(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_onc
         raise BenchmarkFailed(f"none of its {len(trials['trials'])} search trials finished{first}; no final runs; "
                               f"logs: {bp.benchmark}/logs/trials/")
     best_cfg = apply_params(bp.base, trials["best"]["params"], bp.space)
-    plan.storage.write_text(f"{bp.benchmark}/search/best_config.yaml", _yaml(config_to_dict(best_cfg)))
+    plan.storage.write_text(f"{bp.benchmark}/search/best_config.yaml", yaml_text(config_to_dict(best_cfg)))
     with phases("final"):
         run_final(plan, bp, best_cfg, progress, at_once)
 
@@ -516,7 +275,3 @@ class _PhaseTimer:
         self.storage.write_json(self.rel, times)
 
 
-def _yaml(obj) -> str:
-    import yaml
-
-    return yaml.safe_dump(obj, sort_keys=False)

@@ -13,7 +13,7 @@ Where the runs are (relative to the study directory, the log directory TensorBoa
 - ``<benchmark>/tensorboard/`` itself: the HParams experiment (:func:`write_hparams_experiment`).
 
 Tune's own TensorBoard logger is off (:func:`tune_loggers`, with the variable that
-:func:`study.runner.init_ray` sets): it wrote every trial a second time, under a run name cut at
+:func:`study.ray_runs.init_ray` sets): it wrote every trial a second time, under a run name cut at
 150 characters.
 """
 from __future__ import annotations
@@ -93,7 +93,7 @@ def tune_loggers() -> list:
 
     Passing the JSON and CSV loggers does not keep Tune from adding its TBX logger; the variable
     :data:`AUTO_LOGGERS_ENV` does. Tune reads it in the driver's process when a Tuner fits:
-    :func:`study.runner.init_ray` sets it there once, unless the user set it (0 brings Tune's own
+    :func:`study.ray_runs.init_ray` sets it there once, unless the user set it (0 brings Tune's own
     TensorBoard files back). A search resumed with ``--resume`` gets the callbacks it was started
     with (Tune keeps them with its state); pass these again.
     """

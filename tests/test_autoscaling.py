@@ -157,10 +157,11 @@ def test_the_study_on_such_a_cluster_stops_with_one_line(tmp_path, capsys, monke
     """``indistill-study run --address ...`` on a cluster with no GPU up and node types unknown, without
     --gpus-per-trial: exit 2 and one line, before any run (Ray's connection and the cluster are faked)."""
     import study.resources
+    import study.ray_runs
     import study.runner
     from study.cli import main
 
-    monkeypatch.setattr(study.runner, "init_ray", lambda *_a, **_k: None)
+    monkeypatch.setattr(study.ray_runs, "init_ray", lambda *_a, **_k: None)
     monkeypatch.setattr(study.resources, "read_cluster_shape", lambda: ClusterShape(up=(HEAD,), head=HEAD))
     monkeypatch.setattr(study.runner, "run_study", lambda *_a, **_k: pytest.fail("the study started"))
     monkeypatch.delenv("INDISTILL_DEBUG", raising=False)

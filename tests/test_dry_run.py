@@ -187,7 +187,7 @@ def test_bad_input_gets_the_same_one_line_error_as_run(argv, words, work, machin
 
 
 def test_a_resumed_study_is_checked_and_left_as_it_was(work, machine, no_ray, capsys):
-    from study.runner import write_study_state
+    from study.resume import write_study_state
 
     machine(cpus=2)
     args = study_cli.build_parser().parse_args(["run", "--name", "old"])

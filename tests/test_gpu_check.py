@@ -304,7 +304,8 @@ def test_cpus_per_trial_fit_four_trials(monkeypatch):
 
 def test_the_tiny_study_is_a_valid_plan(tmp_path, monkeypatch):
     # what check_packing passes to study.cli.main, up to the checks before Ray (a GPU faked for them)
-    from study.cli import build_parser, check_before_ray, make_plan
+    from study.cli import build_parser
+    from study.plan import check_before_ray, make_plan
 
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(SEARCH_SPACE))

@@ -91,7 +91,8 @@ def test_data_root_is_resolved_once_into_the_config(monkeypatch, tmp_path) -> No
 
 
 def test_study_plan_carries_the_resolved_root(monkeypatch, tmp_path) -> None:
-    from study.cli import build_parser, make_plan
+    from study.cli import build_parser
+    from study.plan import make_plan
 
     monkeypatch.setenv("INDISTILL_DATA", str(tmp_path / "data"))
     plan = make_plan(build_parser().parse_args(["run", "--storage", str(tmp_path / "s")]))
@@ -100,7 +101,7 @@ def test_study_plan_carries_the_resolved_root(monkeypatch, tmp_path) -> None:
 
 def test_ray_runtime_env_carries_the_report_poll_once(monkeypatch) -> None:
     from study.resources import REPORT_POLL_ENV
-    from study.runner import runtime_env
+    from study.ray_runs import runtime_env
 
     name, default = REPORT_POLL_ENV
     monkeypatch.delenv(name, raising=False)
@@ -117,7 +118,7 @@ def test_the_study_sets_environment_variables_in_one_place() -> None:
     pattern = re.compile(r"os\.environ(\[[^]]*\]\s*=[^=]|\.setdefault|\.update|\.pop)|os\.putenv")
     edits = [f"{p.relative_to(root)}:{line.strip()}" for folder in ("study", "indistill") for p in sorted((root / folder).rglob("*.py"))
              for line in p.read_text().splitlines() if pattern.search(line)]
-    assert edits == ["study/runner.py:os.environ.setdefault(*AUTO_LOGGERS_ENV)"]
+    assert edits == ["study/ray_runs.py:os.environ.setdefault(*AUTO_LOGGERS_ENV)"]
 
 
 #: what Ray's Tune shows for a Train worker's error: a wrapper whose message carries the tracebacks

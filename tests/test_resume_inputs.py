@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from indistill.schema import ConfigError
-from study.cli import build_parser, make_plan
-from study.runner import STATE, check_new_or_resume, write_study_state
+from study.cli import build_parser
+from study.plan import make_plan
+from study.resume import STATE, check_new_or_resume, write_study_state
 
 from .test_study import TINY_SPACE
 

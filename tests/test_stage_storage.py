@@ -125,7 +125,7 @@ def test_the_driver_log_on_s3_is_continued_and_leaves_no_local_copy(s3, tmp_path
     import logging
     import tempfile
 
-    from study.cli import driver_log
+    from study.console import driver_log
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     storage = Storage.create(f"s3://{BUCKET}/studies/driver")

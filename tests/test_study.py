@@ -70,8 +70,10 @@ def study(tmp_path_factory) -> Study:
     import ray
     from ray.cluster_utils import Cluster
 
-    from study.cli import build_parser, make_plan
-    from study.runner import init_ray, run_study
+    from study.cli import build_parser
+    from study.plan import make_plan
+    from study.ray_runs import init_ray
+    from study.runner import run_study
 
     from .data_fixtures import write_cifar10
 
@@ -458,7 +460,8 @@ def test_asha_rungs_count_embedding_epochs_only():
     """A long curriculum's low val mAP is never compared with a short one's embedding-phase mAP."""
     from ray.tune.schedulers import TrialScheduler
 
-    from study.cli import build_parser, make_plan
+    from study.cli import build_parser
+    from study.plan import make_plan
     from study.runner import _early_stopping
 
     space = {**TINY_SPACE, "budget": {**TINY_SPACE["budget"], "epochs": 6, "grace_period": 1, "reduction_factor": 2}}

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from study.cli import build_parser, main, make_plan
+from study.cli import build_parser, main
 from study.names import NETWORKS_FILE
-from study.runner import BenchmarkFailed, StudyFailed, run_benchmark, write_study_state
+from study.plan import make_plan
+from study.resume import write_study_state
+from study.runner import BenchmarkFailed, StudyFailed, run_benchmark
 
 REASON = "RuntimeError: Expected to have finished reduction in the prior iteration before starting a new one."
 
@@ -49,12 +51,13 @@ def _no_ray(*_a, **_k):
 def test_the_study_exits_1_and_says_why_in_its_last_line(tmp_path, monkeypatch, capsys):
     import ray
 
+    import study.ray_runs as ray_runs
     import study.resources as resources
     import study.runner as runner
     from study.resources import ClusterShape
 
     argv = _failed_search(tmp_path, monkeypatch)
-    monkeypatch.setattr(runner, "init_ray", lambda *_a, **_k: None)
+    monkeypatch.setattr(ray_runs, "init_ray", lambda *_a, **_k: None)
     local = ClusterShape(({"CPU": 2.0},), {"CPU": 2.0}, None, None, True)  # a local Ray of 2 CPUs
     for module in (runner, resources):
         monkeypatch.setattr(module, "read_cluster_shape", lambda: local)

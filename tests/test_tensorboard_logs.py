@@ -246,7 +246,7 @@ def test_tune_gets_json_and_csv_loggers_and_no_tensorboard_logger(monkeypatch):
 
     import ray
 
-    from study.runner import init_ray, runtime_env
+    from study.ray_runs import init_ray, runtime_env
 
     started = []
     monkeypatch.setattr(ray, "init", lambda **kw: started.append(kw))

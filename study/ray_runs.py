@@ -1,0 +1,139 @@
+"""The study's Ray plumbing: ``ray.init`` with the study's environment, one quiet Ray Train run,
+and the Tune function trainables that launch a search trial and a final seed as Ray Train runs."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import ray
+import ray.train
+from ray import tune
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from indistill.config import config_to_dict
+
+from .plan import BenchmarkPlan, StudyPlan
+from .resources import REPORT_POLL_ENV, TrialResources, state_sync_period
+from .search_space import apply_params
+from .storage import Storage
+from .tblog import AUTO_LOGGERS_ENV
+from .workers import final_seed, run_trial  # the Ray Train runs' entry points
+
+
+QUIET = ray.train.LoggingConfig(log_level="WARNING")  # our own per-epoch lines are the progress output
+
+
+def sync_config() -> tune.SyncConfig:
+    """Tune's upload period of the experiment state (:func:`~study.resources.state_sync_period`)."""
+    return tune.SyncConfig(sync_period=state_sync_period())
+
+
+def runtime_env(**extra) -> dict:
+    """The study's Ray job environment: :data:`~study.resources.REPORT_POLL_ENV` in every Ray
+    process of the study (the driver's value when set, else the study's), plus ``extra`` runtime_env
+    fields. Set once, by :func:`init_ray`, not by each run."""
+    name, default = REPORT_POLL_ENV
+    return {"env_vars": {name: os.environ.get(name, default)}, **extra}
+
+
+def init_ray(address: str | None = None, *, runtime_env_extra: dict | None = None, **kwargs) -> None:
+    """``ray.init`` with the study's :func:`runtime_env` (``runtime_env_extra``: more of its fields),
+    and the driver's own Tune setting :data:`~study.tblog.AUTO_LOGGERS_ENV` unless the user set it:
+    the one place the study sets environment variables."""
+    os.environ.setdefault(*AUTO_LOGGERS_ENV)
+    ray.init(address=address, runtime_env=runtime_env(**(runtime_env_extra or {})), **kwargs)
+
+
+def fit(fn: Callable[[dict], None], config: dict, resources: TrialResources, name: str, storage_path: str,
+        max_failures: int, **run_options) -> None:
+    """One quiet Ray Train run of ``fn`` on ``resources``."""
+    TorchTrainer(
+        fn, train_loop_config=config, scaling_config=_scaling(resources),
+        torch_config=TorchConfig(backend=resources.backend),
+        run_config=ray.train.RunConfig(name=name, storage_path=storage_path, logging_config=QUIET,
+                                       failure_config=ray.train.FailureConfig(max_failures=max_failures), **run_options),
+    ).fit()
+
+
+def _scaling(resources: TrialResources) -> ray.train.ScalingConfig:
+    return ray.train.ScalingConfig(
+        num_workers=resources.workers, use_gpu=resources.use_gpu, resources_per_worker=resources.per_worker()
+    )
+
+
+def ray_storage(storage: Storage) -> str:
+    """Where Ray Train and Tune keep their runs' state: ``<study>/ray``."""
+    return storage.join("ray")
+
+
+def train_run(fn: Callable[[dict], None], name: str, config: dict, plan: StudyPlan, workers: int) -> None:
+    """One Ray Train run of ``fn`` with ``workers`` workers of the study's per-worker resources (one retry)."""
+    res = dataclasses.replace(plan.trial_resources, workers=workers,
+                              gpus=(float(workers) if plan.trial_resources.use_gpu else 0.0),
+                              cpus=plan.trial_resources.cpus / plan.trial_resources.workers * workers)
+    fit(fn, config, res, name, ray_storage(plan.storage), max_failures=1)
+
+
+def as_trainable(fn: Callable[[dict, object], None], name: str, spec: object):
+    """``fn`` as a Tune trainable registered under ``name``: Tune registers trainables by name
+    cluster-wide, so the concurrent searches of several benchmarks need one name each. The trial
+    function only launches a Ray Train run, whose workers hold the CPUs/GPUs; a placement group
+    may not be empty, so the trial reserves a sliver of memory instead."""
+
+    def run(params: dict, spec: object) -> None:
+        fn(params, spec)
+
+    run.__name__ = run.__qualname__ = name
+    return tune.with_resources(tune.with_parameters(run, spec=spec), {"CPU": 0, "memory": 32 * 1024**2})
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Constants a trial needs, passed through the object store."""
+
+    plan: BenchmarkPlan
+    storage: str
+    ray_storage: str
+    resources: TrialResources
+    verbose: bool = False
+
+
+def tune_trial(params: dict, spec: TrialSpec) -> None:
+    """The Tune function trainable: one Ray Train run of the student stage for ``params``."""
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    cfg = apply_params(spec.plan.base, params, spec.plan.space)
+    config = {
+        "cfg": config_to_dict(cfg), "storage": spec.storage, "trial_id": trial_id, "trial_name": ctx.get_trial_name(),
+        "verbose": spec.verbose,
+        "started_at": time.time(),  # wall-clock start of the trial, for its Ray overhead
+    }
+    # named after the trial (no timestamp): a retried trial resumes its own checkpoints
+    fit(run_trial, config, spec.resources, f"{spec.plan.benchmark}-trial-{trial_id}", spec.ray_storage,
+        max_failures=0, callbacks=[TuneReportCallback()], checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
+
+
+@dataclass(frozen=True)
+class FinalSpec:
+    """Constants of the final runs of one benchmark, passed through the object store."""
+
+    benchmark: str
+    config: dict
+    ray_storage: str
+    resources: TrialResources
+
+
+def final_trial(params: dict, spec: FinalSpec) -> None:
+    """The Tune function trainable of one final seed: one Ray Train run of ``final_seed``."""
+    fit(final_seed, {**spec.config, "seed": params["seed"]}, spec.resources,
+        f"{spec.benchmark}-final-seed{params['seed']}", spec.ray_storage, max_failures=1)
+
+
+def tune_verbosity(plan: StudyPlan) -> int:
+    """Tune's console output: none (our progress display instead) unless --verbose (its status tables)."""
+    return 1 if plan.verbose else 0
+
