@@ -108,3 +108,17 @@ def test_optional_heavy_libraries_are_imported_where_used() -> None:
                 found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in OPTIONAL_HEAVY]
     # the report's module: the driver imports it, once, after the study
     assert found == ["study/report.py: matplotlib", "study/report.py: matplotlib.pyplot"]
+
+
+def test_planning_a_study_imports_no_ray(tmp_path) -> None:
+    """Building and checking the default study's plan (what a bad flag and ``--dry-run`` go through
+    before Ray) loads no Ray module: the study imports Ray only once the checks have passed."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from study.cli import build_parser; from study.plan import check_before_ray, make_plan; "
+            f"args = build_parser().parse_args(['run', '--storage', {str(tmp_path / 'studies')!r}]); "
+            "plan = make_plan(args); check_before_ray(args, plan); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert out.strip() == "[]"
