@@ -50,7 +50,6 @@ def final_config(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, eval_every=0))
 
 
-
 def _benchmarks(text: str) -> list[str]:
     from indistill.data import BENCHMARKS
 

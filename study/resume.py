@@ -11,10 +11,7 @@ from indistill.schema import ConfigError, to_dict
 from .plan import BenchmarkPlan, StudyPlan
 from .storage import Storage
 
-
 STATE = "study.json"
-
-
 #: base-config fields that say where or how fast a study runs: they may change on --resume
 RESUMABLE_FIELDS = ("data.root", "data.download", "threads", "device")
 
