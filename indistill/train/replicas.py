@@ -10,7 +10,6 @@ a gradient, as a one-process run does.
 """
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
@@ -31,6 +30,7 @@ class Replicas:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self._agreed: tuple[bool, ...] | None = None  # which parameters had gradients, checked on every rank
         self.broadcast()
 
     def broadcast(self) -> None:
@@ -42,22 +42,32 @@ class Replicas:
         self._broadcast([b for b in self.model.buffers() if b.numel()])
 
     def average_gradients(self) -> None:
-        """Mean gradients over the ranks. A parameter with a gradient on no rank keeps none; one
-        with a gradient on some ranks only is an error (the ranks ran different losses)."""
+        """Mean gradients over the ranks, one collective per (device, dtype) of the gradients present.
+        A parameter with a gradient on no rank keeps none; one with a gradient on some ranks only is
+        an error (the ranks ran different losses), checked whenever the set of parameters with a
+        gradient changes (a curriculum phase), so a step reads nothing back to the host."""
+        present = tuple(p.grad is not None for p in self.params)
+        if present != self._agreed:
+            self._check_same_gradients(present)
+            self._agreed = present
+        grads = [p.grad for p in self.params if p.grad is not None]
         ws = world_size()
-        for params in _groups(self.params):
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            has = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype, device=grads[0].device)
-            flat = _flatten_dense_tensors([*grads, has])
+        for group in _groups(grads):
+            flat = _flatten_dense_tensors(group)
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            *summed, counts = _unflatten_dense_tensors(flat, [*grads, has])
-            for p, total, count in zip(params, summed, counts.tolist()):
-                if count == 0:
-                    continue
-                if count != ws:
-                    raise RuntimeError(f"a parameter of shape {tuple(p.shape)} has a gradient on {count:g} of {ws} "
-                                       "ranks: the ranks computed different losses")
-                p.grad.copy_(total.div_(ws))
+            flat.div_(ws)
+            for grad, mean in zip(group, _unflatten_dense_tensors(flat, group)):
+                grad.copy_(mean)
+
+    def _check_same_gradients(self, present: tuple[bool, ...]) -> None:
+        ws = world_size()
+        everyone: list = [None] * ws
+        dist.all_gather_object(everyone, present)
+        for i, p in enumerate(self.params):
+            count = sum(rank_present[i] for rank_present in everyone)
+            if count not in (0, ws):
+                raise RuntimeError(f"a parameter of shape {tuple(p.shape)} has a gradient on {count} of {ws} "
+                                   "ranks: the ranks computed different losses")
 
     @staticmethod
     def _broadcast(tensors: list[Tensor]) -> None:
