@@ -80,6 +80,11 @@ def _history(state: dict, path: Path, epochs: int | None = None) -> list[dict[st
     return list(history)
 
 
+def read_history(path: Path) -> list[dict[str, float]]:
+    """The per-epoch history of a finished loop's ``final.pt`` (CheckpointError if unusable)."""
+    return _history(_read_state(path, ("model", "history")), path)
+
+
 def load_final(path: Path, model: nn.Module) -> list[dict[str, float]]:
     """Load a finished loop's ``final.pt`` into ``model``; returns its history (CheckpointError if unusable)."""
     state = _read_state(path, ("model", "history"))

@@ -29,7 +29,7 @@ from ..pruning import PrunedTaps, select_channels
 from ..schema import to_dict
 from .batches import DeviceSplit
 from .keys import EXECUTION, Protocol, given_auxiliary, hashed_key, student_excluded
-from .loop import FINAL, EpochHook, Loop, load_final
+from .loop import FINAL, EpochHook, Loop, load_final, read_history
 from .methods import METHODS, Method, create_method
 from .runtime import autocast, rank, seed_everything, stage_precision
 from .student_step import student_step
@@ -176,10 +176,9 @@ def _finished_history(path: Path) -> list[dict[str, float]]:
     """The per-epoch history in a finished loop's ``final.pt``, or [] when it is missing or unreadable
     (only the logs' curves read it; the weights come from the stage's own file)."""
     try:
-        history = torch.load(path, map_location="cpu", weights_only=True).get("history", [])
-    except Exception:
+        return read_history(path)
+    except CheckpointError:
         return []
-    return history if isinstance(history, list) else []
 
 
 def auxiliary_stage(ctx: Context, teacher: TapNet | None, protocol: Protocol = "test") -> StageResult:
