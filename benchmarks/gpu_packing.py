@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -67,13 +66,10 @@ def cpus_per_trial(usable: int) -> float:
 
 
 def ray_cpus() -> int:
-    """The CPUs a local Ray counts on this machine (its own rule: cgroup quotas included), else the
-    CPUs this process may run on."""
-    try:
-        from ray._private.utils import get_num_cpus  # no public API; what ray.init() uses
-        return max(1, int(get_num_cpus()))
-    except Exception:  # another Ray version: the affinity mask
-        return len(os.sched_getaffinity(0))
+    """The CPUs a local Ray counts on this machine (the study's own reading of it)."""
+    from study.resources import this_machine_shape
+
+    return max(1, int(this_machine_shape().now()["CPU"]))
 
 
 def study_argv(space: Path, storage: Path, cpus: float) -> list[str]:

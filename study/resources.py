@@ -263,14 +263,14 @@ def read_cluster_shape() -> ClusterShape:
 
 def this_machine_shape() -> ClusterShape:
     """This machine as a local Ray would see it, read without starting Ray (for ``run --dry-run``):
-    the CPUs Ray detects (its own count, container CPU limits included; ``os.cpu_count()`` if that
-    internal helper moved) and the CUDA GPUs torch sees; one node, the head."""
+    the CPUs Ray detects (its own count, container CPU limits included; the CPUs this process may run
+    on if that internal helper moved) and the CUDA GPUs torch sees; one node, the head."""
     try:
         from ray._private.utils import get_num_cpus  # what ray.init(num_cpus=None) uses; no public API
 
         cpus = float(get_num_cpus(override_docker_cpu_warning=True))
     except Exception:
-        cpus = float(os.cpu_count() or 1)
+        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     import torch
 
     node = {"CPU": cpus, "GPU": float(torch.cuda.device_count() if torch.cuda.is_available() else 0)}

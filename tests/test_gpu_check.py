@@ -296,7 +296,7 @@ def test_cpus_per_trial_fit_four_trials(monkeypatch):
 
     import ray._private.utils as ray_utils
 
-    monkeypatch.setattr(ray_utils, "get_num_cpus", lambda: 6.5)  # a cgroup quota of 6.5 CPUs
+    monkeypatch.setattr(ray_utils, "get_num_cpus", lambda **_kw: 6.5)  # a cgroup quota of 6.5 CPUs
     assert gpu_packing.ray_cpus() == 6
     monkeypatch.setattr(ray_utils, "get_num_cpus", None)  # a Ray without it: the affinity mask
     assert gpu_packing.ray_cpus() == len(os.sched_getaffinity(0))
