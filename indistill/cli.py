@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .clihelp import COMMON_ENVIRONMENT, add_command, command_parser, environment_epilog, parse_command
-from .config import METHOD_NAMES, dump_config
-from .configure import load_config, with_data_root
-from .errors import add_debug_flag, debug_requested, run_command
+from indistill.common.clihelp import COMMON_ENVIRONMENT, add_command, command_parser, environment_epilog, parse_command
+from indistill.config.run import METHOD_NAMES, dump_config
+from indistill.engine.configure import load_config, with_data_root
+from indistill.common.errors import add_debug_flag, debug_requested, run_command
 
 PROG = "indistill"
 
@@ -40,7 +40,7 @@ EPILOG = environment_epilog(COMMON_ENVIRONMENT)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data import BENCHMARKS
+    from indistill.data import BENCHMARKS
 
     parser, sub = command_parser(PROG, DESCRIPTION, EPILOG)
 
@@ -102,18 +102,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, benchmark=args.benchmark, overrides=overrides_from_args(args))
     if args.command == "config":
-        from .config import REFERENCE_BENCHMARK, config_to_dict
-        from .configure import build_config
-        from .fidelity import annotations
+        from indistill.config.run import REFERENCE_BENCHMARK, config_to_dict
+        from indistill.engine.configure import build_config
+        from indistill.config.fidelity import annotations
 
         reference = config_to_dict(build_config(benchmark=REFERENCE_BENCHMARK))
         sys.stdout.write(dump_config(cfg, notes=annotations(config_to_dict(cfg), reference)))
         return 0
-    from .pipeline import run_pipeline
+    from indistill.engine.pipeline import run_pipeline
 
     table = run_pipeline(with_data_root(cfg), args.out, seeds=args.seeds)
     print()
-    from .table import to_markdown
+    from indistill.evaluation.table import to_markdown
 
     print(to_markdown(table))
     return 0

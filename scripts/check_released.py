@@ -19,7 +19,7 @@ import torch
 
 from indistill.models import load_checkpoint
 from indistill.models.zoo import create_network
-from indistill.pruning import select_channels
+from indistill.method.pruning import select_channels
 
 ROLES = {
     "teacher_baseline_cifar10.pt": "teacher",

@@ -80,7 +80,7 @@ def _n(x: float, digits: int = 0) -> str:
 
 def fidelity(_path: Path, _name: str) -> str:
     sys.path.insert(0, str(ROOT))
-    from indistill.fidelity import fidelity_markdown
+    from indistill.config.fidelity import fidelity_markdown
 
     return fidelity_markdown()
 
@@ -133,7 +133,7 @@ def retrieval(path: Path, name: str) -> str:
                    "largest difference to float64"], ["l", "l", "r", "r", "r", "r"], rows)
     m = d["machine"]
     source = (f"Source: `{name}` (committed {SPEED_COMMITTED}): "
-              f"`python -m benchmarks.speed retrieval --device cpu` (the file records `{d['command']}`; the result was "
+              f"`python -m perf.speed retrieval --device cpu` (the file records `{d['command']}`; the result was "
               f"copied to this path), {r['sizes'][0]['repeats']} interleaved repetitions per size, median [min]; "
               f"{_machine(m)}; {_load(m)}; {d['total_seconds']:.0f} s in all.")
     return f"{table}\n\n{source}"
@@ -151,7 +151,7 @@ def _when(d: dict) -> str:
 
 def _study_source(name: str, d: dict) -> str:
     return (f"Source: `{name}`: `bash scripts/study.sh` (the default study, started "
-            f"{_when(d)}), then `python -m benchmarks.ray_overhead studies/default --json {name}`; "
+            f"{_when(d)}), then `python -m perf.ray_overhead studies/default --json {name}`; "
             f"a 2-core VM alone on the machine, {d['search']['concurrent']} trials at a time; Ray 2.60.0 (the pinned "
             "version). The file does not record the CPU model or the other versions.")
 
@@ -234,11 +234,11 @@ def default_study(path: Path, name: str) -> str:
 
 
 TABLES: tuple[Table, ...] = (
-    Table("fidelity", "indistill/fidelity.py", fidelity),
-    Table("speed-distill", "benchmarks/cpu-distill.json", distill),
-    Table("speed-retrieval", "benchmarks/cpu-retrieval.json", retrieval),
-    Table("default-study-phases", "benchmarks/ray-overhead-digits.json", study_phases),
-    Table("ray-overhead", "benchmarks/ray-overhead-digits.json", ray_overhead),
+    Table("fidelity", "indistill/config/fidelity.py", fidelity),
+    Table("speed-distill", "perf/cpu-distill.json", distill),
+    Table("speed-retrieval", "perf/cpu-retrieval.json", retrieval),
+    Table("default-study-phases", "perf/ray-overhead-digits.json", study_phases),
+    Table("ray-overhead", "perf/ray-overhead-digits.json", ray_overhead),
     Table("digits-run", "docs/results/digits-run/results.csv", digits_run),
     Table("default-study", "docs/results/default-study/results.csv", default_study),
 )

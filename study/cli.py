@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from indistill.clihelp import COMMON_ENVIRONMENT, add_command, command_parser, environment_epilog, parse_command
-from indistill.errors import UserError, add_debug_flag, debug_requested, run_command
-from indistill.schema import ConfigError
+from indistill.common.clihelp import COMMON_ENVIRONMENT, add_command, command_parser, environment_epilog, parse_command
+from indistill.common.errors import UserError, add_debug_flag, debug_requested, run_command
+from indistill.common.errors import ConfigError
 
 from .plan import StudyPlan, check_before_ray, final_seeds, make_plan
 from .resources import REPORT_POLL_ENV, STATE_SYNC_ENV
@@ -295,7 +295,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from indistill.io import check_output_dir
+    from indistill.common.io import check_output_dir
 
     from .export import export_study
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import yaml
 
-from indistill.config import config_to_dict, deep_merge
-from indistill.configure import build_config
-from indistill.io import atomic_write_text, check_output_dir
-from indistill.yamlio import parse_yaml
+from indistill.config.run import config_to_dict, deep_merge
+from indistill.engine.configure import build_config
+from indistill.common.io import atomic_write_text, check_output_dir
+from indistill.config.yamlio import parse_yaml
 
 from .results import TABLE_FILES, per_seed_rows
 from .names import TUNED

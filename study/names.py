@@ -1,11 +1,11 @@
 """Names the study's modules share, each defined once: what trials report, the table's rows, files."""
 from __future__ import annotations
 
-from indistill.train.methods import METHODS, method_label
-from indistill.train.stages import ARTIFACT_STAGES
+from indistill.method.methods import METHODS, method_label
+from indistill.engine.stages import ARTIFACT_STAGES
 
 #: what every trial reports to Tune and the search maximises: its epoch's
-#: :data:`indistill.evaluate.SELECTION_KEY` (val cosine mAP)
+#: :data:`indistill.evaluation.embedding.SELECTION_KEY` (val cosine mAP)
 OBJECTIVE = "val_map"
 #: ASHA's time attribute: epochs completed in the embedding phase (after the trial's curriculum)
 EMBEDDING_EPOCH = "embedding_epoch"

@@ -7,8 +7,8 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from indistill.config import RunConfig
-from indistill.schema import ConfigError
+from indistill.config.run import RunConfig
+from indistill.common.errors import ConfigError
 
 from .resources import TrialResources
 from .search_space import SearchSpace
@@ -73,7 +73,7 @@ def make_plan(args: argparse.Namespace, cluster=None, *, remote: bool = False):
     from (None: before Ray, 0); ``remote``: a cluster joined with --address/$RAY_ADDRESS."""
     from collections.abc import Mapping
 
-    from indistill.configure import with_data_root
+    from indistill.engine.configure import with_data_root
 
     from .resources import ClusterShape, gpus_per_trial
     from .search_space import base_config, default_space_path, load_space
@@ -124,7 +124,7 @@ def _check_data(plan) -> None:
     """Fail fast (before Ray) when a dataset is missing or unreadable, or a network option or a
     given checkpoint does not fit; downloads happen here with --download."""
     from indistill.data import load_benchmark
-    from indistill.pipeline import check_inputs
+    from indistill.engine.pipeline import check_inputs
 
     for bp in plan.benchmarks:
         data = load_benchmark(bp.benchmark, bp.base.data.root, download=bp.base.data.download,

@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple, TextIO
 
 from ray import tune
 
-from indistill.errors import error_reason
+from indistill.common.errors import error_reason
 
 from .names import ARTIFACT_PROGRESS, OBJECTIVE
 from .outcome import FAILED, STATUSES, STOPPED, best_key, scored, trial_status
@@ -288,7 +288,7 @@ class TrialEvents(tune.Callback):
 
 
 def _short_error(trial) -> str:
-    """A failed trial's reason (:func:`~indistill.errors.error_reason`), shortened (Tune keeps the whole
+    """A failed trial's reason (:func:`~indistill.common.errors.error_reason`), shortened (Tune keeps the whole
     error in its error.txt)."""
     try:
         error = trial.get_pickled_error()

@@ -14,7 +14,7 @@ from ray import tune
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from indistill.config import config_to_dict
+from indistill.config.run import config_to_dict
 
 from .plan import BenchmarkPlan, StudyPlan
 from .resources import REPORT_POLL_ENV, TrialResources, state_sync_period

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from indistill.table import DIFF_COLUMN  # noqa: E402
+from indistill.evaluation.table import DIFF_COLUMN  # noqa: E402
 
 from .optuna_record import OPTUNA_FILE, sqlite_url  # noqa: E402
 from .outcome import COMPLETED, FAILED, STOPPED, best_key  # noqa: E402

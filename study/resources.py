@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Sequence
 
-from indistill.schema import ConfigError
+from indistill.common.errors import ConfigError
 
 BACKENDS = (None, "nccl", "gloo")
 

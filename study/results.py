@@ -7,10 +7,10 @@ import pandas as pd
 
 import yaml
 
-from indistill.configure import build_config
-from indistill.errors import error_reason
-from indistill.retrieval import METRICS
-from indistill.table import aggregate, column, display, integer_counts, latex
+from indistill.engine.configure import build_config
+from indistill.common.errors import error_reason
+from indistill.evaluation.retrieval import METRICS
+from indistill.evaluation.table import aggregate, column, display, integer_counts, latex
 
 from .outcome import FAILED, STATUSES, STOPPED, best_key, count, trial_status
 from .storage import Storage

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from indistill.config import config_to_dict
-from indistill.io import stable_hash
-from indistill.schema import ConfigError, to_dict
+from indistill.config.run import config_to_dict
+from indistill.common.io import stable_hash
+from indistill.config.schema import to_dict
+from indistill.common.errors import ConfigError
 
 from .plan import BenchmarkPlan, StudyPlan
 from .storage import Storage
@@ -18,7 +19,7 @@ RESUMABLE_FIELDS = ("data.root", "data.download", "threads", "device")
 
 def study_inputs(bp: BenchmarkPlan) -> dict[str, dict]:
     """The inputs that define a benchmark's study: its resolved base config and search space."""
-    from indistill.train.keys import without
+    from indistill.engine.keys import without
 
     return {"base config": without(config_to_dict(bp.base), RESUMABLE_FIELDS), "search space": to_dict(bp.space)}
 
@@ -66,7 +67,7 @@ def _first_difference(storage: Storage, bp: BenchmarkPlan, name: str) -> str:
     except yaml.YAMLError:
         return ""
     if name == "base config" and isinstance(old, dict):
-        from indistill.train.keys import without
+        from indistill.engine.keys import without
 
         old = without(old, RESUMABLE_FIELDS)
     path, was, now = _diff(old, study_inputs(bp)[name])

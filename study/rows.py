@@ -2,7 +2,7 @@
 the final runs train with it)."""
 from __future__ import annotations
 
-from indistill.config import RunConfig
+from indistill.config.run import RunConfig
 
 from .names import SEARCHED, STUDENT_ROWS
 

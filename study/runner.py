@@ -13,10 +13,10 @@ import pandas as pd
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from indistill.config import RunConfig, config_to_dict
-from indistill.errors import error_reason
-from indistill.io import atomic_write_bytes, stable_hash
-from indistill.pipeline import artifact_stages
+from indistill.config.run import RunConfig, config_to_dict
+from indistill.common.errors import error_reason
+from indistill.common.io import atomic_write_bytes, stable_hash
+from indistill.engine.pipeline import artifact_stages
 
 from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE
 from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage

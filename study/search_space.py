@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from indistill.config import RunConfig, config_to_dict, deep_merge, with_student_budget
-from indistill.configure import build_config, validate_config
-from indistill.losses import LOSSES
-from indistill.pruning import CRITERIA
-from indistill.schema import ConfigError, from_dict
-from indistill.yamlio import load_yaml_file
+from indistill.config.run import RunConfig, config_to_dict, deep_merge, with_student_budget
+from indistill.engine.configure import build_config, validate_config
+from indistill.method.losses import LOSSES
+from indistill.method.pruning import CRITERIA
+from indistill.config.schema import from_dict
+from indistill.common.errors import ConfigError
+from indistill.config.yamlio import load_yaml_file
 
 #: the package the default search spaces are installed as (the source tree's top-level
 #: ``search_spaces/``, mapped by pyproject.toml's package-dir; found through the installed package)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from indistill.errors import UserError
-from indistill.io import atomic_write_bytes, atomic_write_text, check_output_dir, parse_json
+from indistill.common.errors import UserError
+from indistill.common.io import atomic_write_bytes, atomic_write_text, check_output_dir, parse_json
 
 #: the file that makes a directory a study (its name, benchmarks and search-space files)
 STUDY_STATE = "study.json"
@@ -66,7 +66,7 @@ class Storage:
         return self.read_bytes(rel).decode()
 
     def write_text(self, rel: str, text: str) -> None:
-        """Atomic on local disk (indistill.io's temporary file + rename); a single PUT on object stores."""
+        """Atomic on local disk (indistill.common.io's temporary file + rename); a single PUT on object stores."""
         if self.is_local:
             atomic_write_text(Path(self.uri) / rel, text)
             return

@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from torch.utils.tensorboard import SummaryWriter
 
-from indistill.retrieval import PRCurve
-from indistill.train.loop import COUNTERS
+from indistill.evaluation.retrieval import PRCurve
+from indistill.engine.loop import COUNTERS
 
 from .storage import Storage
 
@@ -310,7 +310,7 @@ class TensorBoardLogger:
         self.flush()
 
     def pr_curve(self, tag: str, curve: PRCurve, step: int = 0) -> None:
-        """An averaged 11-point curve (:func:`indistill.retrieval.pr_curve`) as a TensorBoard PR curve: the
+        """An averaged 11-point curve (:func:`indistill.evaluation.retrieval.pr_curve`) as a TensorBoard PR curve: the
         dashboard's "threshold" j/10 is the recall level."""
         self.writer.add_pr_curve_raw(tag, curve.tp.numpy(), curve.fp.numpy(), curve.tn.numpy(), curve.fn.numpy(),
                                      curve.precision.numpy(), curve.recall.numpy(), global_step=step,

@@ -1,7 +1,7 @@
 """Code that runs on Ray Train workers: artifacts, one search trial, the final retrain.
 
 Each function is a ``train_loop_per_worker``: it receives a plain dict and runs the Ray-free
-verbs of :mod:`indistill.pipeline` (``prepare``, ``load_artifacts`` + ``train_student``,
+verbs of :mod:`indistill.engine.pipeline` (``prepare``, ``load_artifacts`` + ``train_student``,
 ``evaluate``; data-parallel when the run has several workers). What is Ray's stays here: the
 device Ray reserved, the stage cache mirrored to the study storage, the report hook and the
 trial's placement. Only rank 0 writes to the study storage.
@@ -20,11 +20,11 @@ from typing import Callable, Iterator, Sequence
 import ray.train
 import torch
 
-from indistill.config import RunConfig
-from indistill.configure import build_config
-from indistill.errors import one_line
-from indistill.evaluate import SELECTION_KEY, embed, metric_key
-from indistill.pipeline import (
+from indistill.config.run import RunConfig
+from indistill.engine.configure import build_config
+from indistill.common.errors import one_line
+from indistill.evaluation.embedding import SELECTION_KEY, embed, metric_key
+from indistill.engine.pipeline import (
     Artifacts,
     artifact_files,
     artifact_stages,
@@ -35,10 +35,10 @@ from indistill.pipeline import (
     table_row,
     train_student,
 )
-from indistill.retrieval import METRICS, pr_curve
-from indistill.train.loop import COUNTERS, FINAL, LAST
-from indistill.train.runtime import TorchCuda, cap_memory, is_distributed, rank, reserved_device, world_size
-from indistill.train.stages import Context, stage_dirname
+from indistill.evaluation.retrieval import METRICS, pr_curve
+from indistill.engine.loop import COUNTERS, FINAL, LAST
+from indistill.engine.runtime import TorchCuda, cap_memory, is_distributed, rank, reserved_device, world_size
+from indistill.engine.stages import Context, stage_dirname
 
 from .names import ARTIFACT_PROGRESS, EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, SEARCHED, TUNED
 from .placement import write_placement
@@ -63,7 +63,7 @@ def _quiet_ray_train() -> None:
 
 def _device_name(cfg: RunConfig) -> str:
     """The device Ray reserved for this worker (``cpu`` when it reserved no GPU, else its ``cuda:<i>``),
-    checked against what torch can use (:func:`indistill.train.runtime.reserved_device`)."""
+    checked against what torch can use (:func:`indistill.engine.runtime.reserved_device`)."""
     if cfg.device == "cpu":  # nothing to ask Ray: a test on logical GPUs, or a CPU study on GPU nodes
         return "cpu"
     from ray.train.torch import get_device  # the device of the GPU ids Ray assigned (cpu: none)
@@ -137,7 +137,7 @@ def _context(cfg: RunConfig, root: Path, persist: Callable[[Path], None] | None,
 
 
 def prepare_artifacts(config: dict) -> None:
-    """The artifact stages twice (:func:`indistill.pipeline.prepare`): without the val
+    """The artifact stages twice (:func:`indistill.engine.pipeline.prepare`): without the val
     images (what the search's trials read) and on the full train split (what the final runs read,
     teacher and auxiliary evaluated on test). A retried run continues from the last finished
     stage and epoch."""
@@ -355,7 +355,7 @@ class _TensorBoardHook:
 def _pr_curves(tb: TensorBoardLogger | None, ctx: Context, model) -> None:
     """The precision-recall curves behind the tuned student's test ``map`` (``final/pr_cosine``,
     ``final/pr_euclidean``): every test query ranked against the full train split, its 11-point
-    interpolated precision averaged over the queries (:func:`indistill.retrieval.pr_curve`)."""
+    interpolated precision averaged over the queries (:func:`indistill.evaluation.retrieval.pr_curve`)."""
     if tb is None:
         return
     queries, database = ctx.eval_splits("test")

@@ -23,7 +23,7 @@ from typing import Iterator, NamedTuple
 import pytest
 import yaml
 
-from indistill.schema import ConfigError
+from indistill.common.errors import ConfigError
 from study.resources import (
     ClusterShape,
     Concurrency,

@@ -30,8 +30,8 @@ from indistill.data import (
     load_benchmark,
     validate_options,
 )
-from indistill.errors import UserError
-from indistill.schema import ConfigError
+from indistill.common.errors import UserError
+from indistill.common.errors import ConfigError
 
 from .data_fixtures import (
     COLOURS,

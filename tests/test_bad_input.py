@@ -932,8 +932,8 @@ def test_a_failed_run_leaves_the_run_directory_as_it_was(finished_run, tmp_path,
 
 
 def _linear_loop(work: Path, log: list[str], epochs: int = 2):
-    from indistill.config import OptimConfig
-    from indistill.train.loop import Loop
+    from indistill.config.run import OptimConfig
+    from indistill.engine.loop import Loop
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)

@@ -6,14 +6,14 @@ import torch
 import yaml
 
 from indistill.cli import main as indistill_main
-from indistill.config import ROLES
-from indistill.configure import build_config, load_config
+from indistill.config.run import ROLES
+from indistill.engine.configure import build_config, load_config
 from indistill.data import BENCHMARKS, BenchmarkSpec, Split, get_spec, load_benchmark
 from indistill.data.base import LoadRequest, RawSplits
 from indistill.data.networks import trio
 from indistill.models import MODELS, TapReader
 from indistill.models.zoo import BENCHMARK_ARGS, create_network, network_entry
-from indistill.schema import ConfigError
+from indistill.common.errors import ConfigError
 from study.cli import main as study_main
 from study.search_space import default_space_path, load_space
 
@@ -77,7 +77,7 @@ def toy_spec(config) -> BenchmarkSpec:
 
 
 def test_a_toy_benchmark_added_as_the_readme_says(tmp_path, capsys) -> None:
-    config = tmp_path / "toy.yaml"  # step 3: its default config (in the package: indistill/configs/toy.yaml)
+    config = tmp_path / "toy.yaml"  # step 3: its default config (in the package: indistill/config/defaults/toy.yaml)
     config.write_text(yaml.safe_dump({"benchmark": TOY, "teacher": {"epochs": 2}, "student": {
         "epochs": 6, "batch_size": 16, "curriculum": {"epochs": [1, 1, 2]}}}))
     assert TOY not in BENCHMARKS

@@ -4,10 +4,10 @@ import shutil
 
 import pytest
 
-from indistill.configure import build_config
-from indistill.train import keys
-from indistill.train.stages import ARTIFACT_STAGES, excluded, stage_key
-from indistill.train.methods import METHODS
+from indistill.engine.configure import build_config
+from indistill.engine import keys
+from indistill.engine.stages import ARTIFACT_STAGES, excluded, stage_key
+from indistill.method.methods import METHODS
 
 STAGES = [(s, None) for s in ARTIFACT_STAGES] + [("student", m) for m in METHODS.names()]
 

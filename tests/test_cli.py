@@ -127,9 +127,9 @@ def test_indistill_study_without_a_command_prints_its_help(argv, capsys, monkeyp
 
 @pytest.mark.parametrize("argv", [[], ["--debug"]])
 def test_indistill_without_a_command_prints_its_help(argv, capsys, monkeypatch):
-    import indistill.pipeline
+    import indistill.engine.pipeline
 
-    monkeypatch.setattr(indistill.pipeline, "run_pipeline", lambda *_a, **_k: pytest.fail("ran a pipeline"))
+    monkeypatch.setattr(indistill.engine.pipeline, "run_pipeline", lambda *_a, **_k: pytest.fail("ran a pipeline"))
     assert indistill_main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: indistill") and "config" in out and "INDISTILL_DATA" in out

@@ -5,10 +5,10 @@ import sys
 import pytest
 import yaml
 
-from indistill.config import dump_config, save_config
-from indistill.configure import build_config, load_config
+from indistill.config.run import dump_config, save_config
+from indistill.engine.configure import build_config, load_config
 from indistill.data import BENCHMARKS
-from indistill.schema import ConfigError
+from indistill.common.errors import ConfigError
 
 
 @pytest.mark.parametrize("benchmark", BENCHMARKS.names())

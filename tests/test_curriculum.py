@@ -1,7 +1,7 @@
 """The curriculum plan of the reference recipe: which loss on which tap in which epoch."""
-from indistill.config import CurriculumConfig
-from indistill.configure import build_config
-from indistill.train.curriculum import Term, curriculum_plan
+from indistill.config.run import CurriculumConfig
+from indistill.engine.configure import build_config
+from indistill.method.curriculum import Term, curriculum_plan
 
 TAPS = ("block0", "block1", "block2")
 

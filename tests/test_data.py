@@ -16,7 +16,7 @@ from indistill.data import BENCHMARKS, DatasetFormatError, DatasetNotFoundError,
 from indistill.data.archive import safe_extract
 from indistill.data.base import VAL_SEED, LoadRequest
 from indistill.data.splits import stratified_indices
-from indistill.registry import UnknownNameError
+from indistill.common.registry import UnknownNameError
 
 from .data_fixtures import (
     COLOURS,
@@ -378,7 +378,7 @@ def test_cache_write_is_atomic(tmp_path, monkeypatch):
 
 
 def _device_split(name: str, channels_last: bool, n: int = 10):
-    from indistill.train.batches import DeviceSplit
+    from indistill.engine.batches import DeviceSplit
 
     spec = get_spec(name)
     g = torch.Generator().manual_seed(5)
@@ -397,7 +397,7 @@ def _layout_ok(x: torch.Tensor, channels_last: bool) -> bool:
 def test_batches_reach_the_network_in_the_configs_layout_with_the_same_values(name, prenormalized, monkeypatch):
     # before: index_select (training) returned NCHW copies of a channels_last split, and the crop's gather
     # NCHW again, so every batch was re-laid out by the network's first convolution
-    import indistill.train.batches as batches
+    import indistill.engine.batches as batches
 
     if not prenormalized:  # the ImageNet path: uint8 on the device, normalised per batch
         monkeypatch.setattr(batches, "PRENORMALIZE_BYTES", 0)

@@ -8,8 +8,8 @@ import types
 import pytest
 import torch
 
-from indistill.schema import ConfigError
-from indistill.train.runtime import (
+from indistill.common.errors import ConfigError
+from indistill.engine.runtime import (
     CUDA_CONTEXT_BYTES,
     DeviceError,
     TorchCuda,
@@ -128,7 +128,7 @@ def ray_reports(monkeypatch):
 
 
 def _cfg(device: str = "auto"):
-    from indistill.configure import build_config
+    from indistill.engine.configure import build_config
 
     return build_config({"device": device}, benchmark="digits")
 

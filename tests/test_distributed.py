@@ -42,7 +42,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _averaged_gradients(_tmp: Path) -> dict:
-    from indistill.train.replicas import Replicas
+    from indistill.engine.replicas import Replicas
 
     net = _net()
     if dist.get_rank() == 1:
@@ -97,9 +97,9 @@ TINY = {
 
 def _train_everything(tmp: Path) -> dict:
     """Every artifact stage and every registered method's student on this rank (a shared cache)."""
-    from indistill.configure import build_config
-    from indistill.pipeline import make_context, prepare, train_student
-    from indistill.train.methods import METHODS
+    from indistill.engine.configure import build_config
+    from indistill.engine.pipeline import make_context, prepare, train_student
+    from indistill.method.methods import METHODS
 
     cfg = build_config({**TINY, "methods": list(METHODS.names())}, benchmark="digits")
     ctx = make_context(cfg, tmp / "stages", log=lambda _m: None)
@@ -114,9 +114,9 @@ def _train_everything(tmp: Path) -> dict:
 
 @pytest.mark.e2e
 def test_two_ranks_train_every_stage_and_method_with_identical_weights(tmp_path):
-    from indistill.configure import build_config
+    from indistill.engine.configure import build_config
     from indistill.models.zoo import create_network
-    from indistill.train.methods import METHODS
+    from indistill.method.methods import METHODS
 
     rank0, rank1 = _spawn(_train_everything, tmp_path)
     assert set(rank0) == {"teacher", "auxiliary", "prune", *METHODS.names()}

@@ -160,15 +160,15 @@ def test_every_generated_table_agrees_with_its_results_file() -> None:
 
 
 def test_the_tables_hold_their_files_values() -> None:
-    distill = doc_tables.distill(ROOT / "benchmarks/cpu-distill.json", "benchmarks/cpu-distill.json")
+    distill = doc_tables.distill(ROOT / "perf/cpu-distill.json", "perf/cpu-distill.json")
     assert "| block1 / MSE | fast | 128 | **7,789** |" in distill and "| embedding / PKT | **2.82x** |" in distill
-    assert "python -m benchmarks.speed distill --device cpu --out benchmarks/cpu-distill.json" in distill
-    retrieval = doc_tables.retrieval(ROOT / "benchmarks/cpu-retrieval.json", "benchmarks/cpu-retrieval.json")
+    assert "python -m perf.speed distill --device cpu --out perf/cpu-distill.json" in distill
+    retrieval = doc_tables.retrieval(ROOT / "perf/cpu-retrieval.json", "perf/cpu-retrieval.json")
     assert "| 10,000 x 50,000 x 64 | cosine | 85.54 [85.52] | 5.87 [5.23] | **14.6x** [16.3x] |" in retrieval
-    phases = doc_tables.study_phases(ROOT / "benchmarks/ray-overhead-digits.json", "benchmarks/ray-overhead-digits.json")
+    phases = doc_tables.study_phases(ROOT / "perf/ray-overhead-digits.json", "perf/ray-overhead-digits.json")
     assert "| artifacts (teacher, auxiliary, pruning; twice) | 96 |" in phases and "| the three phases | 396 |" in phases
     assert "started 2026-11-30 03:24 UTC" in phases
-    overhead = doc_tables.ray_overhead(ROOT / "benchmarks/ray-overhead-digits.json", "benchmarks/ray-overhead-digits.json")
+    overhead = doc_tables.ray_overhead(ROOT / "perf/ray-overhead-digits.json", "perf/ray-overhead-digits.json")
     assert "| trial wall time (Tune function start to last report) | 32.8 s |" in overhead
     run = doc_tables.digits_run(ROOT / "docs/results/digits-run/results.csv", "docs/results/digits-run/results.csv")
     assert "| student (ce) | 14,906 | 3 | 95.41 ± 0.53 | 94.65 ± 0.31 | 95.40 ± 0.52 | 97.02 ± 0.41 | +2.74 [+0.88, +4.59] * |" in run
@@ -178,7 +178,7 @@ def test_the_tables_hold_their_files_values() -> None:
     assert "| InDistill (tuned) | 14,906 | 20 | 3 | 90.53 ± 0.25 | 89.55 ± 0.21 |  |" in study
     assert "| student (mkt) | 14,906 | 20 (MKT's recipe) | 3 | 94.01 ± 0.15 | 94.12 ± 0.10 | +3.48 [+2.84, +4.12] * |" in study
     assert "val mAP 88.53): 1ep pkt w=0.262; 2ep pkt w=0.856; 3ep mse w=2.05; overlap=True; criterion=activation." in study
-    from indistill.fidelity import fidelity_markdown
+    from indistill.config.fidelity import fidelity_markdown
 
     assert fidelity_markdown() in (ROOT / "docs/method.md").read_text()
 
@@ -201,13 +201,13 @@ def test_the_check_fails_when_a_page_and_its_file_disagree(tmp_path) -> None:
     text = page.read_text()
     # an edited figure on the page
     page.write_text(text.replace("**7,789**", "**7,798**", 1))
-    assert doc_tables.check(root) == ["docs/performance.md: table 'speed-distill' differs from benchmarks/cpu-distill.json"]
+    assert doc_tables.check(root) == ["docs/performance.md: table 'speed-distill' differs from perf/cpu-distill.json"]
     page.write_text(text)
     # a new measurement in the file, the page not regenerated
-    data = json.loads((root / "benchmarks/cpu-retrieval.json").read_text())
+    data = json.loads((root / "perf/cpu-retrieval.json").read_text())
     data["retrieval"]["sizes"][1]["metrics"]["cosine"]["ratio"] = 20.0
-    (root / "benchmarks/cpu-retrieval.json").write_text(json.dumps(data))
-    assert doc_tables.check(root) == ["docs/performance.md: table 'speed-retrieval' differs from benchmarks/cpu-retrieval.json"]
+    (root / "perf/cpu-retrieval.json").write_text(json.dumps(data))
+    assert doc_tables.check(root) == ["docs/performance.md: table 'speed-retrieval' differs from perf/cpu-retrieval.json"]
     # regenerating writes the file's figures
     new, changed = doc_tables.regenerate(text, "docs/performance.md", root)
     assert changed == ["speed-retrieval"] and "**20.0x**" in new
@@ -215,7 +215,7 @@ def test_the_check_fails_when_a_page_and_its_file_disagree(tmp_path) -> None:
     start = text.index("<!-- generated: ray-overhead")
     end = text.index("<!-- end generated: ray-overhead -->") + len("<!-- end generated: ray-overhead -->")
     page.write_text(text[:start] + text[end:])
-    assert "table 'ray-overhead' (benchmarks/ray-overhead-digits.json) is on no page" in doc_tables.check(root)
+    assert "table 'ray-overhead' (perf/ray-overhead-digits.json) is on no page" in doc_tables.check(root)
     page.write_text(text.replace("<!-- end generated: ray-overhead -->", "", 1))
     assert any("has no end marker" in p for p in doc_tables.check(root))
 

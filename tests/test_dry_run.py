@@ -74,7 +74,7 @@ def test_the_embedded_default_prints_its_plan_and_writes_nothing(work, machine, 
         "ray            : a local Ray on this machine",
         "benchmarks     : digits",
         "digits:",
-        f"  config       : {REPO / 'indistill' / 'configs' / 'digits.yaml'}",
+        f"  config       : {REPO / 'indistill' / 'config' / 'defaults' / 'digits.yaml'}",
         f"  search space : {packaged_spaces() / 'digits.yaml'}",
         f"  data root    : {work / 'data'}",
         "  trials       : 8, 4 at a time",
@@ -142,7 +142,7 @@ def test_a_search_space_file_and_its_fixed_overrides_are_named(work, machine, no
     os.chdir(work.parent)
     rc, lines, _ = dry_run(["--search-space", "space.yaml", "--storage", str(work / "s")], capsys)
     assert rc == 0
-    assert (f"  config       : {REPO / 'indistill' / 'configs' / 'digits.yaml'} with the search space's fixed "
+    assert (f"  config       : {REPO / 'indistill' / 'config' / 'defaults' / 'digits.yaml'} with the search space's fixed "
             "methods, student.batch_size") in lines
     assert f"  search space : {space}" in lines  # the full path of a relative --search-space
     assert "  trials       : 3, 2 at a time" in lines

@@ -9,21 +9,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indistill.configure import build_config
+from indistill.engine.configure import build_config
 from indistill.data import Split, augment_batch, get_spec
 from indistill.data.augment import black, normalize
-from indistill.errors import CheckpointError
-from indistill.evaluate import embed
-from indistill.fidelity import FIDELITY, fidelity_markdown
-from indistill.losses import LOSSES
+from indistill.common.errors import CheckpointError
+from indistill.evaluation.embedding import embed
+from indistill.config.fidelity import FIDELITY, fidelity_markdown
+from indistill.method.losses import LOSSES
 from indistill.models import load_checkpoint
 from indistill.models.base import EMBEDDING, TapReader
 from indistill.models.resnet import PreActBlock
 from indistill.models.zoo import create_network
-from indistill.pruning import PrunedTaps, create_target
-from indistill.train.batches import DeviceSplit
-from indistill.train.loop import LAST, Loop, resets_at
-from indistill.train.methods import StudentBatch, create_method
+from indistill.method.pruning import PrunedTaps, create_target
+from indistill.engine.batches import DeviceSplit
+from indistill.engine.loop import LAST, Loop, resets_at
+from indistill.method.methods import StudentBatch, create_method
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -382,7 +382,7 @@ def test_the_docs_fidelity_table_is_the_registry() -> None:
 
 
 def test_fidelity_keys_exist_and_cifar10_has_the_reference_values() -> None:
-    from indistill.config import config_to_dict
+    from indistill.config.run import config_to_dict
 
     cfg = config_to_dict(build_config(benchmark="cifar10"))
     for b in FIDELITY:
@@ -415,7 +415,7 @@ def test_indistill_config_prints_the_annotated_reference(capsys) -> None:
 
 
 def test_dataclass_defaults_are_the_reference() -> None:
-    from indistill.config import RunConfig, config_to_dict
+    from indistill.config.run import RunConfig, config_to_dict
 
     defaults = config_to_dict(RunConfig(benchmark="cifar10"))
     ref = config_to_dict(build_config(benchmark="cifar10"))
@@ -427,9 +427,9 @@ def test_dataclass_defaults_are_the_reference() -> None:
 
 
 def test_search_networks_never_see_the_val_images(tmp_path: Path) -> None:
-    from indistill.pipeline import make_context
-    from indistill.train.stages import stage_key
-    from indistill.train.stages import auxiliary_stage, prune_stage, teacher_stage
+    from indistill.engine.pipeline import make_context
+    from indistill.engine.stages import stage_key
+    from indistill.engine.stages import auxiliary_stage, prune_stage, teacher_stage
 
     cfg = build_config({"device": "cpu", "teacher": {"epochs": 1}, "auxiliary": {"ce": {"epochs": 1}, "pkt": {"epochs": 1}},
                         "prune": {"criterion": "activation"}}, benchmark="digits")
@@ -460,7 +460,7 @@ def test_search_networks_never_see_the_val_images(tmp_path: Path) -> None:
 
 
 def test_a_study_budget_scales_every_student_schedule() -> None:
-    from indistill.config import scale_schedule, with_student_budget
+    from indistill.config.run import scale_schedule, with_student_budget
 
     cfg = with_student_budget(build_config(benchmark="cifar10"), 20)
     got = {m: (cfg.student.schedule(m)[0], cfg.student.schedule(m)[1].lr_schedule) for m in ("indistill", "ce", "pkt", "mkt")}

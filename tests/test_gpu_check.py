@@ -1,4 +1,4 @@
-"""The GPU check (``benchmarks.gpu_check``) without a GPU: the one line it prints here, and its comparisons
+"""The GPU check (``perf.gpu_check``) without a GPU: the one line it prints here, and its comparisons
 and its "four trials at once" verdict on known inputs (the CPU standing in for CUDA, hand-made study
 records standing in for a study on a GPU; no Ray is started)."""
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-import indistill.retrieval as retrieval
-from benchmarks import gpu_check, gpu_packing
-from benchmarks.gpu_check import (
+import indistill.evaluation.retrieval as retrieval
+from perf import gpu_check, gpu_packing
+from perf.gpu_check import (
     RETRIEVAL_TOL,
     STEP_RTOL,
     StepValues,
@@ -27,7 +27,7 @@ from benchmarks.gpu_check import (
     step_case,
     step_values,
 )
-from benchmarks.gpu_packing import (
+from perf.gpu_packing import (
     MIN_OVERLAP_S,
     SEARCH_SPACE,
     cpus_per_trial,
@@ -63,7 +63,7 @@ def test_without_a_gpu_main_prints_one_line_and_writes_nothing(tmp_path, capsys)
 @NO_GPU
 def test_without_a_gpu_the_command_prints_one_line_and_exits_0(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--out", str(out)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "perf.gpu_check", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert (proc.returncode, proc.stdout) == (0, NO_GPU_LINE + "\n"), proc.stderr
     assert not out.exists()
@@ -361,7 +361,7 @@ def test_main_writes_the_record_and_fails_on_a_failed_check(tmp_path, monkeypatc
     assert gpu_check.main(["--out", str(out)]) == 1
     assert seen == [(torch.device("cuda"), True)]  # in a temporary directory, gone afterwards
     record = json.loads(out.read_text())
-    assert record["command"].endswith(f"-m benchmarks.gpu_check --out {out}")
+    assert record["command"].endswith(f"-m perf.gpu_check --out {out}")
     assert record["checks"] == checks and record["ok"] is False
     assert record["machine"] == {"device": "cuda"} and record["torch"] == torch.__version__
     assert record["cuda_build"] == torch.version.cuda and record["budget_seconds"] == 300.0

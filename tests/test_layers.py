@@ -47,40 +47,57 @@ def sources(folder: Path) -> list[Path]:
 
 
 def test_the_import_reader_sees_relative_and_lazy_imports(tmp_path) -> None:
-    pkg = tmp_path / "indistill" / "train"
+    pkg = tmp_path / "indistill" / "engine"
     pkg.mkdir(parents=True)
     probe = pkg / "probe.py"
     probe.write_text("from ..data import x\nfrom . import loop\ndef f():\n    import ray.tune\n    from ...study import cli\n")
     found = imports(probe, tmp_path)
-    assert {"indistill.data", "indistill.train.loop", "ray.tune", "study.cli"} <= found
+    assert {"indistill.data", "indistill.engine.loop", "ray.tune", "study.cli"} <= found
 
 
-#: the lowest layer: plain dataclasses and their parsing, below every registry
-LOWEST = ("indistill/config.py", "indistill/schema.py")
+#: indistill's layers, lowest first: a module imports only from its own layer and the layers this
+#: table allows (the method and evaluation are siblings: neither imports the other)
+LAYERS = {
+    "common": (),
+    "config": ("common",),
+    "data": ("common", "config"),
+    "models": ("common", "config", "data"),
+    "method": ("common", "config", "data", "models"),
+    "evaluation": ("common", "config", "data", "models"),
+    "engine": ("common", "config", "data", "models", "method", "evaluation"),
+}
+#: the package's top: its public entry points only
+TOP = ["__init__.py", "cli.py"]
 
 
-@pytest.mark.parametrize("path", LOWEST)
-def test_config_and_schema_import_no_registry_layer(path: str) -> None:
-    forbidden = ("indistill.data", "indistill.models", "indistill.losses", "indistill.pruning", "indistill.train",
-                 "indistill.configure", "indistill.evaluate", "indistill.pipeline")
-    assert offending(ROOT / path, forbidden) == []
+def layer_of(path: Path) -> str:
+    return path.relative_to(PACKAGE).parts[0]
+
+
+def test_the_package_is_its_layers_and_its_entry_points() -> None:
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == set(LAYERS)
+    assert sorted(p.name for p in PACKAGE.glob("*.py")) == TOP
+
+
+@pytest.mark.parametrize("path", [p for p in sources(PACKAGE) if p.parent != PACKAGE], ids=lambda p: str(p.relative_to(ROOT)))
+def test_a_layer_imports_only_the_layers_below_it(path: Path) -> None:
+    layer = layer_of(path)
+    forbidden = tuple(f"indistill.{other}" for other in LAYERS if other != layer and other not in LAYERS[layer])
+    assert offending(path, forbidden + ("indistill.cli",)) == []
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path) -> None:
+    probe = tmp_path / "indistill" / "method" / "probe.py"
+    probe.parent.mkdir(parents=True)
+    probe.write_text("def f():\n    from indistill.engine.loop import train\n")
+    found = imports(probe, tmp_path)
+    assert "indistill.engine.loop" in found and any(under(n, "indistill.engine") for n in found)
 
 
 @pytest.mark.parametrize("path", sources(PACKAGE), ids=lambda p: str(p.relative_to(ROOT)))
 def test_indistill_never_imports_ray_or_study(path: Path) -> None:
     assert offending(path, ("ray", "study")) == []
-
-
-def test_evaluate_and_train_do_not_import_each_other_both_ways() -> None:
-    assert offending(PACKAGE / "evaluate.py", ("indistill.train",)) == []
-    # training evaluates (stages import evaluate); that is the one direction
-
-
-@pytest.mark.parametrize("path", sources(PACKAGE / "data"), ids=lambda p: p.name)
-def test_data_imports_no_layer_above_it(path: Path) -> None:
-    forbidden = ("indistill.models", "indistill.losses", "indistill.pruning", "indistill.train", "indistill.configure",
-                 "indistill.evaluate", "indistill.pipeline")
-    assert offending(path, forbidden) == []
 
 
 #: libraries only some paths need (the ResNet-18 teacher, a confidence interval, the report's

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from indistill.losses import (
+from indistill.method.losses import (
     LOGIT_LOSSES,
     LOSSES,
     cosine_kernel,
@@ -17,7 +17,7 @@ from indistill.losses import (
     pkt_loss,
     row_normalise,
 )
-from indistill.registry import UnknownNameError
+from indistill.common.registry import UnknownNameError
 
 # Three samples, two dims: simple enough to write every similarity by hand.
 TEACHER = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]

@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from indistill.config import ROLES
+from indistill.config.run import ROLES
 from indistill.data import BENCHMARKS, get_spec
 from indistill.models import MODELS, TapNet, TapReader, create_model
 from indistill.models.base import EMBEDDING
 from indistill.models.zoo import create_network, network_entry
-from indistill.pruning import PrunedTaps
+from indistill.method.pruning import PrunedTaps
 
 # (C, H=W, classes) of each registered benchmark's stored images
 SHAPES = {name: (spec.input_shape[0], spec.input_shape[1], spec.num_classes)

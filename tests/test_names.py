@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from indistill.configure import build_config, with_data_root
-from indistill.evaluate import CURVE_KEYS, SELECTION_KEY, curve_metrics, metric_key
-from indistill.train.stages import ARTIFACT_STAGES
+from indistill.engine.configure import build_config, with_data_root
+from indistill.evaluation.embedding import CURVE_KEYS, SELECTION_KEY, curve_metrics, metric_key
+from indistill.engine.stages import ARTIFACT_STAGES
 from study.names import NETWORK_ROWS
-from indistill.retrieval import METRICS
-from indistill.table import DIFF_COLUMN, column, metric_columns, result_row
-from indistill.train.methods import METHODS, method_label
+from indistill.evaluation.retrieval import METRICS
+from indistill.evaluation.table import DIFF_COLUMN, column, metric_columns, result_row
+from indistill.method.methods import METHODS, method_label
 
 
 def test_metric_keys_golden() -> None:
@@ -43,7 +43,7 @@ def test_every_method_has_its_row_label(name: str) -> None:
 def test_every_method_has_a_schedule_and_an_implementation() -> None:
     """The config's methods (one schedule field each, the lowest layer) and the method registry
     (the implementations, in ``train``) name the same methods."""
-    from indistill.config import METHOD_NAMES
+    from indistill.config.run import METHOD_NAMES
 
     assert sorted(METHODS.names()) == sorted(METHOD_NAMES)
     student = build_config(benchmark="digits").student
@@ -138,12 +138,12 @@ In addition, you can set the environment variable TORCH_DISTRIBUTED_DEBUG to eit
     (RuntimeError(RAY_WRAPPED), "RuntimeError: Expected to have finished reduction in the prior iteration before "
                                 "starting a new one."),  # the worker's own error, not the wrapper's last line
     (RuntimeError('Traceback (most recent call last):\n  File "x.py", line 3, in f\n    g()\n'
-                  'indistill.train.loop.DivergedError: [student] loss became nan\n'), "DivergedError: [student] loss became nan"),
+                  'indistill.engine.loop.DivergedError: [student] loss became nan\n'), "DivergedError: [student] loss became nan"),
     (ValueError("bad value\nsecond line"), "ValueError: bad value"),
     (RuntimeError(), "RuntimeError"),  # an empty message: its type, not an IndexError
     (ValueError("x" * 400), "ValueError: " + "x" * 288),
 ])
 def test_an_error_is_shown_by_its_own_type_and_first_line(exc, shown) -> None:
-    from indistill.errors import error_reason
+    from indistill.common.errors import error_reason
 
     assert error_reason(exc) == shown

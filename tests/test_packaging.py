@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from indistill.schema import ConfigError
+from indistill.common.errors import ConfigError
 from study import search_space
 from study.search_space import default_space_path, packaged_spaces
 
@@ -35,7 +35,7 @@ def _run(*cmd: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedP
 
 def _expected(prefix_configs: str, prefix_spaces: str) -> set[str]:
     """Every default config and every search space of the checkout, under the given prefixes."""
-    configs = {f"{prefix_configs}{p.name}" for p in (REPO / "indistill" / "configs").glob("*.yaml")}
+    configs = {f"{prefix_configs}{p.name}" for p in (REPO / "indistill" / "config" / "defaults").glob("*.yaml")}
     spaces = {f"{prefix_spaces}{p.name}" for p in (REPO / "search_spaces").glob("*.yaml")}
     assert len(configs) >= 6 and {f"{prefix_spaces}digits.yaml", f"{prefix_spaces}default.yaml"} <= spaces
     return configs | spaces
@@ -80,7 +80,7 @@ def built(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.e2e
 def test_the_wheel_holds_every_config_search_space_and_module(built):
     names = set(zipfile.ZipFile(built["wheel"]).namelist())
-    missing = _expected("indistill/configs/", "study/search_spaces/") - names
+    missing = _expected("indistill/config/defaults/", "study/search_spaces/") - names
     assert not missing, missing
     assert "study/search_spaces/__init__.py" in names
     modules = {p.relative_to(REPO).as_posix() for pkg in ("indistill", "study") for p in (REPO / pkg).rglob("*.py")}
@@ -93,7 +93,7 @@ def test_the_sdist_holds_every_config_and_search_space_and_builds_the_same_wheel
     with tarfile.open(built["sdist"]) as tar:
         names = set(tar.getnames())
     top = built["sdist"].name.removesuffix(".tar.gz")
-    missing = _expected(f"{top}/indistill/configs/", f"{top}/search_spaces/") - names
+    missing = _expected(f"{top}/indistill/config/defaults/", f"{top}/search_spaces/") - names
     assert not missing, missing
     assert {f"{top}/pyproject.toml", f"{top}/search_spaces/__init__.py"} <= names
     again = built["tmp"] / "from-sdist"
@@ -136,7 +136,7 @@ def test_the_installed_wheel_runs_both_clis_from_an_empty_directory(built):
     proc = _outside(built, "-m", "study.cli", "run", "--dry-run")
     lines = proc.stdout.splitlines()
     assert f"  search space : {built['site'] / 'study' / 'search_spaces' / 'digits.yaml'}" in lines
-    assert f"  config       : {built['site'] / 'indistill' / 'configs' / 'digits.yaml'}" in lines
+    assert f"  config       : {built['site'] / 'indistill' / 'config' / 'defaults' / 'digits.yaml'}" in lines
     assert f"storage        : {built['tmp'] / 'empty' / 'studies' / 'default'}" in lines
     assert "  trials       : 8, " in "\n".join(lines)
     proc = _outside(built, "-m", "study.cli", "run", "--help")

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from indistill.cli import main
-from indistill.configure import build_config
-from indistill.pipeline import make_context
-from indistill.train.loop import FINAL, LAST
-from indistill.train.stages import student_stage, teacher_stage
+from indistill.engine.configure import build_config
+from indistill.engine.pipeline import make_context
+from indistill.engine.loop import FINAL, LAST
+from indistill.engine.stages import student_stage, teacher_stage
 
 SHORT = {
     "teacher": {"epochs": 2},

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from indistill.evaluate import embed
-from indistill.losses import LOGIT_LOSSES, LOSSES
+from indistill.evaluation.embedding import embed
+from indistill.method.losses import LOGIT_LOSSES, LOSSES
 from indistill.models.zoo import create_network
-from indistill.precision import full_fp32, no_tf32
-from indistill.train.runtime import autocast, stage_precision
+from indistill.common.precision import full_fp32, no_tf32
+from indistill.common.precision import autocast, stage_precision
 
 CPU = torch.device("cpu")
 ALL_LOSSES = [("feature", n) for n in LOSSES] + [("logit", n) for n in LOGIT_LOSSES]
@@ -148,9 +148,9 @@ def test_the_retrieval_embeddings_run_with_tf32_off(tf32_on):
 @pytest.mark.parametrize(("precision", "off"), [("fp32", True), ("auto", False)])
 def test_the_student_step_holds_tf32_off_for_its_loop_in_fp32(tf32_on, precision, off):
     # `with step: loop.run()` in student_stage: the backward passes and evaluations run inside it too
-    from indistill.configure import build_config
-    from indistill.train.methods import create_method
-    from indistill.train.student_step import student_step
+    from indistill.engine.configure import build_config
+    from indistill.method.methods import create_method
+    from indistill.method.student_step import student_step
 
     cfg = build_config({"precision": precision}, benchmark="cifar10")
     net = create_network("cifar10", "student", num_classes=10, in_channels=3, image_size=32)
@@ -166,10 +166,10 @@ def test_the_student_step_holds_tf32_off_for_its_loop_in_fp32(tf32_on, precision
 def test_the_teacher_and_auxiliary_loops_run_with_tf32_off_in_fp32(tf32_on, tmp_path, monkeypatch):
     """Every loop of the artifact stages (teacher; auxiliary CE, then PKT) runs, backward passes
     included, inside ``stage_precision`` when the config says fp32."""
-    from indistill.configure import build_config
-    from indistill.pipeline import make_context
-    from indistill.train import stages
-    from indistill.train.loop import Loop
+    from indistill.engine.configure import build_config
+    from indistill.engine.pipeline import make_context
+    from indistill.engine import stages
+    from indistill.engine.loop import Loop
 
     seen: list[tuple[str, dict]] = []
     monkeypatch.setattr(Loop, "run", lambda self: seen.append((self.name, _flags())) or [])

@@ -9,7 +9,7 @@ from torch import nn
 from indistill.data.base import Split
 from indistill.models import TapReader, create_model
 from indistill.models.base import EMBEDDING, TapNet
-from indistill.pruning import CRITERIA, PrunedTaps, channel_scores, select_channels, structurally_pruned_block, top_k
+from indistill.method.pruning import CRITERIA, PrunedTaps, channel_scores, select_channels, structurally_pruned_block, top_k
 
 #: every registered criterion, and those that score channels from the train split
 ALL = CRITERIA.names()

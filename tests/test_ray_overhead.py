@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from benchmarks.ray_overhead import main, search_efficiency, summarize, trial_overheads
+from perf.ray_overhead import main, search_efficiency, summarize, trial_overheads
 
 TRIALS = [
     {"trial_id": "a", "timing": {"wall_s": 10.0, "loop_s": 8.0, "epochs": 3, "startup_s": 1.0, "ray_startup_s": 0.5, "report_s": 0.5}},

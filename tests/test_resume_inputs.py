@@ -5,7 +5,7 @@ import sys
 import pytest
 import yaml
 
-from indistill.schema import ConfigError
+from indistill.common.errors import ConfigError
 from study.cli import build_parser
 from study.plan import make_plan
 from study.resume import STATE, check_new_or_resume, write_study_state

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from indistill.retrieval import LEGACY_LEVELS, evaluate, evaluate_all, pr_curve, reference_evaluate
+from indistill.evaluation.retrieval import LEGACY_LEVELS, evaluate, evaluate_all, pr_curve, reference_evaluate
 
 METRICS = ("cosine", "euclidean")
 
@@ -271,7 +271,7 @@ def test_cuda_matches_cpu_and_reference():
 @pytest.fixture
 def torch_path(monkeypatch):
     """Rank with torch.sort and compute the keys in torch on the CPU too (the path of other devices)."""
-    import indistill.retrieval as retrieval
+    import indistill.evaluation.retrieval as retrieval
 
     monkeypatch.setattr(retrieval, "_NUMPY_ON_CPU", False)
 
@@ -306,7 +306,7 @@ def test_thread_count_does_not_change_results():
 def test_radix_ranks_is_a_stable_sort_of_the_floats():
     # Ties, +-0.0 (equal), +-inf, subnormals and NaN (one canonical NaN, as evaluate_all makes them):
     # the ranks of the marked entries must be where a stable sort of the floats puts them.
-    from indistill.retrieval import _radix_ranks
+    from indistill.evaluation.retrieval import _radix_ranks
 
     rng = np.random.default_rng(0)
     special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 3.4e38, -3.4e38], dtype=np.float32)

@@ -1,4 +1,4 @@
-"""The speed benchmark (benchmarks/) in tiny form on the CPU: the timed student step is the one
+"""The speed benchmark (perf/) in tiny form on the CPU: the timed student step is the one
 ``student_stage`` trains with and computes what the reference-style forward does, the reference-style
 retrieval pipeline, and smoke runs of every part. No timing thresholds."""
 from __future__ import annotations
@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import speed
-from benchmarks.distill import DistillBench, time_fast
-from benchmarks.reference import reference_dataset, reference_loss, reference_retrieval, time_reference
-from benchmarks.retrieval import run_size, synthetic_embeddings
-from indistill.config import PruneConfig
-from indistill.configure import build_config
+from perf import speed
+from perf.distill import DistillBench, time_fast
+from perf.reference import reference_dataset, reference_loss, reference_retrieval, time_reference
+from perf.retrieval import run_size, synthetic_embeddings
+from indistill.config.run import PruneConfig
+from indistill.engine.configure import build_config
 from indistill.data import BenchmarkData, Split
-from indistill.pruning import TARGETS
-from indistill.retrieval import evaluate
-from indistill.train import stages
-from indistill.train.student_step import StudentStep
+from indistill.method.pruning import TARGETS
+from indistill.evaluation.retrieval import evaluate
+from indistill.engine import stages
+from indistill.method.student_step import StudentStep
 
 CPU = torch.device("cpu")
 EQUIVALENCE_TOL = 1e-5
@@ -44,7 +44,7 @@ def test_phases_are_the_block1_mse_and_embedding_pkt_phases(bench):
 
 
 def _stage_losses(cfg, bench: DistillBench, channels_last: bool, tmp_path, monkeypatch) -> tuple[StudentStep, list[float]]:
-    """The step ``indistill.train.stages.student_stage`` trains with and its loss in each benchmark phase:
+    """The step ``indistill.engine.stages.student_stage`` trains with and its loss in each benchmark phase:
     a stand-in ``Loop`` receives the step and evaluates it with the benchmark's student weights loaded."""
     tiny = Split(bench.split.images[:16], bench.split.labels[:16])
     data = BenchmarkData(bench.spec, train=bench.split, val=tiny, test=tiny)
@@ -206,7 +206,7 @@ def test_cli_writes_a_report(tmp_path, capsys):
 
 
 def test_retrieval_profile_reports_every_stage():
-    from benchmarks.retrieval_profile import profile
+    from perf.retrieval_profile import profile
 
     previous = torch.get_num_threads()
     try:

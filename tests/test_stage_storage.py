@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from indistill.configure import build_config
-from indistill.pipeline import artifact_files, load_artifacts, make_context, prepare, train_student
-from indistill.train.stages import stage_dirname
-from indistill.train.loop import Loop
+from indistill.engine.configure import build_config
+from indistill.engine.pipeline import artifact_files, load_artifacts, make_context, prepare, train_student
+from indistill.engine.stages import stage_dirname
+from indistill.engine.loop import Loop
 from study.storage import Storage
 from study.workers import STAGES_DIR, stage_cache
 

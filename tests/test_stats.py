@@ -4,8 +4,8 @@ import math
 import pandas as pd
 import pytest
 
-from indistill.stats import mean_std, paired_difference
-from indistill.table import aggregate, diff_label, to_markdown
+from indistill.evaluation.stats import mean_std, paired_difference
+from indistill.evaluation.table import aggregate, diff_label, to_markdown
 
 
 def test_mean_std_is_the_sample_std() -> None:

@@ -1,22 +1,22 @@
 """The student step (``student_stage``'s, and the one the speed benchmark times): golden loss values of every
 registered method at every curriculum phase, on tiny hand-seeded networks and a hand-seeded batch (recorded from
-``student_stage``'s step before it was factored out into ``indistill.train.student_step``)."""
+``student_stage``'s step before it was factored out into ``indistill.method.student_step``)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import Tensor
 
-from indistill.config import RunConfig
-from indistill.configure import build_config
+from indistill.config.run import RunConfig
+from indistill.engine.configure import build_config
 from indistill.models.base import EMBEDDING, TapNet, TapReader
 from indistill.models.zoo import create_network
-from indistill.pruning import TARGETS, PrunedTaps
-from indistill.losses import LOSSES
-from indistill.train.methods import METHODS, Method, StudentBatch, create_method
-from indistill.train.student_step import StudentStep, student_step
+from indistill.method.pruning import TARGETS, PrunedTaps
+from indistill.method.losses import LOSSES
+from indistill.method.methods import METHODS, Method, StudentBatch, create_method
+from indistill.method.student_step import StudentStep, student_step
 
-from benchmarks.gpu_check import hand_seeded
+from perf.gpu_check import hand_seeded
 
 CPU = torch.device("cpu")
 # Recorded on x86-64 with AVX-512, torch 2.14.1, where the step reproduces them bit for bit; other CPUs' kernels

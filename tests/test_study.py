@@ -514,7 +514,7 @@ def test_recorded_optuna_search_states_and_resume(tmp_path):
 
     from study.optuna_record import RecordedOptunaSearch, optuna_storage, sqlite_url
     from study.search_space import SearchSpace, define_by_run
-    from indistill.schema import from_dict
+    from indistill.config.schema import from_dict
 
     space = from_dict(SearchSpace, {k: v for k, v in TINY_SPACE.items() if k != "fixed"})
     db = tmp_path / "optuna.db"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from indistill.table import latex, result_row
+from indistill.evaluation.table import latex, result_row
 from study.results import TABLE_FILES, build_table, summary, write_study_table
 from study.storage import Storage
 from study.names import NETWORKS_FILE, TUNED

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indistill.retrieval import pr_curve
+from indistill.evaluation.retrieval import pr_curve
 from study.search_space import apply_params, base_config, default_space_path, define_by_run, load_space
 from study.storage import Storage
 from study.tblog import (
@@ -269,8 +269,8 @@ def test_artifact_curves_are_written_once_per_stage_and_protocol(tmp_path):
     phase each get a run with their per-epoch losses; the pruning stage (no training) none."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from indistill.configure import build_config
-    from indistill.pipeline import make_context, prepare
+    from indistill.engine.configure import build_config
+    from indistill.engine.pipeline import make_context, prepare
     from study import workers
 
     cfg = build_config({"teacher": {"epochs": 1}, "auxiliary": {"ce": {"epochs": 2}, "pkt": {"epochs": 1}}, "device": "cpu"},

@@ -10,7 +10,7 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
-from .base import DatasetFormatError
+from indistill.data.base import DatasetFormatError
 
 #: What a truncated, corrupt or non-tar archive raises while it is read (other ``OSError``s,
 #: such as a full disk, are the destination's and pass through).

@@ -8,9 +8,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
-from ..config import CONFIG_DIR, ROLES
-from ..errors import UserError
-from ..schema import ConfigError
+from indistill.config.run import CONFIG_DIR, ROLES
+from indistill.common.errors import UserError
+from indistill.common.errors import ConfigError
 
 #: Seed of the train -> (train, val) carve. Fixed on purpose: it is part of the protocol,
 #: not of a run, so every run and trial sees the same validation split.
@@ -105,7 +105,7 @@ class BenchmarkSpec:
     options: tuple[DataOption, ...] = ()  # the data.options keys it accepts
     #: the spec for checked ``data.options`` (e.g. a class subset changes ``num_classes``); None: the same spec
     for_options: Callable[["BenchmarkSpec", dict], "BenchmarkSpec"] | None = None
-    config: Path | None = None  # the default run config; None: indistill/configs/<name>.yaml
+    config: Path | None = None  # the default run config; None: indistill/config/defaults/<name>.yaml
 
     def __post_init__(self) -> None:
         if set(self.networks) != set(ROLES):

@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..io import temporary_beside
-from .base import DatasetFormatError, Split
+from indistill.common.io import temporary_beside
+from indistill.data.base import DatasetFormatError, Split
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:

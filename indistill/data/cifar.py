@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import BenchmarkSpec, LoadRequest, RawSplits, Split
-from .errors import bad_file, not_found
-from .networks import PREACT_RESNET18, trio
+from indistill.data.base import BenchmarkSpec, LoadRequest, RawSplits, Split
+from indistill.data.errors import bad_file, not_found
+from indistill.data.networks import PREACT_RESNET18, trio
 
 _URL = "https://www.cs.toronto.edu/~kriz/{}-python.tar.gz"
 _HOW = (

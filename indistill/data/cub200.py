@@ -13,13 +13,13 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from .archive import safe_extract
-from .base import BenchmarkSpec, DatasetNotFoundError, LoadRequest, RawSplits
-from .cache import CacheWriter, archive_id, decode_split, fingerprint, latest_path, load_cached, load_latest, stat_many
-from .errors import bad_file, not_found
-from .images import decode_resize
-from .networks import AUXILIARY_DEEP, STUDENT_DEEP, trio
-from .options import WORKERS
+from indistill.data.archive import safe_extract
+from indistill.data.base import BenchmarkSpec, DatasetNotFoundError, LoadRequest, RawSplits
+from indistill.data.cache import CacheWriter, archive_id, decode_split, fingerprint, latest_path, load_cached, load_latest, stat_many
+from indistill.data.errors import bad_file, not_found
+from indistill.data.images import decode_resize
+from indistill.data.networks import AUXILIARY_DEEP, STUDENT_DEEP, trio
+from indistill.data.options import WORKERS
 
 SIZE = 128
 FOLDER = "CUB_200_2011"

@@ -5,9 +5,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import BenchmarkSpec, LoadRequest, RawSplits, Split
-from .networks import trio
-from .splits import stratified_indices
+from indistill.data.base import BenchmarkSpec, LoadRequest, RawSplits, Split
+from indistill.data.networks import trio
+from indistill.data.splits import stratified_indices
 
 SIZE = 32
 TEST_FRACTION = 0.2

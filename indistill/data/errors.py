@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from .base import DatasetFormatError, DatasetNotFoundError
+from indistill.data.base import DatasetFormatError, DatasetNotFoundError
 
 
 def not_found(name: str, looked_at: Iterable[Path], how_to_get: str, root: Path, detail: str = "") -> DatasetNotFoundError:

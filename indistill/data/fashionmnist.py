@@ -9,9 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import BenchmarkSpec, LoadRequest, RawSplits, Split
-from .errors import bad_file, not_found
-from .networks import PREACT_RESNET18, trio
+from indistill.data.base import BenchmarkSpec, LoadRequest, RawSplits, Split
+from indistill.data.errors import bad_file, not_found
+from indistill.data.networks import PREACT_RESNET18, trio
 
 _IMAGES_MAGIC = 0x00000803  # uint8, 3 dims
 _LABELS_MAGIC = 0x00000801  # uint8, 1 dim

@@ -15,12 +15,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .base import BenchmarkSpec, DataOption, DatasetNotFoundError, LoadRequest, RawSplits
-from .cache import CacheWriter, decode_split, fingerprint, latest_path, load_cached, load_latest
-from .errors import bad_file, not_found
-from .images import IMG_EXTENSIONS, decode_center
-from .networks import AUXILIARY_DEEP, STUDENT_DEEP, trio
-from .options import WORKERS
+from indistill.data.base import BenchmarkSpec, DataOption, DatasetNotFoundError, LoadRequest, RawSplits
+from indistill.data.cache import CacheWriter, decode_split, fingerprint, latest_path, load_cached, load_latest
+from indistill.data.errors import bad_file, not_found
+from indistill.data.images import IMG_EXTENSIONS, decode_center
+from indistill.data.networks import AUXILIARY_DEEP, STUDENT_DEEP, trio
+from indistill.data.options import WORKERS
 
 SIZE = 64
 SUBFOLDER = "imagenet"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .base import BenchmarkSpec, DataOption, DatasetOptionsError
+from indistill.data.base import BenchmarkSpec, DataOption, DatasetOptionsError
 
 
 def _workers(value: Any) -> str | None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..registry import Registry
-from . import cifar, cub200, digits, fashionmnist, imagenet
-from .base import VAL_SEED, BenchmarkData, BenchmarkSpec, DatasetFormatError, LoadRequest
-from .options import check_options
-from .splits import carve_val
+from indistill.common.registry import Registry
+from indistill.data import cifar, cub200, digits, fashionmnist, imagenet
+from indistill.data.base import VAL_SEED, BenchmarkData, BenchmarkSpec, DatasetFormatError, LoadRequest
+from indistill.data.options import check_options
+from indistill.data.splits import carve_val
 
 BENCHMARKS: Registry[BenchmarkSpec] = Registry("benchmark")
 for _spec in (digits.SPEC, cifar.CIFAR10, cifar.CIFAR100, fashionmnist.SPEC, cub200.SPEC, imagenet.SPEC):

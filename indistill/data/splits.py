@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import VAL_SEED, Split
+from indistill.data.base import VAL_SEED, Split
 
 
 def _per_class_counts(counts: np.ndarray, fraction: float) -> np.ndarray:

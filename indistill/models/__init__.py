@@ -4,11 +4,11 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from ..registry import Registry
-from .base import EMBEDDING, TapNet, TapReader, TapSpec, read_taps, unwrap
-from .checkpoint import load_checkpoint
-from .cnn import CNN
-from .resnet import PreActResNet18, ResNet18
+from indistill.common.registry import Registry
+from indistill.models.base import EMBEDDING, TapNet, TapReader, TapSpec, read_taps, unwrap
+from indistill.models.checkpoint import load_checkpoint
+from indistill.models.cnn import CNN
+from indistill.models.resnet import PreActResNet18, ResNet18
 
 # the classes themselves: their constructor keywords are the config's model options
 MODELS: Registry[Callable[..., TapNet]] = Registry("model")

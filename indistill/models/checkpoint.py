@@ -17,9 +17,9 @@ from typing import Callable, Mapping
 
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
-from ..io import read_torch
-from .cnn import CNN
+from indistill.common.errors import CheckpointError
+from indistill.common.io import read_torch
+from indistill.models.cnn import CNN
 
 _CNN_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^conv(\d+)_bn\.(.+)$"), "blocks.{n}.1.{rest}"),

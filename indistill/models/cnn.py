@@ -10,7 +10,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from .base import EMBEDDING, TapNet, TapSpec
+from indistill.models.base import EMBEDDING, TapNet, TapSpec
 
 
 def conv_stage_size(size: int, padding: int) -> int:

@@ -10,11 +10,11 @@ import copy
 import inspect
 from typing import Mapping
 
-from ..config import ROLES
-from ..data import BENCHMARKS
-from ..schema import ConfigError
-from . import MODELS, create_model, model_options
-from .base import TapNet
+from indistill.config.run import ROLES
+from indistill.data import BENCHMARKS
+from indistill.common.errors import ConfigError
+from indistill.models import MODELS, create_model, model_options
+from indistill.models.base import TapNet
 
 #: network arguments that come from the benchmark, not from ``networks.<role>``
 BENCHMARK_ARGS = ("num_classes", "in_channels", "image_size")

@@ -1,0 +1,1 @@
+"""Speed benchmarks of the project's hot paths (``python -m perf.speed --help``)."""
