@@ -301,6 +301,27 @@ def config_bad_value(root):
 
 
 @case
+def config_wrong_type_in_a_list(root):
+    c = run_case(root, "student:\n  curriculum:\n    epochs:\n      - 1\n      - two\n      - 1\n")
+    c.names, c.words = f"{root / 'c.yaml'}:5", "student.curriculum.epochs[1]: expected an integer, got 'two'"
+    return c
+
+
+@case
+def config_short_learning_rate_pair(root):
+    c = run_case(root, "teacher:\n  optim:\n    lr_schedule:\n      - [0, 0.001]\n      - [5]\n")
+    c.names, c.words = f"{root / 'c.yaml'}:5", "teacher.optim.lr_schedule[1]: expected 2 items, got 1"
+    return c
+
+
+@case
+def config_section_not_a_mapping(root):
+    c = run_case(root, "device: cpu\nstudent: [1, 2]\n")
+    c.names, c.words = f"{root / 'c.yaml'}:2", "student: expected a mapping, got list"
+    return c
+
+
+@case
 def config_unknown_benchmark(root):
     c = run_case(root, "benchmark: mnist\n")
     c.names, c.words = f"{root / 'c.yaml'}:1", "unknown benchmark 'mnist'"

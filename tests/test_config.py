@@ -80,3 +80,157 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"indistill: error: {bad}:1: student.curriculum.weights: must be >= 0, got [1.0, -1.0, 1.0]"]
+
+
+# ----------------------------------------------------------------------------- from_dict's coercion rules
+
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+from indistill.config.run import (  # noqa: E402
+    AuxiliaryConfig, CurriculumConfig, DataConfig, EvalConfig, MethodSchedules, MKTConfig, OptimConfig, RunConfig,
+    Schedule, StageConfig, StudentConfig, TeacherConfig,
+)
+from indistill.config.schema import from_dict, to_dict  # noqa: E402
+from study.search_space import LogRange, SearchSpace  # noqa: E402
+
+RUN_KEYS = ("benchmark, seed, device, precision, channels_last, compile, threads, methods, data, networks, "
+            "teacher, auxiliary, prune, student, eval")
+STUDENT_KEYS = "epochs, batch_size, optim, ce_weight, curriculum, mkt, schedules, eval_every, seed"
+
+
+@dataclass(frozen=True)
+class _Unions:
+    """Field types the run config does not use (yet), with the same rules."""
+
+    either: int | str = 0
+    number: float | int = 0.0
+    anything: Any = None
+
+
+@pytest.mark.parametrize("cls, data, field_name, value", [
+    (MKTConfig, {"weight": 3}, "weight", 3.0),  # an int for a float becomes a float
+    (MKTConfig, {"weight": 2.5}, "weight", 2.5),
+    (StageConfig, {"epochs": 10**30}, "epochs", 10**30),
+    (CurriculumConfig, {"epochs": [1, 2, 3]}, "epochs", (1, 2, 3)),  # a list for a tuple
+    (CurriculumConfig, {"epochs": (1, 2, 3)}, "epochs", (1, 2, 3)),  # a tuple too
+    (CurriculumConfig, {"weights": [1, 2, 0.5]}, "weights", (1.0, 2.0, 0.5)),
+    (OptimConfig, {"lr_schedule": [[0, 1], [5, 0.5]]}, "lr_schedule", ((0, 1.0), (5, 0.5))),
+    (OptimConfig, {"name": "sgd"}, "name", "sgd"),
+    (TeacherConfig, {"checkpoint": None}, "checkpoint", None),  # None for an optional field
+    (TeacherConfig, {"checkpoint": ""}, "checkpoint", ""),
+    (DataConfig, {"download": True}, "download", True),
+    (DataConfig, {"options": None}, "options", {}),  # None for a mapping is an empty one
+    (DataConfig, {"options": {1: [2, 3], "a": None}}, "options", {1: [2, 3], "a": None}),  # any keys and values
+    # None for a section is the section's class built from nothing, not the field's default
+    (AuxiliaryConfig, {"pkt": None}, "pkt", StageConfig()),
+    (StudentConfig, {"optim": None}, "optim", OptimConfig()),
+    # a section given in part: its class's defaults for the rest, not the enclosing field's default
+    (MethodSchedules, {"ce": {"optim": None}}, "ce", Schedule(epochs=None, optim=None)),
+    (_Unions, {"either": 3}, "either", 3),  # unions: the first member that accepts the value
+    (_Unions, {"either": "x"}, "either", "x"),
+    (_Unions, {"number": 3}, "number", 3.0),
+    (_Unions, {"anything": {"k": [1]}}, "anything", {"k": [1]}),
+])
+def test_from_dict_accepts(cls, data, field_name, value):
+    got = getattr(from_dict(cls, data), field_name)
+    assert got == value
+    assert type(got) is type(value)
+    if isinstance(value, tuple):
+        assert [type(v) for v in got] == [type(v) for v in value]
+
+
+def test_from_dict_builds_defaults_from_nothing_and_copies_mappings():
+    assert from_dict(MKTConfig, None) == MKTConfig() == from_dict(MKTConfig, {})
+    options = {"a": [1]}
+    got = from_dict(DataConfig, {"options": options}).options
+    assert got == options and got is not options and got["a"] is options["a"]
+    anything = {"k": 1}
+    assert from_dict(_Unions, {"anything": anything}).anything is anything
+    cfg = build_config(benchmark="digits")
+    assert from_dict(RunConfig, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("cls, data, path, message", [
+    # scalars: no conversion between bool, int, float and str
+    (MKTConfig, {"weight": True}, "", "weight: expected a number, got True"),
+    (MKTConfig, {"weight": "3"}, "", "weight: expected a number, got '3'"),
+    (StageConfig, {"epochs": 3.0}, "", "epochs: expected an integer, got 3.0"),
+    (StageConfig, {"epochs": True}, "", "epochs: expected an integer, got True"),
+    (StageConfig, {"epochs": "3"}, "", "epochs: expected an integer, got '3'"),
+    (StageConfig, {"epochs": None}, "", "epochs: expected an integer, got None"),
+    (DataConfig, {"download": 1}, "", "download: expected true or false, got 1"),
+    (DataConfig, {"download": "yes"}, "", "download: expected true or false, got 'yes'"),
+    (DataConfig, {"root": 5}, "", "root: expected a string, got 5"),
+    (TeacherConfig, {"checkpoint": 3}, "", "checkpoint: expected a string, got 3"),
+    (OptimConfig, {"name": "ADAM"}, "", "name: 'ADAM' is not allowed; choose from: adam, sgd"),
+    (OptimConfig, {"name": None}, "", "name: None is not allowed; choose from: adam, sgd"),
+    (OptimConfig, {"name": ["adam"]}, "", "name: ['adam'] is not allowed; choose from: adam, sgd"),
+    (_Unions, {"either": 1.5}, "", "either: invalid value 1.5"),
+    # lists: only a list or a tuple, items named by index, fixed-length tuples counted before their items
+    (CurriculumConfig, {"epochs": "123"}, "", "epochs: expected a list, got '123'"),
+    (CurriculumConfig, {"epochs": {1, 2, 3}}, "", "epochs: expected a list, got {1, 2, 3}"),
+    (CurriculumConfig, {"epochs": 3}, "", "epochs: expected a list, got 3"),
+    (CurriculumConfig, {"epochs": None}, "", "epochs: expected a list, got None"),
+    (CurriculumConfig, {"epochs": [1, "a", 3]}, "", "epochs[1]: expected an integer, got 'a'"),
+    (OptimConfig, {"lr_schedule": [[0]]}, "", "lr_schedule[0]: expected 2 items, got 1"),
+    (OptimConfig, {"lr_schedule": [["a"]]}, "", "lr_schedule[0]: expected 2 items, got 1"),
+    (OptimConfig, {"lr_schedule": [[0, 0.1], []]}, "", "lr_schedule[1]: expected 2 items, got 0"),
+    (OptimConfig, {"lr_schedule": [[0, 0.1, 2]]}, "", "lr_schedule[0]: expected 2 items, got 3"),
+    (OptimConfig, {"lr_schedule": [[0, "x"]]}, "", "lr_schedule[0][1]: expected a number, got 'x'"),
+    (OptimConfig, {"lr_schedule": [5]}, "", "lr_schedule[0]: expected a list, got 5"),
+    (EvalConfig, {"split": "val", "ks": [1.0]}, "", "ks[0]: expected an integer, got 1.0"),
+    # mappings: a section takes a dict only (its type named), a dict field likewise (its value shown)
+    (RunConfig, [], "", "config: expected a mapping, got list"),
+    (StudentConfig, {"curriculum": []}, "", "curriculum: expected a mapping, got list"),
+    (StudentConfig, {"curriculum": "x"}, "", "curriculum: expected a mapping, got str"),
+    (StudentConfig, {"optim": OptimConfig()}, "", "optim: expected a mapping, got OptimConfig"),
+    (DataConfig, {"options": [1]}, "", "options: expected a mapping, got [1]"),
+    (DataConfig, {"options": "x"}, "", "options: expected a mapping, got 'x'"),
+    (LogRange, 3, "curriculum.weights.mse", "curriculum.weights.mse: expected a mapping, got int"),
+    # keys: the first unknown one (by name), then the first missing one (in field order)
+    (RunConfig, {"zeta": 1, "alpha": 2}, "", f"alpha: unknown key 'alpha' at the top level; allowed keys: {RUN_KEYS}"),
+    (RunConfig, {1: 2}, "", f"1: unknown key 1 at the top level; allowed keys: {RUN_KEYS}"),
+    (RunConfig, {"student": {"zz": 1, "epochs": "x"}}, "",
+     f"student.zz: unknown key 'zz' in student; allowed keys: {STUDENT_KEYS}"),
+    (LogRange, {"lo": 1}, "curriculum.weights.mse",
+     "curriculum.weights.mse.lo: unknown key 'lo' in curriculum.weights.mse; allowed keys: low, high"),
+    (LogRange, {}, "", "low: required key missing at the top level"),
+    (LogRange, {"low": 1}, "", "high: required key missing at the top level"),
+    (SearchSpace, {"zz": 1}, "",
+     "zz: unknown key 'zz' at the top level; allowed keys: benchmark, budget, curriculum, criteria, fixed"),
+    (SearchSpace, {"budget": {"trials": "x"}}, "", "curriculum: required key missing at the top level"),
+    (SearchSpace, {"curriculum": {"epochs": [{"low": 1}]}}, "",
+     "curriculum.epochs[0].high: required key missing in curriculum.epochs[0]"),
+    (SearchSpace, {"curriculum": {"epochs": [None]}}, "",
+     "curriculum.epochs[0].low: required key missing in curriculum.epochs[0]"),
+    # the dataclasses' own checks, prefixed with the section's path; a section is checked after its fields
+    (RunConfig, {"student": {"epochs": 0}}, "", "student.epochs: must be >= 1, got 0"),
+    (RunConfig, {"teacher": {"optim": {"lr_schedule": [[5, 0.1]]}}}, "",
+     "teacher.optim.lr_schedule: must start at epoch 0, got 5"),
+    (LogRange, {"low": 1, "high": 0.5}, "curriculum.weights.mse",
+     "curriculum.weights.mse.high: empty range: low 1.0 > high 0.5"),
+    (LogRange, {"low": 0, "high": 1}, "", "low: must be > 0 for a log-uniform range, got 0.0"),
+    (MKTConfig, {"weight": float("nan")}, "", "weight: must be >= 0"),
+    (SearchSpace, {"curriculum": None}, "", "curriculum.epochs: needs one {low, high} range per curriculum layer"),
+    (RunConfig, {"student": {"epochs": 0, "batch_size": "x"}}, "", "student.batch_size: expected an integer, got 'x'"),
+    # several errors: the first field in the order the input gives them; a section's check after its fields
+    (RunConfig, {"student": {"epochs": "x"}, "seed": "y"}, "", "student.epochs: expected an integer, got 'x'"),
+    (RunConfig, {"seed": "y", "student": {"epochs": "x"}}, "", "seed: expected an integer, got 'y'"),
+    (RunConfig, {"seed": -1, "student": {"epochs": 0}}, "", "student.epochs: must be >= 1, got 0"),
+    (RunConfig, {"threads": 0, "seed": -1}, "", "seed: must be >= 0"),
+])
+def test_from_dict_refuses(cls, data, path, message):
+    with pytest.raises(ConfigError) as err:
+        from_dict(cls, data, path)
+    assert str(err.value) == message
+    assert err.value.where == message.partition(": ")[0]
+
+
+def test_to_dict_is_plain_yaml():
+    opt = OptimConfig(lr_schedule=((0, 1e-3), (5, 1e-4)))
+    assert to_dict(opt) == {"name": "adam", "lr_schedule": [[0, 1e-3], [5, 1e-4]], "weight_decay": 0.0,
+                            "momentum": 0.9, "reset": "never"}
+    data = to_dict(DataConfig(options={"sizes": (1, 2), "nested": {"t": ((3,),)}}))
+    assert data == {"root": None, "download": False, "options": {"sizes": [1, 2], "nested": {"t": [[3]]}}}
+    assert yaml.safe_load(yaml.safe_dump(to_dict(build_config(benchmark="digits")))) == to_dict(build_config(benchmark="digits"))
