@@ -3,28 +3,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import os
 import shlex
-import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from indistill.common.clihelp import COMMON_ENVIRONMENT, add_command, command_parser, environment_epilog, parse_command
-from indistill.common.errors import UserError, add_debug_flag, debug_requested, run_command
+from indistill.common.errors import add_debug_flag, debug_requested, run_command
 from indistill.common.errors import ConfigError
 
 from .plan import StudyPlan, check_before_ray, final_seeds, make_plan
 from .resources import REPORT_POLL_ENV, STATE_SYNC_ENV
+from .tensorboard_server import LOCALHOST
 
 if TYPE_CHECKING:
     from .resources import Concurrency
 
 PROG = "indistill-study"
-
-LOCALHOST = "127.0.0.1"
-
 
 DESCRIPTION = """\
 indistill-study: a Ray Tune + Optuna study of InDistill. "run" prepares each benchmark's teacher and
@@ -153,13 +149,13 @@ def plan_lines(plan: StudyPlan, at_once: Concurrency | None, *, address: str | N
     the default --gpus-per-trial."""
     from indistill.data import BENCHMARKS
 
-    from .resources import _count
+    from .resources import counted
     from .search_space import shortest_curriculum
     from .rows import final_rows
 
     later = "decided when the study joins the cluster"
     res = plan.trial_resources
-    gpus = f"GPUs {later} (no --gpus-per-trial)" if gpus_later else _count(res.gpus / res.workers, "GPU")
+    gpus = f"GPUs {later} (no --gpus-per-trial)" if gpus_later else counted(res.gpus / res.workers, "GPU")
     backend = res.backend or ("auto: nccl if trials get GPUs, else gloo" if gpus_later else
                               f"{'nccl' if res.use_gpu else 'gloo'} (auto)")
     lines = [f"{PROG} run --dry-run: every check before Ray passed; Ray was not started, nothing was written",
@@ -193,9 +189,9 @@ def plan_lines(plan: StudyPlan, at_once: Concurrency | None, *, address: str | N
                   f"  early stop   : {stopping}",
                   f"  final rows   : {', '.join(label for label, _cfg, _method in rows)}",
                   f"  final seeds  : {seeds}" + (f", {at_once.text(len(seeds), 'seeds')[0]} at a time" if at_once else "")]
-    lines += [f"resources      : per trial {_count(res.workers, 'worker')}, each {_count(res.cpus / res.workers, 'CPU')} "
+    lines += [f"resources      : per trial {counted(res.workers, 'worker')}, each {counted(res.cpus / res.workers, 'CPU')} "
               f"and {gpus}; backend {backend}",
-              f"artifact run   : {_count(plan.artifact_workers, 'worker')} (teacher, auxiliary, pruning)",
+              f"artifact run   : {counted(plan.artifact_workers, 'worker')} (teacher, auxiliary, pruning)",
               "concurrency    : " + (f"{at_once.count} trials (and final runs) of each benchmark at a time: {at_once.reason}"
                                       if at_once else f"{later} (its nodes and the node types its autoscaler may start)")]
     if plan.gpus_note:
@@ -306,42 +302,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-#: where the study's TensorBoard logs are, printed with the command
-TENSORBOARD_LOGS = ("  HParams: one row per search trial, val_map first. Runs, under the study directory:\n"
-                    "    <benchmark>/tensorboard/trials/trial-<k>-<id>  (a search trial; k: creation order)\n"
-                    "    <benchmark>/tensorboard/artifacts/<stage>/<protocol>  (teacher, auxiliary)\n"
-                    "    <benchmark>/tensorboard/final/<row>/seed-<s>  (the final runs)")
-
-
-def tensorboard_command(study_dir: str, port: int, host: str = LOCALHOST) -> list[str]:
-    """This environment's TensorBoard (its module, run by this interpreter, never one on PATH) on ``study_dir``."""
-    return [sys.executable, "-m", "tensorboard.main", "--logdir", study_dir, "--host", host, "--port", str(port)]
-
-
-def tensorboard_url(host: str, port: int) -> str:
-    """Where a browser finds TensorBoard bound to ``host`` (this machine's name when it binds every interface)."""
-    if host in ("0.0.0.0", "::"):
-        host = socket.gethostname()
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
-
-
-def check_bindable(host: str, port: int) -> None:
-    """A one-line error, before TensorBoard starts, when ``host:port`` cannot be bound: the port is in
-    use (or privileged), or the host is not an address of this machine."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TensorBoard's server does
-            probe.bind((host, port))
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-            raise UserError(f"--port: cannot listen on {host}:{port}: {why}; choose another --port") from None
-        raise UserError(f"--host: cannot listen on {host}:{port}: {why}") from None
-
-
 def cmd_tensorboard(args: argparse.Namespace) -> int:
     storage = open_study(args.study_dir)
+    from .tensorboard_server import TENSORBOARD_LOGS, check_bindable, tensorboard_command, tensorboard_url
+
     cmd = tensorboard_command(storage.uri, args.port, args.host)
     if not args.start:
         print(shlex.join(cmd))

@@ -18,7 +18,7 @@ from indistill.config.run import config_to_dict
 
 from .plan import BenchmarkPlan, StudyPlan
 from .resources import REPORT_POLL_ENV, TrialResources, state_sync_period
-from .search_space import apply_params
+from .params import apply_params
 from .storage import Storage
 from .tblog import AUTO_LOGGERS_ENV
 from .workers import final_seed, run_trial  # the Ray Train runs' entry points

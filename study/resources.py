@@ -168,10 +168,11 @@ def _amount(nodes: Sequence[tuple[str, Mapping[str, float], int]], res: TrialRes
     held = [(res_, count) for _name, res_, count in nodes if _slots(res_, need) > 0]
     total = {key: sum(count * r.get(key, 0.0) for r, count in held) for key in need}
     key = min(sorted(need, key=lambda k: k != "GPU"), key=lambda k: math.floor(total[k] / need[k] + 1e-9))
-    return _count(total[key], key)
+    return counted(total[key], key)
 
 
-def _count(value: float, unit: str) -> str:
+def counted(value: float, unit: str) -> str:
+    """``2 workers``, ``1 GPU``, ``0.5 GPUs``."""
     return f"{value:g} {unit}" + ("" if value == 1 else "s")
 
 
@@ -210,15 +211,15 @@ def _fits_nowhere(res: TrialResources, shape: ClusterShape) -> ConfigError:
     where = f"no node up now nor any node type of the cluster's autoscaler ({types})"
     short = [k for k in sorted(need, key=lambda k: k != "GPU") if all(n.get(k, 0.0) < need[k] for n in nodes)]
     if not short:  # each resource fits some node, never all on one
-        asks = " and ".join(_count(v, k) for k, v in need.items())
+        asks = " and ".join(counted(v, k) for k, v in need.items())
         return ConfigError(f"{FLAGS['CPU']}/{FLAGS['GPU']}: a trial's worker asks {asks}, which {where} holds at once")
     key = short[0]
     most = max((n.get(key, 0.0) for n in nodes), default=0.0)
     if key == "GPU" and most == 0:
         return ConfigError(f"--gpus-per-trial: {res.gpus:g} GPU(s) per trial, but {where} has a GPU; "
                            f"use --gpus-per-trial 0 for a CPU study")
-    return ConfigError(f"{FLAGS.get(key, FLAGS['CPU'])}: a trial's worker asks {_count(need[key], key)}, but no node "
-                       f"up now nor any node type of the cluster's autoscaler ({types}) has more than {_count(most, key)}")
+    return ConfigError(f"{FLAGS.get(key, FLAGS['CPU'])}: a trial's worker asks {counted(need[key], key)}, but no node "
+                       f"up now nor any node type of the cluster's autoscaler ({types}) has more than {counted(most, key)}")
 
 
 def gpus_per_trial(given: float | None, shape: ClusterShape, workers: int, *, remote: bool) -> tuple[float, str]:

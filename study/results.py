@@ -12,6 +12,7 @@ from indistill.common.errors import error_reason
 from indistill.evaluation.retrieval import METRICS
 from indistill.evaluation.table import aggregate, column, display, integer_counts, latex
 
+from .params import describe
 from .outcome import FAILED, STATUSES, STOPPED, best_key, count, trial_status
 from .storage import Storage
 from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, ROW_ORDER, STUDENT_ROWS, TUNED
@@ -63,18 +64,6 @@ def summarize_trials(grid, bp) -> dict:
 
 def _trial_id(result) -> str:
     return result.path.rstrip("/").rsplit("/", 1)[-1] if result.path else "?"
-
-
-def _key_values(params: dict) -> str:
-    cur = params.get("curriculum", {})
-    n = len([k for k in cur if k.startswith("epochs_")])
-    layers = []
-    for i in range(n):
-        loss = cur.get(f"loss_{i}", "?")
-        w = cur.get(f"weight_{i}_{loss}")
-        layers.append(f"{cur.get(f'epochs_{i}')}ep {loss}" + (f" w={w:.3g}" if w is not None else ""))
-    crit = params.get("prune", {}).get("criterion", "?")
-    return f"{'; '.join(layers)}; overlap={cur.get('overlap')}; criterion={crit}"
 
 
 def per_seed_rows(storage: Storage, benchmark: str) -> list[dict]:
@@ -129,7 +118,7 @@ def build_table(storage: Storage, benchmarks: list[str]) -> tuple[pd.DataFrame, 
             table.loc[key, "best val map"] = 100.0 * best[OBJECTIVE] if best else float("nan")
             for k, v in trials["counts"].items():
                 table.loc[key, f"trials {k}"] = v
-            table.loc[key, "best config"] = _key_values(best["params"]) if best else ""
+            table.loc[key, "best config"] = describe(best["params"]) if best else ""
     return integer_counts(table), per_seed.reset_index(drop=True)
 
 

@@ -16,7 +16,7 @@ from ray.tune.schedulers import ASHAScheduler
 from indistill.config.run import RunConfig, config_to_dict
 from indistill.common.errors import error_reason
 from indistill.common.io import atomic_write_bytes, stable_hash
-from indistill.engine.pipeline import artifact_stages
+from indistill.engine.plan import artifact_stages
 
 from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE
 from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
@@ -38,7 +38,8 @@ from .resources import Concurrency, TrialResources, concurrency, read_cluster_sh
 from .results import build_table, summarize_trials, write_study_table
 from .resume import STATE, write_study_state, yaml_text
 from .rows import with_searched
-from .search_space import apply_params, define_by_run, shortest_curriculum
+from .params import apply_params, define_by_run
+from .search_space import shortest_curriculum
 from .storage import Storage
 from .tblog import TrialNamer, tune_loggers, write_hparams_experiment
 from .workers import prepare_artifacts  # the artifact run's entry point

@@ -1,16 +1,13 @@
-"""Search spaces: plain YAML -> validated dataclasses -> an Optuna define-by-run function.
-
-Parameter names use ``/`` so Tune nests them (``curriculum/loss_0`` -> ``config["curriculum"]["loss_0"]``).
-The weight of a layer is conditional on the loss sampled for it: MSE, PKT and cosine losses live on
-different scales, so each loss has its own log-uniform range.
-"""
+"""Search spaces: plain YAML -> validated dataclasses, checked against the registries and the
+benchmark's student, and the base config every trial starts from. What is sampled from a space and
+how it is applied: :mod:`study.params`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
-from indistill.config.run import RunConfig, config_to_dict, deep_merge, with_student_budget
+from indistill.config.run import RunConfig, deep_merge, with_student_budget
 from indistill.engine.configure import build_config, validate_config
 from indistill.method.losses import LOSSES
 from indistill.method.pruning import CRITERIA
@@ -95,7 +92,8 @@ class SearchSpace:
         _require(len(self.criteria) > 0, "criteria", "needs at least one pruning criterion")
 
 
-def _weight_ranges(space: SearchSpace) -> dict[str, LogRange]:
+def weight_ranges(space: SearchSpace) -> dict[str, LogRange]:
+    """Each loss of the space with its weight's log-uniform range (a loss without one: fixed at 1)."""
     out = {}
     for loss in space.curriculum.losses:
         raw = space.curriculum.weights.get(loss, {"low": 1.0, "high": 1.0})
@@ -110,7 +108,7 @@ def validate_space(space: SearchSpace, benchmark: str) -> None:
     for name in space.curriculum.weights:
         if name not in space.curriculum.losses:
             raise ConfigError(f"curriculum.weights: {name!r} is not one of curriculum.losses ({', '.join(space.curriculum.losses)})")
-    _weight_ranges(space)
+    weight_ranges(space)
     for i, name in enumerate(space.criteria):
         CRITERIA.check(name, f"criteria[{i}]")
     if space.benchmark is not None and space.benchmark != benchmark:
@@ -202,53 +200,3 @@ def base_config(space: SearchSpace, benchmark: str, extra: Mapping | None = None
         cfg = with_student_budget(cfg, space.budget.epochs)
         validate_config(cfg)
     return cfg
-
-
-class DefineByRun:
-    """An Optuna define-by-run function sampling a space (picklable, so Tune can checkpoint the searcher)."""
-
-    def __init__(self, space: SearchSpace) -> None:
-        self.space = space
-        self.weights = _weight_ranges(space)
-
-    def __call__(self, trial) -> None:
-        cur = self.space.curriculum
-        for i, r in enumerate(cur.epochs):
-            trial.suggest_int(f"curriculum/epochs_{i}", r.low, r.high)
-        for i in range(len(cur.epochs)):
-            loss = trial.suggest_categorical(f"curriculum/loss_{i}", list(cur.losses))
-            w = self.weights[loss]
-            if w.low == w.high:
-                continue  # fixed weight: not a search dimension
-            # conditional: the weight's name and range depend on the loss drawn for this layer
-            trial.suggest_float(f"curriculum/weight_{i}_{loss}", w.low, w.high, log=True)
-        trial.suggest_categorical("curriculum/overlap", list(cur.overlap))
-        trial.suggest_categorical("prune/criterion", list(self.space.criteria))
-
-
-def define_by_run(space: SearchSpace) -> DefineByRun:
-    return DefineByRun(space)
-
-
-def apply_params(base: RunConfig, params: Mapping[str, Any], space: SearchSpace) -> RunConfig:
-    """The trial's RunConfig: ``base`` with the sampled (nested) parameters applied."""
-    cur = params.get("curriculum", {})
-    n = len(space.curriculum.epochs)
-    weights = _weight_ranges(space)
-    losses = [cur.get(f"loss_{i}", base.student.curriculum.losses[i]) for i in range(n)]
-    ws = []
-    for i, loss in enumerate(losses):
-        default = weights[loss].low if loss in weights else base.student.curriculum.weights[i]
-        ws.append(float(cur.get(f"weight_{i}_{loss}", default)))
-    overrides = {
-        "student": {
-            "curriculum": {
-                "epochs": [int(cur.get(f"epochs_{i}", base.student.curriculum.epochs[i])) for i in range(n)],
-                "losses": losses,
-                "weights": ws,
-                "overlap": bool(cur.get("overlap", base.student.curriculum.overlap)),
-            }
-        },
-        "prune": {"criterion": params.get("prune", {}).get("criterion", base.prune.criterion)},
-    }
-    return build_config(deep_merge(config_to_dict(base), overrides), benchmark=base.benchmark)

@@ -24,13 +24,14 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch.utils.tensorboard import SummaryWriter
 
 from indistill.evaluation.retrieval import PRCurve
 from indistill.engine.loop import COUNTERS
 
+from .params import Domain, merge_hparams, study_hparams
 from .storage import Storage
 
 # ----------------------------------------------------------------------------- run names
@@ -105,142 +106,37 @@ def tune_loggers() -> list:
 # ----------------------------------------------------------------------------- HParams
 
 
-@dataclasses.dataclass(frozen=True)
-class HParam:
-    """A searched hyperparameter as the HParams dashboard shows it: a discrete domain (``values``:
-    strings or bools) or an ``interval`` (numbers)."""
-
-    name: str
-    values: tuple = ()
-    interval: tuple[float, float] | None = None
-    description: str = ""
-
-    @property
-    def differs(self) -> bool:
-        """Whether the search varies it (the dashboard lists these first)."""
-        if self.interval is not None:
-            return self.interval[0] < self.interval[1]
-        return len(set(self.values)) > 1
-
-    def merged(self, other: "HParam") -> "HParam":
-        """One domain holding both (the same name in another benchmark's search)."""
-        if self.interval is not None and other.interval is not None:
-            return dataclasses.replace(self, interval=(min(self.interval[0], other.interval[0]),
-                                                       max(self.interval[1], other.interval[1])))
-        return dataclasses.replace(self, values=tuple(dict.fromkeys((*self.values, *other.values))))
-
-
-def _interval(low: float, high: float, description: str) -> HParam:
-    return HParam("", interval=(float(low), float(high)), description=description)
-
-
-def _discrete(values: Iterable, description: str) -> HParam:
-    return HParam("", values=tuple(dict.fromkeys(values)), description=description)
-
-
-def _weight_domain(space, k: int) -> HParam:
-    from .search_space import define_by_run
-
-    ranges = define_by_run(space).weights  # the sampler's weight range per loss (a loss without one: 1)
-    return _interval(min(r.low for r in ranges.values()), max(r.high for r in ranges.values()),
-                     f"weight of curriculum layer {k}'s loss; its range depends on the loss sampled for the layer")
-
-
-#: The searched hyperparameters as the HParams dashboard shows them, each once: its stable name
-#: (``{k}``: the curriculum layer), its value in a trial's RunConfig, and its domain from the search
-#: space (and the base config). The trial logs the values, the driver the domains. The sampler's
-#: names differ (a layer's weight is ``curriculum/weight_<k>_<loss>`` there); every trial has one
-#: column per name here.
-PER_LAYER: tuple[tuple[str, Callable, Callable], ...] = (
-    ("curriculum/epochs_{k}", lambda cfg, k: cfg.student.curriculum.epochs[k],
-     lambda space, base, k: _interval(space.curriculum.epochs[k].low, space.curriculum.epochs[k].high,
-                                      f"epochs of curriculum phase {k} (layer {k})")),
-    ("curriculum/loss_{k}", lambda cfg, k: cfg.student.curriculum.losses[k],
-     lambda space, base, k: _discrete(space.curriculum.losses, f"loss of curriculum layer {k}")),
-    ("curriculum/weight_{k}", lambda cfg, k: float(cfg.student.curriculum.weights[k]),
-     lambda space, base, k: _weight_domain(space, k)),
-)
-GLOBAL: tuple[tuple[str, Callable, Callable], ...] = (
-    ("curriculum/overlap", lambda cfg: bool(cfg.student.curriculum.overlap),
-     lambda space, base: _discrete(space.curriculum.overlap, "earlier layers' losses stay active")),
-    ("prune/criterion", lambda cfg: cfg.prune.criterion,
-     lambda space, base: _discrete(space.criteria, "pruning criterion")),
-    ("prune/target", lambda cfg: cfg.prune.target,
-     lambda space, base: _discrete((base.prune.target,), "pruned targets: batch statistics or the auxiliary's own")),
-    ("benchmark", lambda cfg: cfg.benchmark,
-     lambda space, base: _discrete((base.benchmark,), "the benchmark")),
-)
-
-
-def trial_hparams(cfg) -> dict[str, Any]:
-    """A trial's value of every hyperparameter of :data:`PER_LAYER` and :data:`GLOBAL`, from its RunConfig."""
-    out = {name.format(k=k): value(cfg, k)
-           for k in range(len(cfg.student.curriculum.epochs)) for name, value, _ in PER_LAYER}
-    out.update((name, value(cfg)) for name, value, _ in GLOBAL)
-    return out
-
-
-def study_hparams(space, base) -> list[HParam]:
-    """Every hyperparameter of one benchmark's search with its domain: its search space's ranges and
-    choices (one epochs, loss and weight per curriculum layer of the space), and the base config's
-    value where the space samples none."""
-    out = [dataclasses.replace(domain(space, base, k), name=name.format(k=k))
-           for k in range(len(space.curriculum.epochs)) for name, _, domain in PER_LAYER]
-    out += [dataclasses.replace(domain(space, base), name=name) for name, _, domain in GLOBAL]
-    return out
-
-
-def merge_hparams(lists: Iterable[Sequence[HParam]]) -> list[HParam]:
-    """The hyperparameters of several benchmarks' searches, by name, each domain holding all of theirs."""
-    merged: dict[str, HParam] = {}
-    for hparams in lists:
-        for hp in hparams:
-            merged[hp.name] = merged[hp.name].merged(hp) if hp.name in merged else hp
-    return list(merged.values())
-
-
-def _plugin_summary(tag: str, plugin_data):
-    """A Summary holding an HParams plugin message, as the plugin's own summary functions build it."""
-    from tensorboard.compat.proto import summary_pb2
-    from tensorboard.plugins.hparams import metadata
-
-    summary = summary_pb2.Summary()
-    summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(plugin_data), tensor=metadata.NULL_TENSOR)
-    return summary
-
-
-def experiment_summary(hparams: Sequence[HParam], metrics: Sequence[tuple[str, str]]):
-    """The HParams experiment: its columns (``hparams`` with their domains; ``metrics``: (scalar tag,
-    description), in column order).
+def experiment_summary(domains: Sequence[Domain], metrics: Sequence[tuple[str, str]]):
+    """The HParams experiment: its columns (``domains``: the searched parameters, see
+    :func:`study.params.study_hparams`; ``metrics``: (scalar tag, description), in column order),
+    built by TensorBoard's ``hparams_config_pb``.
 
     TensorBoard's HParams dashboard takes its columns from the first run holding an experiment
     (backend_context.Context.experiment_from_metadata); without one it lists every scalar of the
     trial runs as a metric, sorted by name. It shows the first five metrics and, of the hparams
-    sorted by (not differs, name), the first five. ``differs`` is set from the domains, so the
-    searched hyperparameters come before the fixed ones.
+    sorted by (not differs, name), the first five. ``hparams_config_pb`` leaves ``differs`` unset;
+    it is set here from the domains, so the searched parameters come before the fixed ones.
     """
-    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+    from tensorboard.plugins.hparams import summary_v2 as hp  # not hparams.api: that one imports TensorFlow
 
-    infos = []
-    for hp in hparams:
-        info = api_pb2.HParamInfo(name=hp.name, description=hp.description, differs=hp.differs)
-        if hp.interval is not None:
-            info.type = api_pb2.DATA_TYPE_FLOAT64
-            info.domain_interval.min_value, info.domain_interval.max_value = hp.interval
+    columns = []
+    for d in domains:
+        if d.interval is not None:
+            domain = hp.RealInterval(*d.interval)
+        elif {type(v) for v in d.values} == {bool}:
+            domain = hp.Discrete(list(d.values))
         else:
-            kinds = {type(v) for v in hp.values}
-            if kinds == {bool}:
-                info.type = api_pb2.DATA_TYPE_BOOL
-                info.domain_discrete.extend(hp.values)
-            else:
-                info.type = api_pb2.DATA_TYPE_STRING
-                info.domain_discrete.extend(str(v) for v in hp.values)
-        infos.append(info)
-    experiment = api_pb2.Experiment(
-        hparam_infos=infos, time_created_secs=time.time(),
-        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), description=text) for tag, text in metrics],
-    )
-    return _plugin_summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
+            domain = hp.Discrete([str(v) for v in d.values])
+        columns.append(hp.HParam(d.name, domain, description=d.description))
+    summary = hp.hparams_config_pb(columns, [hp.Metric(tag, description=text) for tag, text in metrics],
+                                    time_created_secs=time.time())
+    value = summary.value[0]
+    experiment = metadata.parse_experiment_plugin_data(value.metadata.plugin_data.content)
+    for info, d in zip(experiment.hparam_infos, domains):
+        info.differs = d.differs
+    value.metadata.CopyFrom(metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(experiment=experiment)))
+    return summary
 
 
 #: the experiment's event file in ``<benchmark>/tensorboard/``: a fixed name, so writing it again

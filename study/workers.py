@@ -9,35 +9,29 @@ trial's placement. Only rank 0 writes to the study storage.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import socket
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import ray.train
 import torch
 
-from indistill.config.run import RunConfig
+from indistill.config.run import RunConfig, config_to_dict
 from indistill.engine.configure import build_config
 from indistill.common.errors import one_line
 from indistill.evaluation.embedding import SELECTION_KEY, embed, metric_key
-from indistill.engine.pipeline import (
-    Artifacts,
-    artifact_files,
-    artifact_stages,
-    evaluate,
-    load_artifacts,
-    make_context,
-    prepare,
-    table_row,
-    train_student,
-)
+from indistill.engine.pipeline import Artifacts, evaluate, load_artifacts, make_context, prepare, table_row, train_student
+from indistill.engine.plan import artifact_files, artifact_stages
 from indistill.evaluation.retrieval import METRICS, pr_curve
 from indistill.engine.loop import COUNTERS, FINAL, LAST
 from indistill.engine.runtime import TorchCuda, cap_memory, is_distributed, rank, reserved_device, world_size
+from indistill.engine.keys import PROTOCOLS
 from indistill.engine.stages import Context, stage_dirname
 
 from .names import ARTIFACT_PROGRESS, EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, SEARCHED, TUNED
@@ -45,7 +39,8 @@ from .placement import write_placement
 from .rows import final_rows, with_searched
 from .runlog import RunLog
 from .storage import Storage
-from .tblog import TensorBoardLogger, artifact_run, final_run, trial_hparams, trial_run
+from .params import trial_hparams
+from .tblog import TensorBoardLogger, artifact_run, final_run, trial_run
 
 
 def _quiet_ray_train() -> None:
@@ -125,15 +120,50 @@ def failure_logged(log: Callable[[str], None]) -> Iterator[None]:
         raise
 
 
-def _context(cfg: RunConfig, root: Path, persist: Callable[[Path], None] | None, log: Callable[[str], None]) -> Context:
-    """The run's context on the device Ray reserved for this worker (its CUDA memory capped to a
-    fractional GPU's share), its stage cache at ``root`` mirrored by ``persist``."""
-    ctx = make_context(cfg.replace(device=_device_name(cfg)), root, log=log, persist=persist)
+def _on_reserved_device(cfg: RunConfig, log: Callable[[str], None]) -> RunConfig:
+    """``cfg`` on the device Ray reserved for this worker, its CUDA memory capped to a fractional GPU's share."""
+    cfg = cfg.replace(device=_device_name(cfg))
     gpus = _reserved_gpus()
-    fraction = cap_memory(ctx.device, gpus)
+    fraction = cap_memory(torch.device(cfg.device), gpus)
     if fraction is not None:
-        log(f"[run] CUDA memory capped at {fraction:.1%} of {ctx.device} (this worker reserved {gpus:g} of it)")
-    return ctx
+        log(f"[run] CUDA memory capped at {fraction:.1%} of {cfg.device} (this worker reserved {gpus:g} of it)")
+    return cfg
+
+
+@dataclass(frozen=True)
+class Session:
+    """What the Ray side gives one run on a worker, ready for the engine's verbs: its config on the
+    device Ray reserved, its log, its stage cache (``root``; ``persist`` mirrors what is written
+    there to the study storage), a scratch directory, and for a search trial its report hook, its
+    student's directory and the checkpoint Ray restored."""
+
+    cfg: RunConfig
+    storage: Storage
+    log: Callable[[str], None]
+    root: Path
+    persist: Callable[[Path], None] | None
+    scratch: Path
+    hooks: tuple = ()
+    work_dir: Path | None = None
+    resume_from: Path | None = None
+
+
+@contextlib.contextmanager
+def worker_session(config: dict, log_rel: Callable[[RunConfig], str],
+                   fetch: Callable[[RunConfig], Sequence[str] | None] = lambda cfg: None) -> Iterator[Session]:
+    """One run's :class:`Session` (``config``: the run's plain dict; ``log_rel``: its log file in the
+    study; ``fetch``: the stage-cache paths it reads, None for all). A failure is logged; the
+    scratch directory is removed at the end."""
+    _quiet_ray_train()
+    cfg = build_config(config["cfg"])
+    storage = Storage(config["storage"])
+    log = _run_log(config, log_rel(cfg))
+    scratch = Path(tempfile.mkdtemp(prefix="indistill-run-"))
+    try:
+        with failure_logged(log), stage_cache(storage, cfg.benchmark, fetch=fetch(cfg)) as (root, persist):
+            yield Session(_on_reserved_device(cfg, log), storage, log, root, persist, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def prepare_artifacts(config: dict) -> None:
@@ -141,28 +171,32 @@ def prepare_artifacts(config: dict) -> None:
     images (what the search's trials read) and on the full train split (what the final runs read,
     teacher and auxiliary evaluated on test). A retried run continues from the last finished
     stage and epoch."""
-    _quiet_ray_train()
-    cfg = with_searched(build_config(config["cfg"]))
-    storage = Storage(config["storage"])
-    total = len(artifact_stages(cfg, "val")) + len(artifact_stages(cfg, "test"))
-    finished = 0
+    with worker_session({**config, "cfg": config_to_dict(with_searched(build_config(config["cfg"])))},
+                        lambda cfg: f"{cfg.benchmark}/logs/artifacts.log") as s:
+        done = _ArtifactProgress(s.storage, s.cfg)
+        ctx = make_context(s.cfg, s.root, log=s.log, persist=s.persist)
+        built = [prepare(ctx, protocol, rows=protocol == "test", done=lambda stage, p=protocol: done(stage, p))
+                 for protocol in PROTOCOLS]
+        for artifacts in built:
+            _log_artifacts(s.storage, s.cfg.benchmark, artifacts)
+        if rank() == 0:
+            s.storage.write_json(f"{s.cfg.benchmark}/{NETWORKS_FILE}", {"rows": list(built[-1].rows)})
 
-    def done(stage: str, protocol: str) -> None:
-        nonlocal finished
-        finished += 1
+
+class _ArtifactProgress:
+    """Counts the artifact stages done, for the driver's progress display (rank 0 writes it) and Ray."""
+
+    def __init__(self, storage: Storage, cfg: RunConfig) -> None:
+        self.storage, self.benchmark = storage, cfg.benchmark
+        self.total = sum(len(artifact_stages(cfg, protocol)) for protocol in PROTOCOLS)
+        self.finished = 0
+
+    def __call__(self, stage: str, protocol: str) -> None:
+        self.finished += 1
         if rank() == 0:  # what the driver's progress display polls
-            storage.write_json(f"{cfg.benchmark}/{ARTIFACT_PROGRESS}",
-                               {"done": finished, "total": total, "stage": f"{stage}, {protocol} protocol"})
-        ray.train.report({"stage": finished, "stages": total, "epoch": finished})
-
-    log = _run_log(config, f"{cfg.benchmark}/logs/artifacts.log")
-    with failure_logged(log), stage_cache(storage, cfg.benchmark) as (root, persist):
-        ctx = _context(cfg, root, persist, log)
-        _log_artifacts(storage, cfg.benchmark, prepare(ctx, "val", done=lambda stage: done(stage, "val")))
-        artifacts = prepare(ctx, "test", rows=True, done=lambda stage: done(stage, "test"))
-        _log_artifacts(storage, cfg.benchmark, artifacts)
-    if rank() == 0:
-        storage.write_json(f"{cfg.benchmark}/{NETWORKS_FILE}", {"rows": list(artifacts.rows)})
+            self.storage.write_json(f"{self.benchmark}/{ARTIFACT_PROGRESS}", {
+                "done": self.finished, "total": self.total, "stage": f"{stage}, {protocol} protocol"})
+        ray.train.report({"stage": self.finished, "stages": self.total, "epoch": self.finished})
 
 
 def _log_artifacts(storage: Storage, benchmark: str, artifacts: Artifacts) -> None:
@@ -243,7 +277,7 @@ class EpochReporter:
         self.reported += 1
         self.report_time_s += time.perf_counter() - t0
 
-    def finish(self, history: list[dict[str, float]]) -> None:
+    def end(self, history: list[dict[str, float]]) -> None:
         """A run restored from its last epoch's checkpoint trains nothing: report its final epoch again,
         so Tune's last result is the finished trial's (a driver killed between the trial's end and
         Tune's next state snapshot re-runs it this way)."""
@@ -271,54 +305,56 @@ def _restored_checkpoint(scratch: Path) -> Path | None:
 
 
 def run_trial(config: dict) -> None:
-    """One search trial: the student stage on train minus val, val mAP reported every epoch."""
+    """One search trial: the searched student on train minus val, val mAP reported every epoch."""
+    with trial_session(config) as s:
+        ctx = make_context(s.cfg, s.root, log=s.log, persist=s.persist)
+        train_student(ctx, SEARCHED, load_artifacts(ctx, "val", SEARCHED), hooks=s.hooks, work_dir=s.work_dir,
+                      resume_from=s.resume_from)
+
+
+@contextlib.contextmanager
+def trial_session(config: dict) -> Iterator[Session]:
+    """A search trial's :class:`Session`: the artifact files of the ``val`` protocol fetched, the
+    trial's placement recorded, its TensorBoard run opened with its HParams row (the sampled
+    config), and the hook that reports each epoch to Tune."""
     entered_at = time.time()
-    _quiet_ray_train()
-    cfg = build_config(config["cfg"])
-    storage = Storage(config["storage"])
-    scratch = Path(tempfile.mkdtemp(prefix="indistill-trial-"))
-    tb = None
-    try:
-        if rank() == 0:  # the trial's run and its HParams row, before it trains (the sampled config)
+    with worker_session(config, lambda cfg: f"{cfg.benchmark}/logs/trials/{config['trial_id']}.log",
+                        fetch=lambda cfg: artifact_files(cfg, "val")) as s:
+        _record_placement(s.storage, s.cfg.benchmark, config["trial_id"], s.cfg.device)
+        tb = None
+        if rank() == 0:  # the trial's run and its HParams row, before it trains
             name = config.get("trial_name") or config["trial_id"]
-            tb = TensorBoardLogger(storage, trial_run(cfg.benchmark, name))
-            tb.hparams(trial_hparams(cfg), group=f"{cfg.benchmark}/{name}", start_time=config.get("started_at"))
-        log = _run_log(config, f"{cfg.benchmark}/logs/trials/{config['trial_id']}.log")
-        with failure_logged(log), stage_cache(storage, cfg.benchmark, fetch=artifact_files(cfg, "val")) as (root, persist):
-            ctx = _context(cfg, root, persist, log)
-            _record_placement(storage, cfg.benchmark, config["trial_id"], str(ctx.device))
-            reporter = EpochReporter(tb, config.get("started_at"), entered_at, sum(cfg.student.curriculum.epochs))
-            run = train_student(ctx, SEARCHED, load_artifacts(ctx, "val", SEARCHED), hooks=[reporter],
-                                work_dir=scratch / "student", resume_from=_restored_checkpoint(scratch))
-            reporter.finish(run.history)
-    finally:
-        if tb is not None:
-            tb.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+            tb = TensorBoardLogger(s.storage, trial_run(s.cfg.benchmark, name))
+            tb.hparams(trial_hparams(s.cfg), group=f"{s.cfg.benchmark}/{name}", start_time=config.get("started_at"))
+        try:
+            reporter = EpochReporter(tb, config.get("started_at"), entered_at, sum(s.cfg.student.curriculum.epochs))
+            yield dataclasses.replace(s, hooks=(reporter,), work_dir=s.scratch / "student",
+                                      resume_from=_restored_checkpoint(s.scratch))
+        finally:
+            if tb is not None:
+                tb.close()
 
 
 def final_seed(config: dict) -> None:
     """Every student row of the table for one student seed, on the full train split, evaluated on
     test: the baselines (``base``: paper defaults, the study's budget) and the tuned InDistill
     (``cfg``). Teacher, auxiliary and pruning come from the artifacts, shared by all seeds."""
-    _quiet_ray_train()
     seed = int(config["seed"])
     tuned = build_config(config["cfg"]).with_student_seed(seed)
     base = build_config(config["base"]).with_student_seed(seed)
-    storage = Storage(config["storage"])
-    bench = tuned.benchmark
-    rows = []
     plan = final_rows(base, tuned)
     # what the rows read: the auxiliary, the kept indices of both configs and each row's own
     # student directory (a retried run resumes its epochs)
     fetch = sorted({*artifact_files(base, "test"), *artifact_files(tuned, "test"),
                     *(stage_dirname("student", cfg, "test", method) for _label, cfg, method in plan)})
-    log = _run_log(config, f"{bench}/logs/final/seed-{seed}.log")
-    with failure_logged(log), stage_cache(storage, bench, fetch=fetch) as (root, persist):
-        ctx = _context(base, root, persist, log)
+    rows = []
+    with worker_session({**config, "cfg": config_to_dict(base)}, lambda cfg: f"{cfg.benchmark}/logs/final/seed-{seed}.log",
+                        fetch=lambda cfg: fetch) as s:
+        ctx = make_context(s.cfg, s.root, log=s.log, persist=s.persist)
+        bench = s.cfg.benchmark
         for label, cfg, method in plan:
             row_ctx = ctx.with_config(cfg.replace(device=ctx.cfg.device))
-            tb = TensorBoardLogger(storage, final_run(bench, _slug(label), seed)) if rank() == 0 else None
+            tb = TensorBoardLogger(s.storage, final_run(bench, _slug(label), seed)) if rank() == 0 else None
             try:
                 run = train_student(row_ctx, method, load_artifacts(row_ctx, "test", method), hooks=[_TensorBoardHook(tb)])
                 results = evaluate(row_ctx, run.model, run.work_dir)
@@ -332,9 +368,9 @@ def final_seed(config: dict) -> None:
             rows.append({"seed": seed, **table_row(label, run.model, results)})
             ray.train.report({"row": len(rows), "epoch": len(rows)})
             if label == TUNED and rank() == 0 and seed == config.get("export_seed"):
-                storage.upload_file(run.checkpoint, f"{bench}/final/run/{FINAL}")
-    if rank() == 0:
-        storage.write_json(f"{bench}/final/seed-{seed}.json", {"rows": rows})
+                s.storage.upload_file(run.checkpoint, f"{bench}/final/run/{FINAL}")
+        if rank() == 0:
+            s.storage.write_json(f"{bench}/final/seed-{seed}.json", {"rows": rows})
 
 
 def _slug(label: str) -> str:

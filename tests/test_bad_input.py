@@ -977,3 +977,30 @@ def test_a_checkpoint_from_past_the_stage_end_is_set_aside(tmp_path):
     assert len(log) == 3 and "epoch 3 is not between 0 and the stage's 2 epochs" in log[0], log
     assert "set aside as last.pt.corrupt, training this stage again" in log[0]
     assert (tmp_path / "last.pt.corrupt").is_file() and (tmp_path / "final.pt").is_file()
+
+
+class _Recorder:
+    """An epoch hook with an ``end``: what the loop called, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def __call__(self, epoch, metrics, checkpoint) -> None:
+        self.calls.append(("epoch", epoch))
+
+    def end(self, history) -> None:
+        self.calls.append(("end", len(history)))
+
+
+@pytest.mark.parametrize("case", ["fresh", "resumed after its last epoch", "finished"])
+def test_a_hooks_end_is_called_once_with_the_whole_history(tmp_path, case):
+    log: list[str] = []
+    if case != "fresh":
+        _linear_loop(tmp_path, log, epochs=2).run()
+    if case == "resumed after its last epoch":
+        (tmp_path / "final.pt").unlink()  # last.pt holds epoch 2 of 2: nothing is left to train
+    loop = _linear_loop(tmp_path, log, epochs=2)
+    hook = _Recorder()
+    loop.hooks.append(hook)
+    assert len(loop.run()) == 2
+    assert hook.calls == ([("epoch", 0), ("epoch", 1), ("end", 2)] if case == "fresh" else [("end", 2)])

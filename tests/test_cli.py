@@ -21,6 +21,7 @@ import pytest
 from indistill.cli import build_parser as indistill_parser
 from indistill.cli import main as indistill_main
 from study import cli as study_cli
+from study import tensorboard_server
 
 from .s3 import free_port
 
@@ -157,7 +158,7 @@ def test_tensorboard_prints_this_environments_command(tmp_path, capsys):
 @pytest.mark.parametrize("host, url", [("127.0.0.1", "http://127.0.0.1:6006/"), ("::1", "http://[::1]:6006/"),
                                        ("0.0.0.0", f"http://{socket.gethostname()}:6006/")])
 def test_tensorboard_url(host, url):
-    assert study_cli.tensorboard_url(host, 6006) == url
+    assert tensorboard_server.tensorboard_url(host, 6006) == url
 
 
 def test_tensorboard_on_a_busy_port_is_one_line(tmp_path, capsys, monkeypatch):

@@ -171,16 +171,9 @@ def test_the_worker_caps_its_memory_where_it_picks_its_device(ray_reports, monke
     calls = _fake_cuda(monkeypatch, GPU_24GIB)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     ray_reports["device"], ray_reports["resources"] = torch.device(device), resources
-    built = []
-
-    def make_context(cfg, root, log, persist=None):
-        built.append(cfg.device)
-        return types.SimpleNamespace(device=torch.device(cfg.device), persist=persist)
-
-    monkeypatch.setattr(workers, "make_context", make_context)
     lines: list[str] = []
-    ctx = workers._context(_cfg("cpu" if device == "cpu" else "auto"), tmp_path, None, lines.append)
-    assert built == [device] and str(ctx.device) == device
+    cfg = workers._on_reserved_device(_cfg("cpu" if device == "cpu" else "auto"), lines.append)
+    assert cfg.device == device
     assert [f for f, _ in calls] == [pytest.approx(f) for f in want]
     assert all(d == torch.device(device) for _, d in calls)
     assert len([line for line in lines if "CUDA memory capped" in line]) == len(want)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from indistill.engine.configure import build_config
-from indistill.engine.pipeline import artifact_files, load_artifacts, make_context, prepare, train_student
+from indistill.engine.pipeline import load_artifacts, make_context, prepare, train_student
+from indistill.engine.plan import artifact_files
 from indistill.engine.stages import stage_dirname
 from indistill.engine.loop import Loop
 from study.storage import Storage

@@ -399,14 +399,14 @@ def test_reporter_re_reports_a_trial_restored_at_its_last_epoch(monkeypatch):
     monkeypatch.setattr(workers.ray.train, "report", lambda metrics, **_kw: reports.append(metrics))
     history = [{"loss": 2.0, "epoch": 0}, {"loss": 1.0, "epoch": 1, "val/cosine/map": 0.5}]
     restored = workers.EpochReporter(None)
-    restored.finish(history)  # nothing trained in this attempt: the last epoch is reported again
+    restored.end(history)  # nothing trained in this attempt: the last epoch is reported again
     assert reports == [{"loss": 1.0, "epoch": 2, "embedding_epoch": 2, "val/cosine/map": 0.5, "val_map": 0.5,
                         "loop_time_s": 0.0, "report_time_s": 0.0}]
     import time
 
     fresh = workers.EpochReporter(None, started_at=time.time() - 10.0)
     fresh(1, {**history[1], "epoch_time_s": 1.5, "eval_time_s": 0.5}, None)
-    fresh.finish(history)  # it reported already: nothing more
+    fresh.end(history)  # it reported already: nothing more
     assert len(reports) == 2 and reports[1]["loop_time_s"] == 2.0 and reports[1]["epoch"] == 2
     assert 10.0 <= reports[1]["trial_wall_s"] < 60.0
     assert reports[1]["startup_s"] == pytest.approx(reports[1]["trial_wall_s"] - 2.0, abs=0.5)  # 10 s minus the epoch
@@ -513,7 +513,8 @@ def test_recorded_optuna_search_states_and_resume(tmp_path):
     import optuna
 
     from study.optuna_record import RecordedOptunaSearch, optuna_storage, sqlite_url
-    from study.search_space import SearchSpace, define_by_run
+    from study.params import define_by_run
+    from study.search_space import SearchSpace
     from indistill.config.schema import from_dict
 
     space = from_dict(SearchSpace, {k: v for k, v in TINY_SPACE.items() if k != "fixed"})

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from indistill.evaluation.retrieval import pr_curve
-from study.search_space import apply_params, base_config, default_space_path, define_by_run, load_space
+from study.params import apply_params, define_by_run, merge_hparams, study_hparams, trial_hparams
+from study.search_space import base_config, default_space_path, load_space
 from study.storage import Storage
 from study.tblog import (
     AUTO_LOGGERS_ENV,
@@ -20,9 +21,6 @@ from study.tblog import (
     TrialNamer,
     artifact_run,
     final_run,
-    merge_hparams,
-    study_hparams,
-    trial_hparams,
     trial_run,
     trial_run_name,
     tune_loggers,
@@ -157,8 +155,8 @@ def test_tensorboard_shows_every_trial_with_the_searched_columns_and_val_map_fir
     assert set(names[: len(searched)]) == searched  # the searched ones first; prune/target (fixed) after them
     assert names[len(searched):] == ["prune/target"]
     info = {h.name: h for h in experiment.hparam_infos}
-    assert list(info["prune/criterion"].domain_discrete.values) and \
-        [_value(v) for v in info["prune/criterion"].domain_discrete.values] == list(digits.space.criteria)
+    # hparams_config_pb lists a discrete domain sorted
+    assert [_value(v) for v in info["prune/criterion"].domain_discrete.values] == sorted(digits.space.criteria)
     assert (info["curriculum/epochs_0"].domain_interval.min_value, info["curriculum/epochs_0"].domain_interval.max_value) == (1, 5)
 
     rows = {g.name: g for g in groups}
@@ -222,7 +220,7 @@ def test_tune_calls_the_namer_with_the_experiment_tag_set():
 
 
 def test_the_tensorboard_hint_names_the_runs_where_they_are_written():
-    from study.cli import TENSORBOARD_LOGS
+    from study.tensorboard_server import TENSORBOARD_LOGS
 
     assert trial_run("<benchmark>", "trial-<k>-<id>") in TENSORBOARD_LOGS
     assert artifact_run("<benchmark>", "<stage>", "<protocol>") in TENSORBOARD_LOGS

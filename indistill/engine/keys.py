@@ -12,13 +12,17 @@ import copy
 import functools
 import hashlib
 from pathlib import Path
+import typing
 from typing import Any, Literal
 
 from indistill.config.run import RunConfig
 from indistill.common.io import stable_hash
 from indistill.config.schema import to_dict
 
-Protocol = Literal["test", "val"]
+Protocol = Literal["val", "test"]
+#: every protocol, in the order the artifact run builds them: ``val`` (trained without the val
+#: images: what a search reads), then ``test`` (the full train split: what the tables read)
+PROTOCOLS: tuple[Protocol, ...] = typing.get_args(Protocol)
 
 #: fields that say where, how fast or what else a run executes, never what a stage computes
 EXECUTION: tuple[str, ...] = ("device", "compile", "threads", "channels_last", "methods", "eval",

@@ -30,7 +30,11 @@ class DivergedError(RuntimeError):
 
 
 class EpochHook(Protocol):
-    """Called on every rank after each epoch; ``checkpoint`` is the epoch's checkpoint file on rank 0, else None."""
+    """Called on every rank after each epoch; ``checkpoint`` is the epoch's checkpoint file on rank 0, else None.
+
+    A hook that also has an ``end(history)`` method is called once more when the loop is done, with
+    the whole history (also when nothing was left to train: a run resumed after its last epoch).
+    """
 
     def __call__(self, epoch: int, metrics: dict[str, float], checkpoint: Path | None) -> None: ...
 
@@ -146,7 +150,7 @@ class Loop:
         if final.exists():
             initial = _copy_state(self.model)
             try:
-                return load_final(final, self.model)
+                return self._end(load_final(final, self.model))
             except CheckpointError as exc:
                 self.model.load_state_dict(initial)
                 last = self.resume_from if self.resume_from is not None else self.work_dir / LAST
@@ -175,6 +179,13 @@ class Loop:
         if rank() == 0:
             self.saved(atomic_torch_save({"model": self.model.state_dict(), "history": history}, final))
         barrier()
+        return self._end(history)
+
+    def _end(self, history: list[dict[str, float]]) -> list[dict[str, float]]:
+        for hook in self.hooks:
+            end = getattr(hook, "end", None)
+            if end is not None:
+                end(history)
         return history
 
     def _resume(self, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict[str, float]]]:
