@@ -7,6 +7,14 @@ from indistill.engine.stages import ARTIFACT_STAGES
 #: what every trial reports to Tune and the search maximises: its epoch's
 #: :data:`indistill.evaluation.embedding.SELECTION_KEY` (val cosine mAP)
 OBJECTIVE = "val_map"
+#: the student-size objectives a search space may add to :data:`OBJECTIVE` (``objectives: [val_map,
+#: params]``), each with the metric every trial reports for it (minimised): the student's parameter
+#: count, its multiply-accumulates per image
+SIZE_OBJECTIVES: dict[str, str] = {"params": "student_params", "macs": "student_macs"}
+#: the student's width multiplier (a frontier study's size dimension): a trial's parameter, a table column
+WIDTH = "width"
+#: a multi-objective search's Pareto set, in the benchmark's directory
+PARETO_FILE = "search/pareto.csv"
 #: ASHA's time attribute: epochs completed in the embedding phase (after the trial's curriculum)
 EMBEDDING_EPOCH = "embedding_epoch"
 
