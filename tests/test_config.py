@@ -84,6 +84,7 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
 
 # ----------------------------------------------------------------------------- from_dict's coercion rules
 
+import dataclasses  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -94,17 +95,29 @@ from indistill.config.run import (  # noqa: E402
 from indistill.config.schema import from_dict, to_dict  # noqa: E402
 from study.search_space import LogRange, SearchSpace  # noqa: E402
 
-RUN_KEYS = ("benchmark, seed, device, precision, channels_last, compile, threads, methods, data, networks, "
-            "teacher, auxiliary, prune, student, eval")
-STUDENT_KEYS = "epochs, batch_size, optim, ce_weight, curriculum, mkt, schedules, eval_every, seed"
+
+
+def _keys(cls: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+@dataclass(frozen=True)
+class _Range:
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if self.low > self.high:
+            raise ValueError(f"high: empty range: low {self.low} > high {self.high}")
 
 
 @dataclass(frozen=True)
 class _Unions:
-    """Field types the run config does not use (yet), with the same rules."""
+    """Field types beyond the run config's, with the same rules."""
 
     either: int | str = 0
     number: float | int = 0.0
+    size: tuple[float, ...] | _Range | None = None
     anything: Any = None
 
 
@@ -130,6 +143,9 @@ class _Unions:
     (_Unions, {"either": 3}, "either", 3),  # unions: the first member that accepts the value
     (_Unions, {"either": "x"}, "either", "x"),
     (_Unions, {"number": 3}, "number", 3.0),
+    (_Unions, {"size": [1, 0.5]}, "size", (1.0, 0.5)),
+    (_Unions, {"size": {"low": 1, "high": 2}}, "size", _Range(1.0, 2.0)),
+    (_Unions, {"size": None}, "size", None),
     (_Unions, {"anything": {"k": [1]}}, "anything", {"k": [1]}),
 ])
 def test_from_dict_accepts(cls, data, field_name, value):
@@ -166,7 +182,9 @@ def test_from_dict_builds_defaults_from_nothing_and_copies_mappings():
     (OptimConfig, {"name": "ADAM"}, "", "name: 'ADAM' is not allowed; choose from: adam, sgd"),
     (OptimConfig, {"name": None}, "", "name: None is not allowed; choose from: adam, sgd"),
     (OptimConfig, {"name": ["adam"]}, "", "name: ['adam'] is not allowed; choose from: adam, sgd"),
-    (_Unions, {"either": 1.5}, "", "either: invalid value 1.5"),
+    (_Unions, {"either": 1.5}, "", "either: invalid value 1.5"),  # no member takes it: no member's own error
+    (_Unions, {"size": {"low": 2, "high": 1}}, "", "size: invalid value {'low': 2, 'high': 1}"),
+    (_Unions, {"size": "big"}, "", "size: invalid value 'big'"),
     # lists: only a list or a tuple, items named by index, fixed-length tuples counted before their items
     (CurriculumConfig, {"epochs": "123"}, "", "epochs: expected a list, got '123'"),
     (CurriculumConfig, {"epochs": {1, 2, 3}}, "", "epochs: expected a list, got {1, 2, 3}"),
@@ -189,16 +207,17 @@ def test_from_dict_builds_defaults_from_nothing_and_copies_mappings():
     (DataConfig, {"options": "x"}, "", "options: expected a mapping, got 'x'"),
     (LogRange, 3, "curriculum.weights.mse", "curriculum.weights.mse: expected a mapping, got int"),
     # keys: the first unknown one (by name), then the first missing one (in field order)
-    (RunConfig, {"zeta": 1, "alpha": 2}, "", f"alpha: unknown key 'alpha' at the top level; allowed keys: {RUN_KEYS}"),
-    (RunConfig, {1: 2}, "", f"1: unknown key 1 at the top level; allowed keys: {RUN_KEYS}"),
+    (RunConfig, {"zeta": 1, "alpha": 2}, "",
+     f"alpha: unknown key 'alpha' at the top level; allowed keys: {_keys(RunConfig)}"),
+    (RunConfig, {1: 2}, "", f"1: unknown key 1 at the top level; allowed keys: {_keys(RunConfig)}"),
     (RunConfig, {"student": {"zz": 1, "epochs": "x"}}, "",
-     f"student.zz: unknown key 'zz' in student; allowed keys: {STUDENT_KEYS}"),
+     f"student.zz: unknown key 'zz' in student; allowed keys: {_keys(StudentConfig)}"),
     (LogRange, {"lo": 1}, "curriculum.weights.mse",
      "curriculum.weights.mse.lo: unknown key 'lo' in curriculum.weights.mse; allowed keys: low, high"),
     (LogRange, {}, "", "low: required key missing at the top level"),
     (LogRange, {"low": 1}, "", "high: required key missing at the top level"),
     (SearchSpace, {"zz": 1}, "",
-     "zz: unknown key 'zz' at the top level; allowed keys: benchmark, budget, curriculum, criteria, fixed"),
+     f"zz: unknown key 'zz' at the top level; allowed keys: {_keys(SearchSpace)}"),
     (SearchSpace, {"budget": {"trials": "x"}}, "", "curriculum: required key missing at the top level"),
     (SearchSpace, {"curriculum": {"epochs": [{"low": 1}]}}, "",
      "curriculum.epochs[0].high: required key missing in curriculum.epochs[0]"),
@@ -227,10 +246,40 @@ def test_from_dict_refuses(cls, data, path, message):
     assert err.value.where == message.partition(": ")[0]
 
 
+@dataclass(frozen=True)
+class _Checked:
+    x: int = 0
+
+    def __post_init__(self) -> None:
+        if self.x == 1:
+            raise TypeError("x: not comparable")
+        if self.x == 2:
+            raise ConfigError("x: said as is")
+        if self.x == 3:
+            raise AssertionError("x: a bug")
+
+
+@dataclass(frozen=True)
+class _Outer:
+    inner: _Checked = _Checked()
+
+
+@pytest.mark.parametrize("x, error, message", [
+    (1, ConfigError, "inner.x: not comparable"),  # a TypeError is prefixed like a ValueError
+    (2, ConfigError, "x: said as is"),  # a ConfigError is the check's own last word
+    (3, AssertionError, "x: a bug"),  # a failed assertion is a bug, not a config error
+])
+def test_a_sections_own_check_raising(x, error, message):
+    with pytest.raises(error) as err:
+        from_dict(_Outer, {"inner": {"x": x}})
+    assert type(err.value) is error and str(err.value) == message
+
+
 def test_to_dict_is_plain_yaml():
     opt = OptimConfig(lr_schedule=((0, 1e-3), (5, 1e-4)))
     assert to_dict(opt) == {"name": "adam", "lr_schedule": [[0, 1e-3], [5, 1e-4]], "weight_decay": 0.0,
                             "momentum": 0.9, "reset": "never"}
     data = to_dict(DataConfig(options={"sizes": (1, 2), "nested": {"t": ((3,),)}}))
     assert data == {"root": None, "download": False, "options": {"sizes": [1, 2], "nested": {"t": [[3]]}}}
-    assert yaml.safe_load(yaml.safe_dump(to_dict(build_config(benchmark="digits")))) == to_dict(build_config(benchmark="digits"))
+    plain = to_dict(build_config(benchmark="digits"))
+    assert yaml.safe_load(yaml.safe_dump(plain)) == plain
