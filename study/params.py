@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from indistill.config.run import RunConfig, config_to_dict, deep_merge
-from indistill.engine.configure import build_config
+from indistill.engine.configure import build_config, validate_config
 
-from .search_space import SearchSpace, weight_ranges
+from .names import WIDTH as WIDTH_NAME
+from .search_space import SearchSpace, weight_ranges, with_width
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ class Param:
     sampled_as: Callable[[int, Drawn], str] | None = None
     #: its value where the sample does not hold it (``space, base, k, drawn``); default: the base config's
     fallback: Callable[[SearchSpace, RunConfig, int, Drawn], Any] | None = None
+    #: whether a space has it at all (default: every space); a parameter a space lacks has no column
+    present: Callable[[SearchSpace], bool] = lambda space: True
+    #: how a drawn value changes a config where ``path`` cannot say it (None: set ``path``)
+    apply: Callable[[RunConfig, Any], RunConfig] | None = None
 
     @property
     def per_layer(self) -> bool:
@@ -94,7 +99,9 @@ class Param:
         return self.sampled_as(k, drawn) if self.sampled_as else self.name(k)
 
     def read(self, cfg: RunConfig, k: int = 0) -> Any:
-        """Its value in ``cfg``."""
+        """Its value in ``cfg`` (a parameter with ``apply`` has no path to read: None)."""
+        if not self.path:
+            return None
         value: Any = cfg
         for part in self.path:
             value = getattr(value, part)
@@ -170,10 +177,31 @@ BENCHMARK = Param(
     domain=lambda space, base, k: _discrete((base.benchmark,), "the benchmark"),
 )
 
+def _suggest_width(trial, name: str, space: SearchSpace, k: int, drawn: Drawn) -> float | None:
+    width = space.student.width
+    if width is None:
+        return None
+    if isinstance(width, tuple):
+        return trial.suggest_categorical(name, list(width))
+    return trial.suggest_float(name, width.low, width.high)
+
+
+def _width_domain(space: SearchSpace, base: RunConfig, k: int) -> Domain:
+    width = space.student.width
+    low, high = (min(width), max(width)) if isinstance(width, tuple) else (width.low, width.high)
+    return _interval(low, high, "the student's width: a multiplier of its conv stages' and embedding's channels")
+
+
+WIDTH = Param(
+    f"student/{WIDTH_NAME}", (), float, lambda v: f"width={v:g}",
+    domain=_width_domain, suggest=_suggest_width, fallback=lambda space, base, k, drawn: None,
+    present=lambda space: space.student.width is not None, apply=with_width,
+)
+
 #: every parameter of a curriculum layer, in column order
 PER_LAYER: tuple[Param, ...] = (EPOCHS, LOSS, WEIGHT)
 #: the parameters of the whole config, in column order
-GLOBAL: tuple[Param, ...] = (OVERLAP, CRITERION, TARGET, BENCHMARK)
+GLOBAL: tuple[Param, ...] = (OVERLAP, CRITERION, TARGET, BENCHMARK, WIDTH)
 #: every parameter, in column order
 PARAMS: tuple[Param, ...] = (*PER_LAYER, *GLOBAL)
 #: the order the sampler draws them in: every layer's epochs, then each layer's loss and its weight,
@@ -181,23 +209,25 @@ PARAMS: tuple[Param, ...] = (*PER_LAYER, *GLOBAL)
 SAMPLING_PASSES: tuple[tuple[Param, ...], ...] = ((EPOCHS,), (LOSS, WEIGHT))
 
 
-def sampling_order(layers: int) -> Iterator[tuple[Param, int]]:
-    """(parameter, layer) in the order the sampler draws them."""
+def sampling_order(space: SearchSpace) -> Iterator[tuple[Param, int]]:
+    """(parameter, layer) of ``space`` in the order the sampler draws them."""
     for group in SAMPLING_PASSES:
-        for k in range(layers):
+        for k in range(_layers(space)):
             for p in group:
                 yield p, k
     for p in GLOBAL:
-        yield p, 0
+        if p.present(space):
+            yield p, 0
 
 
-def columns(layers: int) -> Iterator[tuple[Param, int]]:
-    """(parameter, layer) in column order: each layer's parameters, then the global ones."""
-    for k in range(layers):
+def columns(space: SearchSpace) -> Iterator[tuple[Param, int]]:
+    """(parameter, layer) of ``space`` in column order: each layer's parameters, then the global ones."""
+    for k in range(_layers(space)):
         for p in PER_LAYER:
             yield p, k
     for p in GLOBAL:
-        yield p, 0
+        if p.present(space):
+            yield p, 0
 
 
 def _layers(space_or_cfg: SearchSpace | RunConfig) -> int:
@@ -226,7 +256,7 @@ class DefineByRun:
 
     def __call__(self, trial) -> None:
         drawn: Drawn = {}
-        for p, k in sampling_order(_layers(self.space)):
+        for p, k in sampling_order(self.space):
             if p.suggest is not None:
                 drawn[p.name(k)] = p.suggest(trial, p.sampled_name(k, drawn), self.space, k, drawn)
 
@@ -235,37 +265,54 @@ def define_by_run(space: SearchSpace) -> DefineByRun:
     return DefineByRun(space)
 
 
-def apply_params(base: RunConfig, params: Mapping[str, Any], space: SearchSpace) -> RunConfig:
-    """The trial's RunConfig: ``base`` with the sampled parameters (nested as Tune gives them, or by
-    sampler name) applied; a parameter the sample does not hold keeps its default."""
+def drawn_values(base: RunConfig, params: Mapping[str, Any], space: SearchSpace) -> Drawn:
+    """Every sampled parameter's value by name (``curriculum/weight_0``): the sample's (nested as Tune
+    gives it, or by sampler name), else its default; None for a parameter the space lacks."""
     flat = flatten(params)
     drawn: Drawn = {}
-    for p, k in sampling_order(_layers(space)):
+    for p, k in sampling_order(space):
         if p.suggest is None:
             continue
         value = flat.get(p.sampled_name(k, drawn))
-        drawn[p.name(k)] = p.kind(p.default(space, base, k, drawn) if value is None else value)
+        value = p.default(space, base, k, drawn) if value is None else value
+        drawn[p.name(k)] = None if value is None else p.kind(value)
+    return drawn
+
+
+def apply_params(base: RunConfig, params: Mapping[str, Any], space: SearchSpace) -> RunConfig:
+    """The trial's RunConfig: ``base`` with the sampled parameters (nested as Tune gives them, or by
+    sampler name) applied; a parameter the sample does not hold keeps its default."""
+    drawn = drawn_values(base, params, space)
     overrides: dict = {}
     for p in PARAMS:
-        if p.suggest is None:
+        if p.suggest is None or p.apply is not None:
             continue
         *parents, leaf = p.path
         node = overrides
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = [drawn[p.name(k)] for k in range(_layers(space))] if p.per_layer else drawn[p.name()]
-    return build_config(deep_merge(config_to_dict(base), overrides), benchmark=base.benchmark)
+    cfg = build_config(deep_merge(config_to_dict(base), overrides), benchmark=base.benchmark)
+    for p in PARAMS:
+        if p.apply is not None and drawn.get(p.name()) is not None:
+            cfg = p.apply(cfg, drawn[p.name()])
+    if cfg is not base:
+        validate_config(cfg)
+    return cfg
 
 
-def trial_hparams(cfg: RunConfig) -> dict[str, Any]:
-    """A trial's value of every parameter (its HParams row), from its RunConfig."""
-    return {p.name(k): p.read(cfg, k) for p, k in columns(_layers(cfg))}
+def trial_hparams(cfg: RunConfig, space: SearchSpace, drawn: Drawn | None = None) -> dict[str, Any]:
+    """A trial's value of every parameter of ``space`` (its HParams row): ``drawn``'s
+    (:func:`drawn_values`) where it holds one, else the config's."""
+    drawn = drawn or {}
+    return {p.name(k): drawn[p.name(k)] if drawn.get(p.name(k)) is not None else p.read(cfg, k)
+            for p, k in columns(space)}
 
 
 def study_hparams(space: SearchSpace, base: RunConfig) -> list[Domain]:
     """Every parameter of one benchmark's search with its domain: the space's ranges and choices (one
     per curriculum layer of the space for a layer's parameter), else the base config's value."""
-    return [dataclasses.replace(p.domain(space, base, k), name=p.name(k)) for p, k in columns(_layers(space))]
+    return [dataclasses.replace(p.domain(space, base, k), name=p.name(k)) for p, k in columns(space)]
 
 
 def merge_hparams(lists: Iterable[Sequence[Domain]]) -> list[Domain]:

@@ -18,7 +18,7 @@ from indistill.config.run import config_to_dict
 
 from .plan import BenchmarkPlan, StudyPlan
 from .resources import REPORT_POLL_ENV, TrialResources, state_sync_period
-from .params import apply_params
+from .params import apply_params, drawn_values, trial_hparams
 from .storage import Storage
 from .tblog import AUTO_LOGGERS_ENV
 from .workers import final_seed, run_trial  # the Ray Train runs' entry points
@@ -106,9 +106,10 @@ def tune_trial(params: dict, spec: TrialSpec) -> None:
     """The Tune function trainable: one Ray Train run of the student stage for ``params``."""
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
-    cfg = apply_params(spec.plan.base, params, spec.plan.space)
+    plan = spec.plan
+    cfg = apply_params(plan.base, params, plan.space)
     config = {
-        "cfg": config_to_dict(cfg), "storage": spec.storage, "trial_id": trial_id, "trial_name": ctx.get_trial_name(),
+        "cfg": config_to_dict(cfg), "hparams": trial_hparams(cfg, plan.space, drawn_values(plan.base, params, plan.space)), "storage": spec.storage, "trial_id": trial_id, "trial_name": ctx.get_trial_name(),
         "verbose": spec.verbose,
         "started_at": time.time(),  # wall-clock start of the trial, for its Ray overhead
     }

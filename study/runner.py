@@ -11,14 +11,13 @@ from typing import Iterator, TextIO
 
 import pandas as pd
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 
 from indistill.config.run import RunConfig, config_to_dict
 from indistill.common.errors import error_reason
 from indistill.common.io import atomic_write_bytes, stable_hash
 from indistill.engine.plan import artifact_stages
 
-from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE
+from .names import NETWORKS_FILE, OBJECTIVE
 from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
 from .placement import read_placements
 from .plan import BenchmarkPlan, StudyPlan, final_config, final_seeds
@@ -39,7 +38,7 @@ from .results import build_table, summarize_trials, write_study_table
 from .resume import STATE, write_study_state, yaml_text
 from .rows import with_searched
 from .params import apply_params, define_by_run
-from .search_space import shortest_curriculum
+from .early_stopping import scheduler_for
 from .storage import Storage
 from .tblog import TrialNamer, tune_loggers, write_hparams_experiment
 from .workers import prepare_artifacts  # the artifact run's entry point
@@ -58,17 +57,6 @@ def run_artifacts(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress) -> Non
     train_run(prepare_artifacts, f"{bp.benchmark}-artifacts",
                {"cfg": config_to_dict(cfg), "storage": plan.storage.uri, "verbose": plan.verbose},
                plan, plan.artifact_workers)
-
-
-def _early_stopping(bp: BenchmarkPlan):
-    """ASHA on embedding-phase epochs: no trial is judged inside its curriculum, and rungs compare
-    trials after equal numbers of embedding epochs (``max_t``: the shortest curriculum's)."""
-    budget = bp.space.budget
-    if not budget.early_stopping:
-        return tune.schedulers.FIFOScheduler()
-    max_t = bp.base.student.epochs - shortest_curriculum(bp.space)
-    return ASHAScheduler(time_attr=EMBEDDING_EPOCH, metric=OBJECTIVE, mode="max", max_t=max_t,
-                         grace_period=min(budget.grace_period, max_t), reduction_factor=budget.reduction_factor)
 
 
 def _optuna_db(plan: StudyPlan, bp: BenchmarkPlan) -> Path:
@@ -103,7 +91,7 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_once: 
                                         sampler=optuna.samplers.TPESampler(seed=budget.seed),
                                         study_name=bp.benchmark, storage=optuna_storage(optuna_db),
                                         full_epochs=bp.base.student.epochs)
-        scheduler = _early_stopping(bp)
+        scheduler = scheduler_for(bp)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,

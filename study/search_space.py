@@ -3,17 +3,21 @@ benchmark's student, and the base config every trial starts from. What is sample
 how it is applied: :mod:`study.params`."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 from indistill.config.run import RunConfig, deep_merge, with_student_budget
 from indistill.engine.configure import build_config, validate_config
+from indistill.models.zoo import check_fits_auxiliary, network_entry, scaled_widths
 from indistill.method.losses import LOSSES
 from indistill.method.pruning import CRITERIA
 from indistill.config.schema import from_dict
 from indistill.common.errors import ConfigError
 from indistill.config.yamlio import load_yaml_file
+
+from .names import OBJECTIVE, SIZE_OBJECTIVES
 
 #: the package the default search spaces are installed as (the source tree's top-level
 #: ``search_spaces/``, mapped by pyproject.toml's package-dir; found through the installed package)
@@ -57,6 +61,7 @@ class Budget:
     max_failures: int = 1  # Tune retries of a failed trial
     early_stopping: bool = True  # ASHA on embedding-phase epochs; false = every trial runs its whole budget
     final_seeds: int = 3  # student seeds of every row of the final table (teacher and auxiliary shared)
+    frontier_points: int = 3  # a two-objective search: the Pareto points whose widths the final runs train
 
     def __post_init__(self) -> None:
         _require(self.trials >= 1, "trials", f"must be >= 1, got {self.trials}")
@@ -65,6 +70,33 @@ class Budget:
         _require(self.reduction_factor >= 2, "reduction_factor", f"must be >= 2, got {self.reduction_factor}")
         _require(self.max_failures >= 0, "max_failures", "must be >= 0")
         _require(self.final_seeds >= 1, "final_seeds", f"must be >= 1, got {self.final_seeds}")
+        _require(self.frontier_points >= 1, "frontier_points", f"must be >= 1, got {self.frontier_points}")
+
+
+@dataclass(frozen=True)
+class WidthRange:
+    """Width multipliers drawn uniformly from ``[low, high]``."""
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        _require(self.low > 0, "low", f"must be > 0, got {self.low}")
+        _require(self.low <= self.high, "high", f"empty range: low {self.low} > high {self.high}")
+
+
+@dataclass(frozen=True)
+class StudentSpace:
+    """The student's size: multipliers of the benchmark's student widths (every conv stage and the
+    embedding), a list to choose from or a ``{low, high}`` range; None: the base config's student."""
+
+    width: tuple[float, ...] | WidthRange | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.width, tuple):
+            _require(len(self.width) > 0, "width", "needs at least one multiplier")
+            for i, m in enumerate(self.width):
+                _require(m > 0, f"width[{i}]", f"must be > 0, got {m}")
 
 
 @dataclass(frozen=True)
@@ -86,10 +118,23 @@ class SearchSpace:
     budget: Budget = field(default_factory=Budget)
     curriculum: CurriculumSpace  # required: a space without curriculum ranges searches nothing
     criteria: tuple[str, ...] = ("l1",)
+    student: StudentSpace = field(default_factory=StudentSpace)
+    #: maximise val mAP; with a size objective (``params``, ``macs``) also minimise the student's size
+    objectives: tuple[str, ...] = (OBJECTIVE,)
     fixed: dict = field(default_factory=dict)  # config overrides for every trial (and the final retrain)
 
     def __post_init__(self) -> None:
         _require(len(self.criteria) > 0, "criteria", "needs at least one pruning criterion")
+        _require(self.objectives[:1] == (OBJECTIVE,) and len(self.objectives) <= 2, "objectives",
+                 f"[{OBJECTIVE}] or [{OBJECTIVE}, <size>] with <size> one of {', '.join(SIZE_OBJECTIVES)}; "
+                 f"got {list(self.objectives)}")
+        _require(all(o in SIZE_OBJECTIVES for o in self.objectives[1:]), "objectives[1]",
+                 f"one of {', '.join(SIZE_OBJECTIVES)}, got {self.objectives[1:]!r}"[:200])
+
+    @property
+    def size_objective(self) -> str | None:
+        """The size objective of a two-objective search (``params``, ``macs``), else None."""
+        return self.objectives[1] if len(self.objectives) > 1 else None
 
 
 def weight_ranges(space: SearchSpace) -> dict[str, LogRange]:
@@ -122,6 +167,9 @@ def validate_space(space: SearchSpace, benchmark: str) -> None:
     except ConfigError as exc:  # only the budget is left to blame
         raise ConfigError(f"budget.epochs: {space.budget.epochs} student epochs do not fit the {benchmark} config: {exc}",
                           where="budget.epochs") from None
+    if space.size_objective and space.student.width is None:
+        raise ConfigError(f"objectives: {space.size_objective} as an objective needs student.width (the sizes to search)")
+    check_widths(space, base)
     n = len(base.student.curriculum.epochs)
     if len(space.curriculum.epochs) != n:
         raise ConfigError(f"curriculum.epochs: the {benchmark} student has {n} curriculum layers, the space gives {len(space.curriculum.epochs)} ranges")
@@ -134,6 +182,49 @@ def validate_space(space: SearchSpace, benchmark: str) -> None:
             f"budget.epochs: {epochs} student epochs per trial are too few: the longest curriculum this space "
             f"samples lasts {longest} epochs, {after}; set budget.epochs (or --epochs) to at least {longest + grace}"
         )
+
+
+def check_widths(space: SearchSpace, base: RunConfig) -> None:
+    """Every width the space can sample fits the auxiliary at every tap (the widest is enough)."""
+    width = space.student.width
+    if width is None:
+        return
+    student = network_entry(base.benchmark, "student", base.networks.student)
+    auxiliary = network_entry(base.benchmark, "auxiliary", base.networks.auxiliary)
+    for m in (width if isinstance(width, tuple) else (width.low, width.high)):
+        check_fits_auxiliary(base.benchmark, student, auxiliary, m)
+
+
+def with_width(cfg: RunConfig, multiplier: float) -> RunConfig:
+    """``cfg`` with its student's widths scaled by ``multiplier`` (the options of ``networks.student``)."""
+    student = network_entry(cfg.benchmark, "student", cfg.networks.student)
+    overrides = {**dict(cfg.networks.student), **scaled_widths(student, multiplier)}
+    return cfg.replace(networks=dataclasses.replace(cfg.networks, student=overrides))
+
+
+def sampled_widths(space: SearchSpace, base: RunConfig) -> list[float]:
+    """One multiplier per distinct student the space can sample (widths round to integers), in
+    increasing order: the list's multipliers, or for a range one inside each interval between the
+    multipliers where a rounded width changes. Empty without ``student.width``."""
+    width = space.student.width
+    if width is None:
+        return []
+    entry = network_entry(base.benchmark, "student", base.networks.student)
+    if isinstance(width, tuple):
+        candidates = sorted(set(width))
+    else:
+        channels = [*entry["widths"], entry["embedding_dim"]]
+        cuts = sorted({width.low, width.high, *((k + 0.5) / c for c in channels
+                                                 for k in range(int(width.high * c) + 1)
+                                                 if width.low < (k + 0.5) / c < width.high)})
+        candidates = [width.low, *((a + b) / 2 for a, b in zip(cuts, cuts[1:])), width.high]
+    seen, out = set(), []
+    for m in candidates:
+        student = str(scaled_widths(entry, m))
+        if student not in seen:
+            seen.add(student)
+            out.append(m)
+    return out
 
 
 def longest_curriculum(space: SearchSpace) -> int:

@@ -39,7 +39,6 @@ from .placement import write_placement
 from .rows import final_rows, with_searched
 from .runlog import RunLog
 from .storage import Storage
-from .params import trial_hparams
 from .tblog import TensorBoardLogger, artifact_run, final_run, trial_run
 
 
@@ -325,7 +324,7 @@ def trial_session(config: dict) -> Iterator[Session]:
         if rank() == 0:  # the trial's run and its HParams row, before it trains
             name = config.get("trial_name") or config["trial_id"]
             tb = TensorBoardLogger(s.storage, trial_run(s.cfg.benchmark, name))
-            tb.hparams(trial_hparams(s.cfg), group=f"{s.cfg.benchmark}/{name}", start_time=config.get("started_at"))
+            tb.hparams(config["hparams"], group=f"{s.cfg.benchmark}/{name}", start_time=config.get("started_at"))
         try:
             reporter = EpochReporter(tb, config.get("started_at"), entered_at, sum(s.cfg.student.curriculum.epochs))
             yield dataclasses.replace(s, hooks=(reporter,), work_dir=s.scratch / "student",

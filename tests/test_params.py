@@ -6,6 +6,7 @@ from study.params import (
     GLOBAL,
     PARAMS,
     PER_LAYER,
+    WIDTH,
     apply_params,
     define_by_run,
     describe,
@@ -82,14 +83,14 @@ def test_each_sampled_parameter_round_trips_through_the_config(digits, param):
     sample = _sample(space)[1]
     cfg = apply_params(base, sample, space)
     drawn = {}
-    for p, k in sampling_order(len(space.curriculum.epochs)):
+    for p, k in sampling_order(space):
         if p.suggest is None:
             continue
         name = p.sampled_name(k, drawn)
         drawn[p.name(k)] = sample[name]
         if p is param:
             assert p.read(cfg, k) == pytest.approx(sample[name])
-            assert trial_hparams(cfg)[p.name(k)] == pytest.approx(sample[name])
+            assert trial_hparams(cfg, space)[p.name(k)] == pytest.approx(sample[name])
 
 
 def test_a_parameter_the_sample_lacks_keeps_the_base_value(digits):
@@ -107,8 +108,9 @@ def test_the_hparams_columns_and_a_trials_row_have_the_same_names(digits):
     space, base = digits
     layers = len(space.curriculum.epochs)
     names = [d.name for d in study_hparams(space, base)]
-    assert names == [p.name(k) for k in range(layers) for p in PER_LAYER] + [p.name() for p in GLOBAL]
-    assert list(trial_hparams(base)) == names
+    # the digits space samples no width: no width column
+    assert names == [p.name(k) for k in range(layers) for p in PER_LAYER] + [p.name() for p in GLOBAL if p is not WIDTH]
+    assert list(trial_hparams(base, space)) == names
     assert {d.name for d in study_hparams(space, base) if d.differs} == (
         {p.name(k) for k in range(layers) for p in PER_LAYER} | {"curriculum/overlap", "prune/criterion"})
 

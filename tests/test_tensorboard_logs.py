@@ -88,7 +88,7 @@ def test_every_sampled_parameter_is_a_column_with_its_value_inside_the_domain():
         for name, value in trial.params.items():
             head, tail = name.split("/")
             nested.setdefault(head, {})[tail] = value
-        values = trial_hparams(apply_params(plan.base, nested, plan.space))
+        values = trial_hparams(apply_params(plan.base, nested, plan.space), plan.space)
         assert list(values) == list(domains)  # the same names, in the same order, as the experiment's
         for name, value in trial.params.items():
             stable = re.sub(r"^(curriculum/weight_\d+)_\w+$", r"\1", name)
@@ -139,7 +139,7 @@ def test_tensorboard_shows_every_trial_with_the_searched_columns_and_val_map_fir
         cfg = apply_params(plan.base, params, plan.space)
         name = trial_run_name(k, tid, plan.space.budget.trials)
         tb = TensorBoardLogger(storage, trial_run(plan.benchmark, name))
-        tb.hparams(trial_hparams(cfg), group=f"{plan.benchmark}/{name}")
+        tb.hparams(trial_hparams(cfg, plan.space), group=f"{plan.benchmark}/{name}")
         for epoch, value in enumerate(maps):
             tb.log(epoch + 1, {"loss": 1.0 / (epoch + 1), "loss/block0": 0.5, "phase": 0, "val_map": value})
         tb.close()
@@ -183,7 +183,7 @@ def test_a_trial_run_is_one_directory_with_no_hparams_subrun(tmp_path):
     storage = Storage.create(tmp_path)
     plan = _plan("digits")
     tb = TensorBoardLogger(storage, trial_run("digits", "trial-000-abc"))
-    tb.hparams(trial_hparams(plan.base), group="digits/trial-000-abc")
+    tb.hparams(trial_hparams(plan.base, plan.space), group="digits/trial-000-abc")
     tb.close()
     run = tmp_path / "digits/tensorboard/trials/trial-000-abc"
     assert [p for p in run.iterdir() if p.is_dir()] == []

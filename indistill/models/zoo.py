@@ -72,3 +72,32 @@ def create_network(
     if "image_size" in inspect.signature(MODELS.get(arch)).parameters:
         entry["image_size"] = image_size
     return create_model(arch, num_classes=num_classes, in_channels=in_channels, **entry)
+
+
+def scaled_widths(entry: Mapping, multiplier: float) -> dict:
+    """``entry``'s conv widths and embedding scaled by ``multiplier``, each rounded to an integer >= 1
+    (the options a config's ``networks.student`` takes); a ConfigError for an architecture without widths."""
+    if "widths" not in entry or "embedding_dim" not in entry:
+        raise ConfigError(f"student.width: the {entry.get('arch')} student has no widths and embedding to scale")
+    return {"widths": [max(1, round(w * multiplier)) for w in entry["widths"]],
+            "embedding_dim": max(1, round(entry["embedding_dim"] * multiplier))}
+
+
+def tap_widths(entry: Mapping) -> dict[str, int]:
+    """The channels of each tap of a widths-and-embedding network entry (``block<i>``, ``embedding``), as its taps name them."""
+    return {**{f"block{i}": int(w) for i, w in enumerate(entry["widths"])}, "embedding": int(entry["embedding_dim"])}
+
+
+def check_fits_auxiliary(benchmark: str, student: Mapping, auxiliary: Mapping, multiplier: float) -> None:
+    """A ConfigError naming the width, the tap and both numbers when the student scaled by
+    ``multiplier`` is wider than the auxiliary at a tap (the auxiliary is pruned to the student)."""
+    scaled = tap_widths({**student, **scaled_widths(student, multiplier)})
+    if "widths" not in auxiliary or "embedding_dim" not in auxiliary:
+        raise ConfigError(f"student.width: the {auxiliary.get('arch')} auxiliary of {benchmark} has no widths to compare with")
+    aux = tap_widths(auxiliary)
+    if len(aux) != len(scaled):
+        raise ConfigError(f"student.width: the {benchmark} student has {len(scaled)} taps, its auxiliary {len(aux)}")
+    for tap, want in scaled.items():
+        if want > aux[tap]:
+            raise ConfigError(f"student.width: {multiplier:g} makes the student's {tap} {want} channels wide, "
+                              f"wider than the auxiliary's {aux[tap]} (the auxiliary is pruned to the student)")
