@@ -8,7 +8,12 @@ Per benchmark, from the persisted Optuna study (``<benchmark>/search/optuna.db``
 - ``<benchmark>-best-so-far.png``: the best val mAP after each trial (in the order Optuna created them);
 - ``<benchmark>-importance.png``: Optuna's hyperparameter importance (its default evaluator,
   PED-ANOVA in Optuna 5, over the completed trials); with few trials it is noise, and the figure says so;
-- ``results.png``: the results table's cosine mAP per row, mean ± std over the final seeds;
+- ``<benchmark>-front.png``: a multi-objective search's trials, val mAP against the student's size,
+  with its Pareto front (``<benchmark>/search/pareto.csv``) as a step line;
+- ``results.png``: the results table's cosine mAP per row, mean ± std over the final seeds, as points
+  with error bars on an axis spanning the values;
+- ``frontier.png``: with student rows at several widths, test cosine mAP against the student's
+  parameters, a line per student row and the teacher and the auxiliary as single points;
 - ``timeline.png``: each benchmark's phases (artifacts, search, final) over wall-clock time, from
   ``<benchmark>/phases.json``, so what ran at once is visible (a table of the same in report.md).
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import io
 import tempfile
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -25,10 +31,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from indistill.evaluation.table import DIFF_COLUMN  # noqa: E402
+from indistill.evaluation.stats import mean_std  # noqa: E402
+from indistill.evaluation.table import DIFF_COLUMN, column  # noqa: E402
 
+from .names import OBJECTIVE, PARETO_FILE, SIZE_OBJECTIVES, STUDENT_ROWS, WIDTH  # noqa: E402
 from .optuna_record import OPTUNA_FILE, sqlite_url  # noqa: E402
-from .outcome import COMPLETED, FAILED, STOPPED, best_key  # noqa: E402
+from .outcome import COMPLETED, FAILED, STOPPED, best_key, scored  # noqa: E402
 from .storage import Storage  # noqa: E402
 
 REPORT_DIR = "report"
@@ -137,16 +145,151 @@ def plot_importance(study: optuna.Study, path: Path) -> str:
     return note
 
 
-def plot_results(table: pd.DataFrame, path: Path, column: str = DIFF_COLUMN) -> None:
+#: characters of a row label per line in the results figure (longer labels wrap)
+LABEL_WIDTH = 40
+
+
+def _margin(lo: float, hi: float, share: float = 0.08) -> tuple[float, float]:
+    """``lo``..``hi`` widened by ``share`` of its span on each side (by 1 when it has none)."""
+    pad = share * (hi - lo) if hi > lo else 1.0
+    return lo - pad, hi + pad
+
+
+def plot_results(table: pd.DataFrame, path: Path, column: str = DIFF_COLUMN) -> plt.Figure:
+    """Each row of the aggregated table as a point at its mean ``column`` with its std over the final
+    seeds as an error bar, on an axis spanning the points and their bars (not from 0, so close
+    values stay apart); rows top to bottom in the table's order."""
     table = table.reset_index()
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1.2))
-    labels = [f"{b} / {n}" for b, n in zip(table["benchmark"], table["network"])]
-    std = table.get(f"{column} std", pd.Series([0.0] * len(table))).fillna(0.0)
-    ax.barh(labels[::-1], table[column][::-1], xerr=std[::-1], capsize=3, color="C0")
+    keys = [c for c in table.columns if c in ("benchmark", "network", WIDTH)]
+    labels = [textwrap.fill(" / ".join(part for key, v in zip(keys, row) if (part := _label_part(key, v))), LABEL_WIDTH)
+              for row in table[keys].itertuples(index=False)]
+    mean = pd.to_numeric(table[column], errors="coerce")
+    std = pd.to_numeric(table.get(f"{column} std", pd.Series([0.0] * len(table))), errors="coerce").fillna(0.0)
+    y = list(range(len(table)))[::-1]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig, ax = plt.subplots(figsize=(8, 0.3 * lines + 0.15 * len(table) + 1.2))
+    ax.errorbar(mean, y, xerr=std, fmt="o", capsize=3, color="C0")
+    ax.set_yticks(y, labels)
+    shown = mean.notna()
+    if shown.any():
+        ax.set_xlim(*_margin(float((mean - std)[shown].min()), float((mean + std)[shown].max())))
+    ax.grid(axis="x", alpha=0.3)
     ax.set_xlabel(f"test {column} (%), mean ± std over the final seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return fig
+
+
+def _label_part(key: str, value: object) -> str:
+    """A row label's part for one index column; none for a missing width (teacher, auxiliary)."""
+    if value is None or value == "" or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    return f"{WIDTH} {float(value):g}" if key == WIDTH else str(value)
+
+
+#: the map column of the frontier: test cosine mAP, in percent
+FRONTIER_COLUMN = column("cosine", "map")
+#: the marker of each artifact network on the frontier
+NETWORK_MARKERS = {"teacher": "*", "auxiliary": "D"}
+
+
+def frontier_points(per_seed: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per row label, one row per width (``params``, ``mean``, ``std`` of the test cosine mAP over its
+    seeds), by parameters ascending; a label whose rows have no width (teacher, auxiliary) has one."""
+    widths = pd.to_numeric(per_seed.get(WIDTH, pd.Series(float("nan"), index=per_seed.index)), errors="coerce")
+    frame = per_seed.assign(_width=widths.fillna(-1.0))  # groupby drops NaN keys
+    out = {}
+    for label, rows in frame.groupby("network", sort=False):
+        points = []
+        for width, group in rows.groupby("_width", sort=False):
+            m, s = mean_std(pd.to_numeric(group[FRONTIER_COLUMN]).tolist())
+            points.append({WIDTH: None if width < 0 else float(width), "params": int(group["params"].iloc[0]),
+                           "mean": m, "std": 0.0 if pd.isna(s) else s})
+        out[str(label)] = pd.DataFrame(points).sort_values("params", kind="stable").reset_index(drop=True)
+    return out
+
+
+def plot_frontier(per_seed: pd.DataFrame, path: Path) -> plt.Figure:
+    """Test cosine mAP (mean ± std over the seeds) against the student's parameters (log scale): a line
+    per student row through its widths; the teacher and the auxiliary as marked single points. One
+    panel per benchmark."""
+    benchmarks = list(dict.fromkeys(per_seed["benchmark"])) if "benchmark" in per_seed else [None]
+    fig, axes = plt.subplots(1, len(benchmarks), figsize=(7 * len(benchmarks), 4.5), squeeze=False)
+    students = [label for label, _method, _tuned in STUDENT_ROWS]
+    for ax, bench in zip(axes[0], benchmarks):
+        rows = per_seed if bench is None else per_seed[per_seed["benchmark"] == bench]
+        points = frontier_points(rows)
+        order = [*(n for n in points if n not in students), *(n for n in students if n in points)]
+        for i, label in enumerate(order):
+            p = points[label]
+            if len(p) > 1 or p[WIDTH].notna().any():
+                ax.errorbar(p["params"], p["mean"], yerr=p["std"], fmt="-o", ms=4, capsize=3, color=f"C{i % 10}",
+                            label=label)
+            else:
+                ax.errorbar(p["params"], p["mean"], yerr=p["std"], fmt=NETWORK_MARKERS.get(label, "s"), ms=10,
+                            capsize=3, color=f"C{i % 10}", label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters (log scale)")
+        ax.set_ylabel(f"test {FRONTIER_COLUMN} (%)")
+        ax.grid(alpha=0.3, which="both")
+        ax.set_title(f"{bench}: compression frontier" if bench else "compression frontier", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return fig
+
+
+def has_widths(per_seed: pd.DataFrame) -> bool:
+    """Whether the student rows of ``per_seed`` come at more than one width (a frontier study)."""
+    if WIDTH not in per_seed or "network" not in per_seed:
+        return False
+    students = per_seed["network"].isin([label for label, _method, _tuned in STUDENT_ROWS])
+    return pd.to_numeric(per_seed.loc[students, WIDTH], errors="coerce").dropna().nunique() > 1
+
+
+#: the axis label of each size a trial reports
+SIZE_LABELS = {"student_params": "student parameters", "student_macs": "student multiply-accumulates per image"}
+
+
+def plot_search_front(trials: list[dict], pareto_ids: set[str], size_key: str, path: Path) -> plt.Figure:
+    """Every scored trial's last val mAP against its student's size ``trial[size_key]`` (log scale):
+    completed trials filled, those ASHA stopped early hollow; the Pareto set (``trial_id`` in
+    ``pareto_ids``) as a step line by size ascending. Failed trials and trials without a val mAP or a
+    size are left out."""
+    shown = [t for t in trials if t.get("status") != FAILED and scored(t.get(OBJECTIVE)) and scored(t.get(size_key))
+             and t[size_key] > 0]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for done, style in ((True, {"facecolors": "C0", "label": COMPLETED}),
+                        (False, {"facecolors": "none", "label": STOPPED})):
+        group = [t for t in shown if (t.get("status") == COMPLETED) == done]
+        if group:
+            ax.scatter([t[size_key] for t in group], [100 * t[OBJECTIVE] for t in group], s=30, edgecolors="C0",
+                       linewidths=1.2, **style)
+    front = sorted((t for t in shown if str(t.get("trial_id")) in pareto_ids), key=lambda t: t[size_key])
+    if front:
+        ax.step([t[size_key] for t in front], [100 * t[OBJECTIVE] for t in front], where="post", color="C3",
+                lw=1.5, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{SIZE_LABELS.get(size_key, size_key)} (log scale)")
+    ax.set_ylabel("val cosine mAP (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return fig
+
+
+def front_size_key(pareto: pd.DataFrame, trials: list[dict]) -> str:
+    """The size objective of a search's front: the first of :data:`study.names.SIZE_OBJECTIVES` that
+    ``pareto.csv`` has as a column, else that its trials report, else the parameter count."""
+    keys = list(SIZE_OBJECTIVES.values())
+    for key in keys:
+        if key in pareto.columns:
+            return key
+    return next((k for k in keys if any(k in t for t in trials)), SIZE_OBJECTIVES["params"])
 
 
 PHASES = ("artifacts", "search", "final")
@@ -190,6 +333,25 @@ def plot_timeline(intervals: list[tuple[str, str, float, float]], path: Path) ->
     plt.close(fig)
 
 
+#: every seed's row of the results table
+PER_SEED_FILE = "results_per_seed.csv"
+
+
+def search_front_section(storage: Storage, bench: str, out: Path) -> tuple[list[str], list[str]]:
+    """The lines and the figure (``<bench>-front.png`` in ``out``) of a multi-objective search's front,
+    from ``<bench>/search/pareto.csv`` and its ``trials.json``; none for a search without a Pareto file."""
+    pareto_rel, trials_rel = f"{bench}/{PARETO_FILE}", f"{bench}/search/trials.json"
+    if not storage.exists(pareto_rel) or not storage.exists(trials_rel):
+        return [], []
+    pareto = pd.read_csv(io.StringIO(storage.read_text(pareto_rel)), dtype={"trial_id": str})
+    trials = storage.read_json(trials_rel).get("trials", [])
+    size_key = front_size_key(pareto, trials)
+    name = f"{bench}-front.png"
+    plot_search_front(trials, set(pareto["trial_id"].dropna()), size_key, out / name)
+    return [f"Pareto front ({len(pareto)} trials): val mAP against {SIZE_LABELS.get(size_key, size_key)}.", "",
+            f"![search front]({name})", ""], [name]
+
+
 def write_report(storage: Storage) -> list[str]:
     """Figures and ``report.md`` under ``<study>/report/``; returns the files written (relative)."""
     benchmarks = storage.read_json("study.json")["benchmarks"]
@@ -201,6 +363,9 @@ def write_report(storage: Storage) -> list[str]:
             rel = f"{bench}/search/{OPTUNA_FILE}"
             if not storage.exists(rel):
                 lines += [f"## {bench}", "", "No search record yet.", ""]
+                front_lines, front_files = search_front_section(storage, bench, out)
+                lines += front_lines
+                written += front_files
                 continue
             db = out / f"{bench}.db"
             db.write_bytes(storage.read_bytes(rel))
@@ -217,11 +382,22 @@ def write_report(storage: Storage) -> list[str]:
             if note:
                 lines += [f"Importance: {note}.", ""]
             written += db_files
+            front_lines, front_files = search_front_section(storage, bench, out)
+            lines += front_lines
+            written += front_files
         if storage.exists("results.csv"):
             table = pd.read_csv(io.StringIO(storage.read_text("results.csv")), index_col=[0, 1])
             plot_results(table, out / "results.png")
             lines += ["## Results (test split)", "", "![results](results.png)", "", storage.read_text("results.md"), ""]
             written.append("results.png")
+        if storage.exists(PER_SEED_FILE):
+            per_seed = pd.read_csv(io.StringIO(storage.read_text(PER_SEED_FILE)))
+            if has_widths(per_seed):
+                plot_frontier(per_seed, out / "frontier.png")
+                lines += ["## Compression frontier", "", "Test cosine mAP against the student's parameters, "
+                          "mean ± std over the final seeds: a line per student row through its widths.", "",
+                          "![compression frontier](frontier.png)", ""]
+                written.append("frontier.png")
         intervals = phase_intervals(storage, benchmarks)
         if intervals:
             plot_timeline(intervals, out / "timeline.png")
