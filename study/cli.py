@@ -176,6 +176,9 @@ def plan_lines(plan: StudyPlan, at_once: Concurrency | None, *, address: str | N
                         f"reduction factor {budget.reduction_factor}, at most {max_t} epochs)")
         else:
             stopping = "off: every trial runs its whole budget"
+        width = bp.space.student.width
+        if budget.early_stopping and width is not None:
+            stopping += "; one ASHA per student width"
         seeds = final_seeds(bp)
         lines += [f"{bp.benchmark}:",
                   f"  config       : {BENCHMARKS.check(bp.benchmark, 'benchmark').default_config.resolve()}"
@@ -187,7 +190,11 @@ def plan_lines(plan: StudyPlan, at_once: Concurrency | None, *, address: str | N
                   f"  epochs       : {base.student.epochs} student epochs per trial and per final row"
                   + (f" ({', '.join(own)})" if own else ""),
                   f"  early stop   : {stopping}",
-                  f"  final rows   : {', '.join(label for label, _cfg, _method in rows)}",
+                  *([f"  widths       : {_widths_text(bp)}"] if width is not None else []),
+                  *([f"  objectives   : {_objectives_text(bp)}"] if bp.space.size_objective else []),
+                  f"  final rows   : {', '.join(label for label, _cfg, _method in rows)}"
+                  + (f", at each of up to {budget.frontier_points} widths of the Pareto front" if bp.space.size_objective
+                     else ", at the best trial's width" if width is not None else ""),
                   f"  final seeds  : {seeds}" + (f", {at_once.text(len(seeds), 'seeds')[0]} at a time" if at_once else "")]
     lines += [f"resources      : per trial {counted(res.workers, 'worker')}, each {counted(res.cpus / res.workers, 'CPU')} "
               f"and {gpus}; backend {backend}",
@@ -197,6 +204,23 @@ def plan_lines(plan: StudyPlan, at_once: Concurrency | None, *, address: str | N
     if plan.gpus_note:
         lines.append(f"note           : {plan.gpus_note}")
     return lines
+
+
+def _widths_text(bp) -> str:
+    """The student widths a frontier space samples, and the kept channels the artifact run computes for them."""
+    from .search_space import sampled_widths
+
+    width, widths = bp.space.student.width, sampled_widths(bp.space, bp.base)
+    drawn = (", ".join(f"{w:g}" for w in width) if isinstance(width, tuple)
+             else f"{width.low:g} to {width.high:g} (uniform; {len(widths)} distinct students)")
+    return f"{drawn} x the student's channels; the kept channels of each computed once, by the artifact run"
+
+
+def _objectives_text(bp) -> str:
+    from .names import SIZE_TEXT
+
+    size = bp.space.size_objective
+    return f"maximise val mAP, minimise the student's {SIZE_TEXT[size]} (a Pareto front; Optuna's TPESampler, MOTPE)"
 
 
 def _leaves(tree: object, prefix: str = "") -> list[str]:

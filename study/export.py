@@ -13,43 +13,64 @@ from indistill.common.io import atomic_write_text, check_output_dir
 from indistill.config.yamlio import parse_yaml
 
 from .results import TABLE_FILES, per_seed_rows
-from .names import TUNED
+from .names import POINTS_FILE, TUNED, WIDTH
 from .storage import Storage
 
 
+def _tuned_config(storage: Storage, rel: str, bench: str):
+    """The tuned row's config from the study's ``rel``: the InDistill student on the test protocol,
+    evaluated once at the end, with no data root (whoever reproduces resolves theirs)."""
+    doc = parse_yaml(storage.read_text(rel), storage.join(rel), "best config")
+    with doc.blame():
+        cfg = build_config(deep_merge(doc.data, {"methods": ["indistill"], "student": {"eval_every": 0}}), benchmark=bench)
+    return cfg.replace(data=dataclasses.replace(cfg.data, root=None))
+
+
+def _write_point(storage: Storage, bench: str, cfg, rows: list[dict], target: Path, what: str,
+                 checkpoint: str) -> list[Path]:
+    """One exported config (``config.yaml`` with the command that reproduces its rows), its student
+    checkpoint and its rows per seed."""
+    target.mkdir(parents=True, exist_ok=True)
+    seeds = ",".join(str(r["seed"]) for r in rows) or str(cfg.student_seed)
+    name = "best_config.yaml" if what == "best" else "config.yaml"
+    header = (f"# {'Best InDistill config' if what == 'best' else f'InDistill config at {what}'} of study {storage.uri} ({bench}).\n"
+              f"# Reproduce the tuned row per seed: indistill run --config {target / name} --seeds {seeds}\n")
+    atomic_write_text(target / name, header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    written = [target / name]
+    if storage.fetch(checkpoint, target / "student.pt"):
+        written.append(target / "student.pt")
+    if rows:  # the tuned row per seed: `indistill run --config ... --seeds ...` reproduces it
+        atomic_write_text(target / "result.json", json.dumps({"seeds": [r["seed"] for r in rows], "rows": rows}, indent=2) + "\n")
+        written.append(target / "result.json")
+    return written
+
+
 def export_study(storage: Storage, out: Path) -> list[Path]:
-    """Per benchmark: ``<bench>/best_config.yaml``, ``<bench>/student.pt``; plus the study tables."""
+    """Per benchmark: ``<bench>/best_config.yaml``, ``<bench>/student.pt``; a frontier study also
+    ``<bench>/frontier/width-<w>/`` per retrained Pareto point; plus the study tables."""
     out = Path(out)
     check_output_dir(out, "--out")
     written: list[Path] = []
     benchmarks = storage.check_study()["benchmarks"]
-    configs = {}  # every best config is read and validated before anything is written
+    configs = {}  # every config is read and validated before anything is written
     for bench in benchmarks:
         rel = f"{bench}/search/best_config.yaml"
         if not storage.exists(rel):
             print(f"[export] {bench}: no best config yet (search not finished)")
             continue
-        doc = parse_yaml(storage.read_text(rel), storage.join(rel), "best config")
-        # what the tuned row is: the InDistill student on the test protocol, evaluated once at the end
-        with doc.blame():
-            cfg = build_config(deep_merge(doc.data, {"methods": ["indistill"], "student": {"eval_every": 0}}), benchmark=bench)
-        # the study resolved its data root on its own machine; whoever reproduces resolves theirs
-        cfg = cfg.replace(data=dataclasses.replace(cfg.data, root=None))
         check_output_dir(out / bench, "--out")
-        configs[bench] = (cfg, [r for r in per_seed_rows(storage, bench) if r["network"] == TUNED])
-    for bench, (cfg, tuned) in configs.items():
-        target = out / bench
-        target.mkdir(parents=True, exist_ok=True)
-        seeds = ",".join(str(r["seed"]) for r in tuned) or str(cfg.student_seed)
-        header = (f"# Best InDistill config of study {storage.uri} ({bench}).\n"
-                  f"# Reproduce the tuned row per seed: indistill run --config {target / 'best_config.yaml'} --seeds {seeds}\n")
-        atomic_write_text(target / "best_config.yaml", header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        written.append(target / "best_config.yaml")
-        if storage.fetch(f"{bench}/final/run/final.pt", target / "student.pt"):
-            written.append(target / "student.pt")
-        if tuned:  # the tuned row per seed: `indistill run --config best_config.yaml --seeds ...` reproduces it
-            atomic_write_text(target / "result.json", json.dumps({"seeds": [r["seed"] for r in tuned], "rows": tuned}, indent=2) + "\n")
-            written.append(target / "result.json")
+        rows = per_seed_rows(storage, bench)
+        points = storage.read_json(f"{bench}/{POINTS_FILE}")["points"] if storage.exists(f"{bench}/{POINTS_FILE}") else []
+        unsized = [r for r in rows if r["network"] == TUNED and r.get(WIDTH) is None]
+        configs[bench] = [(_tuned_config(storage, rel, bench), unsized, out / bench, "best", f"{bench}/final/run/final.pt")]
+        for p in points:
+            at = [r for r in rows if r["network"] == TUNED and r.get(WIDTH) == p[WIDTH]]
+            configs[bench].append((_tuned_config(storage, f"{bench}/search/points/{p['tag']}.yaml", bench), at,
+                                   out / bench / "frontier" / p["tag"], f"width {p[WIDTH]:g}",
+                                   f"{bench}/final/run/{p['tag']}/final.pt"))
+    for bench, entries in configs.items():
+        for cfg, rows, target, what, checkpoint in entries:
+            written += _write_point(storage, bench, cfg, rows, target, what, checkpoint)
     for name in TABLE_FILES:
         if storage.exists(name):
             atomic_write_text(out / name, storage.read_text(name))

@@ -11,10 +11,14 @@ OBJECTIVE = "val_map"
 #: params]``), each with the metric every trial reports for it (minimised): the student's parameter
 #: count, its multiply-accumulates per image
 SIZE_OBJECTIVES: dict[str, str] = {"params": "student_params", "macs": "student_macs"}
+#: what each size objective counts, in words
+SIZE_TEXT: dict[str, str] = {"params": "parameters", "macs": "multiply-accumulates per image"}
 #: the student's width multiplier (a frontier study's size dimension): a trial's parameter, a table column
 WIDTH = "width"
 #: a multi-objective search's Pareto set, in the benchmark's directory
 PARETO_FILE = "search/pareto.csv"
+#: the points the final runs retrain: each one's width and search trial
+POINTS_FILE = "search/points.json"
 #: ASHA's time attribute: epochs completed in the embedding phase (after the trial's curriculum)
 EMBEDDING_EPOCH = "embedding_epoch"
 

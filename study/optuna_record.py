@@ -53,17 +53,22 @@ class RecordedOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
             return
         result = result or {}
-        value, step = result.get(self.metric), result.get(TRAINING_ITERATION)
-        if scored(value) and step is not None:
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = [result.get(m) for m in metrics]
+        value, step = values[0], result.get(TRAINING_ITERATION)
+        if len(metrics) == 1 and scored(value) and step is not None:
             # Tune hands a trial's last result (the one ASHA stopped it on, or its final epoch) only
-            # here, not to on_trial_result: record it, as PRUNED trials are modelled by it
+            # here, not to on_trial_result: record it, as PRUNED trials are modelled by it (Optuna
+            # takes no intermediate values in a multi-objective study)
             ot_trial.report(value, step)
         status = trial_status(error, int(result.get("epoch", 0)), self.full_epochs)
-        if status == FAILED or not scored(value):
-            state, value = TrialState.FAIL, None
+        told: float | list[float] | None = values if len(metrics) > 1 else value
+        if status == FAILED or not all(scored(v) for v in values):
+            state, told = TrialState.FAIL, None
         elif status == STOPPED:
-            state, value = TrialState.PRUNED, None  # Optuna keeps its last intermediate value
+            state, told = TrialState.PRUNED, None  # Optuna keeps its last intermediate value (single objective)
         else:
             state = TrialState.COMPLETE
-        self._ot_study.tell(ot_trial, value, state=state)
+        ot_trial.set_user_attr("tune_trial_id", trial_id)
+        self._ot_study.tell(ot_trial, told, state=state)
         self._completed_trials.add(trial_id)

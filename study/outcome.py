@@ -38,3 +38,30 @@ def count(statuses: Iterable[str]) -> dict[str, int]:
     """``{status: how many}`` for every status (zeros included)."""
     statuses = list(statuses)
     return {s: statuses.count(s) for s in STATUSES}
+
+
+def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether (val mAP, size) ``a`` is at least as good as ``b`` in both (higher mAP, smaller size)
+    and better in one: Optuna's rule for a study maximising the first value and minimising the second."""
+    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+
+def pareto_front(trials: Iterable[dict], value_key: str, size_key: str) -> list[dict]:
+    """The completed trials no other completed trial dominates (equal points all stay), sorted by
+    size: a two-objective search's result, as Optuna's ``best_trials`` holds it (early-stopped
+    trials are PRUNED there and have no values)."""
+    done = [t for t in trials if t["status"] == COMPLETED and scored(t.get(value_key)) and scored(t.get(size_key))]
+    points = [(float(t[value_key]), float(t[size_key])) for t in done]
+    front = [t for t, p in zip(done, points) if not any(dominates(q, p) for q in points)]
+    return sorted(front, key=lambda t: (t[size_key], -t[value_key]))
+
+
+def spread(front: list[dict], k: int) -> list[dict]:
+    """At most ``k`` points of a front sorted by size, evenly spaced along it (its smallest and its
+    largest first of all)."""
+    if len(front) <= k:
+        return list(front)
+    if k == 1:
+        return [max(front, key=lambda t: t.get("val_map", 0.0))]
+    picks = sorted({round(i * (len(front) - 1) / (k - 1)) for i in range(k)})
+    return [front[i] for i in picks]

@@ -16,6 +16,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from indistill.config.run import config_to_dict
 
+from .names import SIZE_OBJECTIVES
 from .plan import BenchmarkPlan, StudyPlan
 from .resources import REPORT_POLL_ENV, TrialResources, state_sync_period
 from .params import apply_params, drawn_values, trial_hparams
@@ -113,6 +114,11 @@ def tune_trial(params: dict, spec: TrialSpec) -> None:
         "verbose": spec.verbose,
         "started_at": time.time(),  # wall-clock start of the trial, for its Ray overhead
     }
+    if plan.space.student.width is not None:  # a frontier search: the student's size, reported every epoch
+        from indistill.evaluation.size import student_size
+
+        params_count, macs = student_size(cfg)
+        config["size"] = {SIZE_OBJECTIVES["params"]: params_count, SIZE_OBJECTIVES["macs"]: macs}
     # named after the trial (no timestamp): a retried trial resumes its own checkpoints
     fit(run_trial, config, spec.resources, f"{spec.plan.benchmark}-trial-{trial_id}", spec.ray_storage,
         max_failures=0, callbacks=[TuneReportCallback()], checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))

@@ -15,7 +15,8 @@ from indistill.evaluation.table import aggregate, column, display, integer_count
 from .params import describe
 from .outcome import FAILED, STATUSES, STOPPED, best_key, count, trial_status
 from .storage import Storage
-from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, ROW_ORDER, STUDENT_ROWS, TUNED
+from .names import (EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, POINTS_FILE, ROW_ORDER, SIZE_OBJECTIVES, STUDENT_ROWS,
+                    TUNED, WIDTH)
 TABLE_FILES = ("results.csv", "results.md", "results.tex", "results_per_seed.csv")
 
 
@@ -55,6 +56,9 @@ def summarize_trials(grid, bp) -> dict:
                       "report_s": metrics.get("report_time_s")}
         row = {"trial_id": metrics.get("trial_id") or _trial_id(result), "status": status, "reason": reason, "epochs": epochs,
                OBJECTIVE: value, f"best_{OBJECTIVE}": best_val, "params": params, "timing": timing}
+        if params.get("student", {}).get(WIDTH) is not None:  # a frontier trial: its width and size
+            row[WIDTH] = params["student"][WIDTH]
+            row.update((k, metrics[k]) for k in SIZE_OBJECTIVES.values() if k in metrics)
         trials.append(row)
         key = best_key(status, epochs, value)
         if key is not None and (best_k is None or key > best_k):
@@ -94,25 +98,55 @@ def _epochs(storage: Storage, benchmark: str) -> dict[str, str]:
 
 def build_table(storage: Storage, benchmarks: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(aggregated table, per-seed rows). Students: mean ± std over the final seeds and the paired
-    difference to the tuned InDistill; the tuned row adds the search's record."""
+    difference to the tuned InDistill; the tuned row adds the search's record. A frontier study's
+    students are grouped by width (labels ``<row> @ <width>x``, with ``width`` and ``macs``
+    columns), each difference taken within its width."""
     rows = [r for b in benchmarks for r in per_seed_rows(storage, b)]
     if not rows:
         return pd.DataFrame(), pd.DataFrame()
     per_seed = pd.DataFrame(rows)
+    if WIDTH not in per_seed:
+        per_seed[WIDTH] = float("nan")
     per_seed["order"] = per_seed["network"].map({n: i for i, n in enumerate(ROW_ORDER)})
-    per_seed = per_seed.sort_values(["benchmark", "order", "seed"], kind="stable").drop(columns="order")
+    per_seed["size order"] = per_seed[WIDTH].fillna(-1.0)  # the networks without a width first
+    per_seed = per_seed.sort_values(["benchmark", "size order", "order", "seed"], kind="stable")
+    per_seed = per_seed.drop(columns=["order", "size order"])
     students = [label for label, _method, _tuned in STUDENT_ROWS]
-    table = aggregate(per_seed, reference=TUNED, by=("benchmark", "network"), compare=students)
-    table.insert(1, "epochs", "")
-    table.insert(2, "tuned", "")
+    parts = []
     for bench in benchmarks:
+        mine = per_seed[per_seed["benchmark"] == bench]
+        unsized, sized = mine[mine[WIDTH].isna()], mine[mine[WIDTH].notna()]
+        if len(unsized):
+            parts.append(aggregate(unsized, reference=TUNED, by=("benchmark", "network"), compare=students))
+        for width in sorted(sized[WIDTH].unique()):
+            at = sized[sized[WIDTH] == width]
+            part = aggregate(at, reference=TUNED, by=("benchmark", "network"), compare=students)
+            part.index = pd.MultiIndex.from_tuples([(b, sized_label(n, width)) for b, n in part.index], names=part.index.names)
+            part.insert(0, WIDTH, width)
+            if "macs" in at:
+                part["macs"] = at.groupby("network", sort=False)["macs"].first().to_numpy()
+            parts.append(part)
+    table = pd.concat(parts)
+    if table[WIDTH].isna().all() if WIDTH in table else True:
+        table = table.drop(columns=[WIDTH], errors="ignore")
+        per_seed = per_seed.drop(columns=[WIDTH])
+    table.insert(1 if WIDTH in table else 0, "epochs", "")
+    table.insert(2 if WIDTH in table else 1, "tuned", "")
+    for bench in benchmarks:
+        points = _points(storage, bench)
         for label, epochs in _epochs(storage, bench).items():
-            if (bench, label) in table.index:
-                table.loc[(bench, label), "epochs"] = epochs
-        if storage.exists(f"{bench}/search/trials.json") and (bench, TUNED) in table.index:
-            trials = storage.read_json(f"{bench}/search/trials.json")
-            best = trials["best"]
-            key = (bench, TUNED)
+            for (b, row) in table.index:
+                if b == bench and (row == label or row.startswith(f"{label} @ ")):
+                    table.loc[(b, row), "epochs"] = epochs
+        if not storage.exists(f"{bench}/search/trials.json"):
+            continue
+        trials = storage.read_json(f"{bench}/search/trials.json")
+        by_id = {t["trial_id"]: t for t in [*trials["trials"], *([trials["best"]] if trials["best"] else [])]}
+        for width, trial_id in points or [(None, trials["best"]["trial_id"] if trials["best"] else None)]:
+            key = (bench, sized_label(TUNED, width))
+            best = by_id.get(trial_id)
+            if key not in table.index:
+                continue
             table.loc[key, "tuned"] = f"{sum(trials['counts'].values())} trials"
             table.loc[key, "best trial"] = best["trial_id"] if best else ""
             table.loc[key, "best val map"] = 100.0 * best[OBJECTIVE] if best else float("nan")
@@ -120,6 +154,17 @@ def build_table(storage: Storage, benchmarks: list[str]) -> tuple[pd.DataFrame, 
                 table.loc[key, f"trials {k}"] = v
             table.loc[key, "best config"] = describe(best["params"]) if best else ""
     return integer_counts(table), per_seed.reset_index(drop=True)
+
+
+def sized_label(label: str, width: float | None) -> str:
+    """A row's label at a student width (``InDistill (tuned) @ 0.5x``); the label itself without one."""
+    return label if width is None or pd.isna(width) else f"{label} @ {width:g}x"
+
+
+def _points(storage: Storage, benchmark: str) -> list[tuple[float | None, str]]:
+    """(width, trial id) of each point the final runs retrained (``search/points.json``), if written."""
+    rel = f"{benchmark}/{POINTS_FILE}"
+    return [(p[WIDTH], p["trial_id"]) for p in storage.read_json(rel)["points"]] if storage.exists(rel) else []
 
 
 def markdown(table: pd.DataFrame) -> str:

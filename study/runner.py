@@ -6,6 +6,7 @@ import contextlib
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, TextIO
 
@@ -17,7 +18,7 @@ from indistill.common.errors import error_reason
 from indistill.common.io import atomic_write_bytes, stable_hash
 from indistill.engine.plan import artifact_stages
 
-from .names import NETWORKS_FILE, OBJECTIVE
+from .names import NETWORKS_FILE, OBJECTIVE, PARETO_FILE, POINTS_FILE, SIZE_OBJECTIVES, SIZE_TEXT, WIDTH
 from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
 from .placement import read_placements
 from .plan import BenchmarkPlan, StudyPlan, final_config, final_seeds
@@ -39,6 +40,9 @@ from .resume import STATE, write_study_state, yaml_text
 from .rows import with_searched
 from .params import apply_params, define_by_run
 from .early_stopping import scheduler_for
+from .outcome import pareto_front, spread
+from .params import describe, flatten
+from .search_space import sampled_widths, with_width
 from .storage import Storage
 from .tblog import TrialNamer, tune_loggers, write_hparams_experiment
 from .workers import prepare_artifacts  # the artifact run's entry point
@@ -50,12 +54,15 @@ def run_artifacts(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress) -> Non
         return
     cfg = with_searched(final_config(bp.base))
     search, final = artifact_stages(cfg, "val"), artifact_stages(cfg, "test")
-    progress.stages(bp.benchmark, 0, len(search) + len(final))
-    progress.phase(bp.benchmark, "artifacts", f"{len(search) + len(final)} stages: {', '.join(search)} without the val "
-                   f"images, then {', '.join(final)} with them; {plan.artifact_workers} worker(s); "
+    widths = sampled_widths(bp.space, bp.base)
+    total = max(1, len(widths)) * (len(search) + len(final))
+    each = f", for each of the {len(widths)} student widths the search can sample" if widths else ""
+    progress.stages(bp.benchmark, 0, total)
+    progress.phase(bp.benchmark, "artifacts", f"{total} stages: {', '.join(search)} without the val "
+                   f"images, then {', '.join(final)} with them{each}; {plan.artifact_workers} worker(s); "
                    f"log: {bp.benchmark}/logs/artifacts.log")
     train_run(prepare_artifacts, f"{bp.benchmark}-artifacts",
-               {"cfg": config_to_dict(cfg), "storage": plan.storage.uri, "verbose": plan.verbose},
+               {"cfg": config_to_dict(cfg), "storage": plan.storage.uri, "verbose": plan.verbose, "widths": widths},
                plan, plan.artifact_workers)
 
 
@@ -68,6 +75,29 @@ def _optuna_db(plan: StudyPlan, bp: BenchmarkPlan) -> Path:
     if plan.storage.exists(f"{rel}/{OPTUNA_FILE}") and not (mirror / OPTUNA_FILE).exists():
         atomic_write_bytes(mirror / OPTUNA_FILE, plan.storage.read_bytes(f"{rel}/{OPTUNA_FILE}"))
     return mirror / OPTUNA_FILE
+
+
+def objective_metrics(space) -> list[str]:
+    """The metrics the search optimises, as trials report them: val mAP (maximised), then the size
+    objective's (minimised) in a two-objective space. Optuna's TPESampler samples both kinds: with
+    two objectives it is MOTPE, which, unlike NSGA-II, needs no population of trials per generation
+    and so fits a budget of tens of trials."""
+    return [OBJECTIVE, *(SIZE_OBJECTIVES[o] for o in space.objectives[1:])]
+
+
+@dataclass(frozen=True)
+class FinalPoint:
+    """One size of the final table: the tuned config of a search trial and the base config (the
+    baselines') at the same width (None: the study's one student)."""
+
+    width: float | None
+    tuned: RunConfig
+    base: RunConfig
+    trial_id: str
+
+    @property
+    def tag(self) -> str:
+        return "best" if self.width is None else f"width-{self.width:g}"
 
 
 def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_once: Concurrency) -> tune.ResultGrid:
@@ -87,7 +117,9 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_once: 
                        f"{at_a_time}; logs: {bp.benchmark}/logs/trials/")
         import optuna
 
-        searcher = RecordedOptunaSearch(space=define_by_run(bp.space), metric=OBJECTIVE, mode="max",
+        metrics = objective_metrics(bp.space)
+        searcher = RecordedOptunaSearch(space=define_by_run(bp.space), metric=metrics if len(metrics) > 1 else OBJECTIVE,
+                                        mode=["max", *["min"] * (len(metrics) - 1)] if len(metrics) > 1 else "max",
                                         sampler=optuna.samplers.TPESampler(seed=budget.seed),
                                         study_name=bp.benchmark, storage=optuna_storage(optuna_db),
                                         full_epochs=bp.base.student.epochs)
@@ -107,9 +139,9 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_once: 
     return grid
 
 
-def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, progress: Progress, at_once: Concurrency) -> None:
-    """Every student row (baselines and the tuned InDistill) once per final seed, the seeds as
-    concurrent Ray Train runs; finished seeds are not redone."""
+def run_final(plan: StudyPlan, bp: BenchmarkPlan, points: list[FinalPoint], progress: Progress, at_once: Concurrency) -> None:
+    """Every student row (baselines and the tuned InDistill) at every point's width once per final
+    seed, the seeds as concurrent Ray Train runs; finished seeds are not redone."""
     seeds = final_seeds(bp)
     todo = [s for s in seeds if not plan.storage.exists(f"{bp.benchmark}/final/seed-{s}.json")]
     progress.status[bp.benchmark].seeds_done = len(seeds) - len(todo)
@@ -118,9 +150,12 @@ def run_final(plan: StudyPlan, bp: BenchmarkPlan, best: RunConfig, progress: Pro
         return
     concurrent, at_a_time = at_once.text(len(todo), "seeds")
     progress.status[bp.benchmark].concurrent = concurrent
-    progress.phase(bp.benchmark, "final", f"every student row on the full train split, evaluated on test (teacher and "
+    widths = f" at {len(points)} widths ({', '.join(f'{p.width:g}' for p in points)})" if points[0].width is not None else ""
+    progress.phase(bp.benchmark, "final", f"every student row{widths} on the full train split, evaluated on test (teacher and "
                    f"auxiliary shared): seeds {todo}, {at_a_time}; logs: {bp.benchmark}/logs/final/")
-    config = {"cfg": config_to_dict(final_config(best)), "base": config_to_dict(final_config(bp.base)),
+    config = {"points": [{"width": p.width, "tag": p.tag, "cfg": config_to_dict(final_config(p.tuned)),
+                          "base": config_to_dict(final_config(p.base))} for p in points],
+              "cfg": config_to_dict(final_config(points[0].base)),  # the run's session: its benchmark, device, data
               "storage": plan.storage.uri, "export_seed": seeds[0], "verbose": plan.verbose}
     trainable = as_trainable(final_trial, f"{bp.benchmark}_final",
                            FinalSpec(bp.benchmark, config, ray_storage(plan.storage), plan.trial_resources))
@@ -163,7 +198,9 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
     if not plan.storage.exists(STATE):
         write_study_state(plan)
     # the HParams dashboard's columns (every benchmark's hyperparameters, val_map first), before any trial
-    write_hparams_experiment(plan.storage, plan.benchmarks, [(OBJECTIVE, "val mAP (cosine, 11-point) of the trial's last epoch")])
+    sizes = [o for o in SIZE_OBJECTIVES if any(bp.space.size_objective == o for bp in plan.benchmarks)]
+    write_hparams_experiment(plan.storage, plan.benchmarks, [(OBJECTIVE, "val mAP (cosine, 11-point) of the trial's last epoch"),
+                                                             *((SIZE_OBJECTIVES[o], f"the student's {SIZE_TEXT[o]}") for o in sizes)])
     errors: list[tuple[str, BaseException]] = []
     progress = new_progress(plan, out, live=live, at_once=at_once)
     names = ", ".join(b.benchmark for b in plan.benchmarks)
@@ -242,8 +279,54 @@ def run_benchmark(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_onc
                               f"logs: {bp.benchmark}/logs/trials/")
     best_cfg = apply_params(bp.base, trials["best"]["params"], bp.space)
     plan.storage.write_text(f"{bp.benchmark}/search/best_config.yaml", yaml_text(config_to_dict(best_cfg)))
+    points = final_points(plan, bp, trials, progress)
     with phases("final"):
-        run_final(plan, bp, best_cfg, progress, at_once)
+        run_final(plan, bp, points, progress, at_once)
+
+
+def final_points(plan: StudyPlan, bp: BenchmarkPlan, trials: dict, progress: Progress) -> list[FinalPoint]:
+    """The tuned configs the final runs retrain, each with the baselines at its width: the best
+    trial's; in a two-objective search the Pareto front's (written to ``search/pareto.csv``, with
+    a config per point in ``search/points/``), at most ``budget.frontier_points`` spread over it."""
+    size = bp.space.size_objective
+    if size is None:  # the best trial (at its width when the space searches widths)
+        point = point_of(bp, trials["best"])
+        if point.width is not None:
+            plan.storage.write_json(f"{bp.benchmark}/{POINTS_FILE}",
+                                    {"points": [{WIDTH: point.width, "trial_id": point.trial_id, "tag": point.tag}]})
+        return [point]
+    front = pareto_front(trials["trials"], OBJECTIVE, SIZE_OBJECTIVES[size])
+    if not front:
+        raise BenchmarkFailed(f"no search trial completed its budget, so there is no Pareto front; "
+                              f"logs: {bp.benchmark}/logs/trials/")
+    write_pareto(plan.storage, bp, front)
+    chosen = spread(front, bp.space.budget.frontier_points)
+    sizes = ", ".join(f"width {t.get(WIDTH):g}: {t[SIZE_OBJECTIVES[size]]:,} {size}, val mAP {100 * t[OBJECTIVE]:.2f}"
+                      for t in front)
+    progress(f"[{bp.benchmark}] search: Pareto front of {len(front)} trial(s) ({sizes}); "
+             f"the final runs retrain {len(chosen)}; {bp.benchmark}/{PARETO_FILE}")
+    points = [point_of(bp, t) for t in chosen]
+    for point in points:
+        plan.storage.write_text(f"{bp.benchmark}/search/points/{point.tag}.yaml", yaml_text(config_to_dict(point.tuned)))
+    plan.storage.write_json(f"{bp.benchmark}/{POINTS_FILE}",
+                            {"points": [{WIDTH: p.width, "trial_id": p.trial_id, "tag": p.tag} for p in points]})
+    return points
+
+
+def write_pareto(storage, bp: BenchmarkPlan, front: list[dict]) -> None:
+    """``<benchmark>/search/pareto.csv``: one row per Pareto trial, smallest first: its id, width,
+    parameters, MACs, val mAP and searched values (by the sampler's names)."""
+    rows = [{"trial_id": t["trial_id"], WIDTH: t.get(WIDTH), "params": t.get(SIZE_OBJECTIVES["params"]),
+             "macs": t.get(SIZE_OBJECTIVES["macs"]), OBJECTIVE: t[OBJECTIVE], "config": describe(t["params"]),
+             **flatten(t["params"])} for t in front]
+    storage.write_text(f"{bp.benchmark}/{PARETO_FILE}", pd.DataFrame(rows).to_csv(index=False))
+
+
+def point_of(bp: BenchmarkPlan, trial: dict) -> FinalPoint:
+    """A final point from a trial of the search: its tuned config and the base config at its width."""
+    tuned = apply_params(bp.base, trial["params"], bp.space)
+    width = trial.get(WIDTH)
+    return FinalPoint(width, tuned, bp.base if width is None else with_width(bp.base, width), trial["trial_id"])
 
 
 class _PhaseTimer:

@@ -29,15 +29,17 @@ from indistill.evaluation.embedding import SELECTION_KEY, embed, metric_key
 from indistill.engine.pipeline import Artifacts, evaluate, load_artifacts, make_context, prepare, table_row, train_student
 from indistill.engine.plan import artifact_files, artifact_stages
 from indistill.evaluation.retrieval import METRICS, pr_curve
+from indistill.evaluation.size import student_size
 from indistill.engine.loop import COUNTERS, FINAL, LAST
 from indistill.engine.runtime import TorchCuda, cap_memory, is_distributed, rank, reserved_device, world_size
 from indistill.engine.keys import PROTOCOLS
 from indistill.engine.stages import Context, stage_dirname
 
-from .names import ARTIFACT_PROGRESS, EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, SEARCHED, TUNED
+from .names import ARTIFACT_PROGRESS, EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, SEARCHED, TUNED, WIDTH
 from .placement import write_placement
 from .rows import final_rows, with_searched
 from .runlog import RunLog
+from .search_space import with_width
 from .storage import Storage
 from .tblog import TensorBoardLogger, artifact_run, final_run, trial_run
 
@@ -170,24 +172,27 @@ def prepare_artifacts(config: dict) -> None:
     images (what the search's trials read) and on the full train split (what the final runs read,
     teacher and auxiliary evaluated on test). A retried run continues from the last finished
     stage and epoch."""
+    widths = config.get("widths") or [None]  # a frontier study: the kept channels of every width it can sample
     with worker_session({**config, "cfg": config_to_dict(with_searched(build_config(config["cfg"])))},
                         lambda cfg: f"{cfg.benchmark}/logs/artifacts.log") as s:
-        done = _ArtifactProgress(s.storage, s.cfg)
+        done = _ArtifactProgress(s.storage, s.cfg, len(widths))
         ctx = make_context(s.cfg, s.root, log=s.log, persist=s.persist)
-        built = [prepare(ctx, protocol, rows=protocol == "test", done=lambda stage, p=protocol: done(stage, p))
-                 for protocol in PROTOCOLS]
+        built = [prepare(ctx if w is None else ctx.with_config(with_width(s.cfg, w)), protocol,
+                         rows=protocol == "test" and i == 0, done=lambda stage, p=protocol: done(stage, p))
+                 for i, w in enumerate(widths) for protocol in PROTOCOLS]
         for artifacts in built:
             _log_artifacts(s.storage, s.cfg.benchmark, artifacts)
         if rank() == 0:
-            s.storage.write_json(f"{s.cfg.benchmark}/{NETWORKS_FILE}", {"rows": list(built[-1].rows)})
+            rows = [row for artifacts in built for row in artifacts.rows]
+            s.storage.write_json(f"{s.cfg.benchmark}/{NETWORKS_FILE}", {"rows": rows})
 
 
 class _ArtifactProgress:
     """Counts the artifact stages done, for the driver's progress display (rank 0 writes it) and Ray."""
 
-    def __init__(self, storage: Storage, cfg: RunConfig) -> None:
+    def __init__(self, storage: Storage, cfg: RunConfig, widths: int = 1) -> None:
         self.storage, self.benchmark = storage, cfg.benchmark
-        self.total = sum(len(artifact_stages(cfg, protocol)) for protocol in PROTOCOLS)
+        self.total = widths * sum(len(artifact_stages(cfg, protocol)) for protocol in PROTOCOLS)
         self.finished = 0
 
     def __call__(self, stage: str, protocol: str) -> None:
@@ -235,8 +240,9 @@ class EpochReporter:
     """Reports every epoch to Ray Train (metrics + the epoch checkpoint) and TensorBoard."""
 
     def __init__(self, tb: TensorBoardLogger | None, started_at: float | None = None, entered_at: float | None = None,
-                 curriculum_epochs: int = 0) -> None:
+                 curriculum_epochs: int = 0, constants: dict[str, float] | None = None) -> None:
         self.tb = tb
+        self.constants = dict(constants or {})  # reported with every epoch (a frontier trial's student size)
         self.curriculum_epochs = curriculum_epochs  # the trial's curriculum length (embedding phase after it)
         # wall-clock start of the trial (time.time() in its Tune function); compared with this worker's
         # clock, so on a multi-node cluster the start-up figures assume NTP-synchronised nodes
@@ -264,7 +270,7 @@ class EpochReporter:
         if self.startup_s is None and self.started_at is not None:
             self.startup_s = time.time() - self.started_at - epoch_s
         self.loop_time_s += epoch_s
-        out = {**_report_metrics(epoch, metrics, self.curriculum_epochs), **self._timing()}
+        out = {**_report_metrics(epoch, metrics, self.curriculum_epochs), **self.constants, **self._timing()}
         if self.tb is not None:
             self.tb.log(epoch + 1, {k: v for k, v in out.items() if k not in (*COUNTERS, EMBEDDING_EPOCH, *TIMING_KEYS)})
         if checkpoint is not None:
@@ -281,7 +287,8 @@ class EpochReporter:
         so Tune's last result is the finished trial's (a driver killed between the trial's end and
         Tune's next state snapshot re-runs it this way)."""
         if self.reported == 0 and history:
-            ray.train.report({**_report_metrics(len(history) - 1, history[-1], self.curriculum_epochs), **self._timing()})
+            ray.train.report({**_report_metrics(len(history) - 1, history[-1], self.curriculum_epochs), **self.constants,
+                              **self._timing()})
 
 
 def _record_placement(storage: Storage, benchmark: str, trial_id: str, device: str) -> None:
@@ -326,7 +333,8 @@ def trial_session(config: dict) -> Iterator[Session]:
             tb = TensorBoardLogger(s.storage, trial_run(s.cfg.benchmark, name))
             tb.hparams(config["hparams"], group=f"{s.cfg.benchmark}/{name}", start_time=config.get("started_at"))
         try:
-            reporter = EpochReporter(tb, config.get("started_at"), entered_at, sum(s.cfg.student.curriculum.epochs))
+            reporter = EpochReporter(tb, config.get("started_at"), entered_at, sum(s.cfg.student.curriculum.epochs),
+                                     constants=config.get("size"))
             yield dataclasses.replace(s, hooks=(reporter,), work_dir=s.scratch / "student",
                                       resume_from=_restored_checkpoint(s.scratch))
         finally:
@@ -336,24 +344,27 @@ def trial_session(config: dict) -> Iterator[Session]:
 
 def final_seed(config: dict) -> None:
     """Every student row of the table for one student seed, on the full train split, evaluated on
-    test: the baselines (``base``: paper defaults, the study's budget) and the tuned InDistill
-    (``cfg``). Teacher, auxiliary and pruning come from the artifacts, shared by all seeds."""
+    test, at every point of ``config["points"]`` (one for a single-size study; one per chosen
+    Pareto point of a frontier study): the baselines (the point's ``base``: paper defaults at its
+    width, the study's budget) and the tuned InDistill (its ``cfg``). Teacher, auxiliary and pruning
+    come from the artifacts, shared by all seeds."""
     seed = int(config["seed"])
-    tuned = build_config(config["cfg"]).with_student_seed(seed)
-    base = build_config(config["base"]).with_student_seed(seed)
-    plan = final_rows(base, tuned)
-    # what the rows read: the auxiliary, the kept indices of both configs and each row's own
+    points = [(p["width"], p["tag"], build_config(p["base"]).with_student_seed(seed),
+               build_config(p["cfg"]).with_student_seed(seed)) for p in config["points"]]
+    plan = [(width, tag, label, cfg, method) for width, tag, base, tuned in points
+            for label, cfg, method in final_rows(base, tuned)]
+    # what the rows read: the auxiliary, the kept indices of every config and each row's own
     # student directory (a retried run resumes its epochs)
-    fetch = sorted({*artifact_files(base, "test"), *artifact_files(tuned, "test"),
-                    *(stage_dirname("student", cfg, "test", method) for _label, cfg, method in plan)})
+    fetch = sorted({*(f for _w, _t, base, tuned in points for f in (*artifact_files(base, "test"), *artifact_files(tuned, "test"))),
+                    *(stage_dirname("student", cfg, "test", method) for *_head, cfg, method in plan)})
     rows = []
-    with worker_session({**config, "cfg": config_to_dict(base)}, lambda cfg: f"{cfg.benchmark}/logs/final/seed-{seed}.log",
-                        fetch=lambda cfg: fetch) as s:
+    with worker_session(config, lambda cfg: f"{cfg.benchmark}/logs/final/seed-{seed}.log", fetch=lambda cfg: fetch) as s:
         ctx = make_context(s.cfg, s.root, log=s.log, persist=s.persist)
         bench = s.cfg.benchmark
-        for label, cfg, method in plan:
+        for width, tag, label, cfg, method in plan:
             row_ctx = ctx.with_config(cfg.replace(device=ctx.cfg.device))
-            tb = TensorBoardLogger(s.storage, final_run(bench, _slug(label), seed)) if rank() == 0 else None
+            slug = _slug(label) if width is None else f"{_slug(label)}-{tag}"
+            tb = TensorBoardLogger(s.storage, final_run(bench, slug, seed)) if rank() == 0 else None
             try:
                 run = train_student(row_ctx, method, load_artifacts(row_ctx, "test", method), hooks=[_TensorBoardHook(tb)])
                 results = evaluate(row_ctx, run.model, run.work_dir)
@@ -364,10 +375,14 @@ def final_seed(config: dict) -> None:
             finally:
                 if tb is not None:
                     tb.close()
-            rows.append({"seed": seed, **table_row(label, run.model, results)})
+            row = {"seed": seed, **table_row(label, run.model, results)}
+            if width is not None:
+                row = {**row, WIDTH: width, "macs": student_size(cfg)[1]}
+            rows.append(row)
             ray.train.report({"row": len(rows), "epoch": len(rows)})
             if label == TUNED and rank() == 0 and seed == config.get("export_seed"):
-                s.storage.upload_file(run.checkpoint, f"{bench}/final/run/{FINAL}")
+                where = f"{bench}/final/run/{FINAL}" if width is None else f"{bench}/final/run/{tag}/{FINAL}"
+                s.storage.upload_file(run.checkpoint, where)
         if rank() == 0:
             s.storage.write_json(f"{bench}/final/seed-{seed}.json", {"rows": rows})
 

@@ -137,3 +137,43 @@ def test_a_small_student_is_stopped_only_by_trials_of_its_own_width(per_width):
         assert set(scheduler.groups) == {2.0, 0.5}
         # within its own width a worse small student is still stopped
         assert _feed(scheduler, [(_Trial("s2", 0.5), [0.3] * 4)])["s2"] == "STOP"
+
+
+def test_the_table_groups_the_rows_by_width_and_pairs_each_baseline_within_its_width(tmp_path):
+    from indistill.evaluation.table import result_row
+    from study.names import NETWORKS_FILE, POINTS_FILE, TUNED
+    from study.results import build_table, markdown, sized_label
+    from study.storage import Storage
+
+    def row(label, seed, cos, width=None, params=100, macs=1000):
+        metrics = {m: {"map": cos, "map_legacy": cos, "p@100": cos} for m in ("cosine", "euclidean")}
+        out = {"seed": seed, **result_row(label, params, metrics)}
+        return out if width is None else {**out, "width": width, "macs": macs}
+
+    storage = Storage.create(tmp_path / "s")
+    storage.write_json("study.json", {"name": "s", "benchmarks": ["digits"]})
+    storage.write_json(f"digits/{NETWORKS_FILE}", {"rows": [row("teacher", 0, 0.97), row("auxiliary", 0, 0.95)]})
+    for seed in (0, 1, 2):
+        # at 0.5x the tuned row beats CE by 0.10 every seed, at 2x it loses by 0.02
+        rows = [row("student (ce)", seed, 0.70 + 0.01 * seed, 0.5, 3970, 101_872),
+                row(TUNED, seed, 0.80 + 0.01 * seed, 0.5, 3970, 101_872),
+                row("student (ce)", seed, 0.92 + 0.01 * seed, 2.0, 57_706, 1_237_312),
+                row(TUNED, seed, 0.90 + 0.01 * seed, 2.0, 57_706, 1_237_312)]
+        storage.write_json(f"digits/final/seed-{seed}.json", {"rows": rows})
+    trial = {"trial_id": "t1", "status": "completed", "val_map": 0.81, "epochs": 20, "params": {"student": {"width": 0.5}}}
+    storage.write_json("digits/search/trials.json", {"trials": [trial, {**trial, "trial_id": "t2", "val_map": 0.9,
+                                                                         "params": {"student": {"width": 2.0}}}],
+                                                     "best": trial, "counts": {"completed": 2}})
+    storage.write_json(f"digits/{POINTS_FILE}", {"points": [{"width": 0.5, "trial_id": "t1"}, {"width": 2.0, "trial_id": "t2"}]})
+    table, per_seed = build_table(storage, ["digits"])
+    labels = [n for _b, n in table.index]
+    assert labels == ["teacher", "auxiliary", sized_label("student (ce)", 0.5), sized_label(TUNED, 0.5),
+                      sized_label("student (ce)", 2.0), sized_label(TUNED, 2.0)]
+    assert sized_label(TUNED, 0.5) == "InDistill (tuned) @ 0.5x"
+    diff = table["diff mean"]
+    assert diff[("digits", "student (ce) @ 0.5x")] == pytest.approx(-10.0)  # CE minus tuned, in points
+    assert diff[("digits", "student (ce) @ 2x")] == pytest.approx(2.0)
+    assert table.loc[("digits", "InDistill (tuned) @ 2x"), "best trial"] == "t2"
+    assert table.loc[("digits", "InDistill (tuned) @ 0.5x"), "macs"] == 101_872
+    assert list(table["width"].dropna().unique()) == [0.5, 2.0]
+    assert "@ 0.5x" in markdown(table) and "width" in per_seed

@@ -87,3 +87,48 @@ def test_the_record_the_optuna_study_and_the_console_agree(tmp_path):
     lines = (tmp_path / "p" / STUDY_LOG).read_text().splitlines()
     assert "broken failed (RuntimeError: x), val mAP 95.00; best 60.00 (full-high)" in lines[3]
     assert "no-value completed; best 60.00 (full-high)" in lines[4]
+
+
+def _t(tid, value, size, status="completed"):
+    return {"trial_id": tid, "status": status, "val_map": value, "student_params": size}
+
+
+def test_the_pareto_front_is_the_completed_trials_none_dominates_sorted_by_size():
+    from study.outcome import pareto_front
+
+    trials = [_t("a", 0.80, 100), _t("b", 0.85, 400), _t("c", 0.84, 400),  # c: b is better at the same size
+              _t("d", 0.90, 1600), _t("e", 0.79, 1600),                       # e: dominated by a, b and d
+              _t("f", 0.95, 50, status="stopped early"),                      # stopped: never on the front
+              _t("g", float("nan"), 10), _t("h", 0.80, 100)]                  # NaN: never; h equals a: both stay
+    front = pareto_front(trials, "val_map", "student_params")
+    assert [t["trial_id"] for t in front] == ["a", "h", "b", "d"]
+
+
+def test_the_optuna_rule_and_ours_agree_on_a_random_set():
+    """Optuna's own best_trials of a two-direction study told the same values are our front."""
+    import random
+
+    import optuna
+
+    from study.outcome import pareto_front
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rng = random.Random(1)
+    trials = [_t(str(i), round(rng.uniform(0.5, 0.9), 2), rng.choice([100, 400, 1600])) for i in range(40)]
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for t in trials:
+        trial = study.ask()
+        trial.set_user_attr("id", t["trial_id"])
+        study.tell(trial, [t["val_map"], t["student_params"]])
+    theirs = sorted(t.user_attrs["id"] for t in study.best_trials)
+    assert sorted(t["trial_id"] for t in pareto_front(trials, "val_map", "student_params")) == theirs
+
+
+def test_spread_keeps_the_ends_and_spaces_the_rest():
+    from study.outcome import spread
+
+    front = [{"trial_id": str(i), "val_map": i / 10} for i in range(7)]
+    assert [t["trial_id"] for t in spread(front, 3)] == ["0", "3", "6"]
+    assert [t["trial_id"] for t in spread(front, 2)] == ["0", "6"]
+    assert [t["trial_id"] for t in spread(front, 10)] == [str(i) for i in range(7)]
+    assert [t["trial_id"] for t in spread(front, 1)] == ["6"]  # one point: the best val mAP

@@ -41,14 +41,17 @@ def run_cli(*args, cwd=None):
 
 #: the study's second benchmark: a tiny CIFAR-10 fabricated in its real on-disk format, InDistill's
 #: two rows only, a small CNN teacher, one retrieval cut-off, a one-epoch curriculum (two student
-#: epochs with the grace period), every trial complete (criterion l1: the fault hook spares it)
+#: epochs with the grace period), every trial complete (criterion l1: the fault hook spares it); a
+#: compression frontier: two student widths, val mAP against the student's parameters
 MULTI_FIXED = {"networks": {"teacher": {"arch": "cnn", "widths": [16, 32, 64], "embedding_dim": 64}}, "eval": {"ks": [10]}}
 LEAN_FIXED = {**TINY_SPACE["fixed"], "methods": ["indistill"],
               "student": {**TINY_SPACE["fixed"]["student"], "curriculum": {"epochs": [1, 0, 0]}}}
 LEAN_CURRICULUM = {**TINY_SPACE["curriculum"], "epochs": [{"low": 1, "high": 1}, {"low": 0, "high": 0}, {"low": 0, "high": 0}]}
 CIFAR_SPACE = {**TINY_SPACE, "benchmark": "cifar10", "criteria": ["l1"], "curriculum": LEAN_CURRICULUM,
                "fixed": {**LEAN_FIXED, **MULTI_FIXED},
-               "budget": {**TINY_SPACE["budget"], "trials": 2, "epochs": 2, "early_stopping": False, "final_seeds": 1}}
+               "budget": {**TINY_SPACE["budget"], "trials": 2, "epochs": 2, "early_stopping": False, "final_seeds": 1,
+                          "frontier_points": 2},
+               "student": {"width": [0.5, 1.0]}, "objectives": ["val_map", "params"]}
 BENCHMARKS = ("digits", "cifar10")
 
 
@@ -114,7 +117,9 @@ def test_study_table_rows_and_trial_accounting(study):
     rows = {bench: [n for b, n in table.index if b == bench] for bench in BENCHMARKS}
     assert rows["digits"] == ["teacher", "auxiliary", "student (ce)", "student (pkt)", "student (mkt)",
                               "InDistill (paper defaults)", "InDistill (tuned)"]
-    assert rows["cifar10"] == ["teacher", "auxiliary", "InDistill (paper defaults)", "InDistill (tuned)"]
+    widths = sorted(pd.read_csv(root / "cifar10/search/pareto.csv")["width"])
+    assert rows["cifar10"] == ["teacher", "auxiliary", *(f"{label} @ {w:g}x" for w in widths
+                                                         for label in ("InDistill (paper defaults)", "InDistill (tuned)"))]
     for name in ("results.csv", "results.md", "results.tex"):
         assert (root / name).is_file()
     tuned = table.loc[("digits", "InDistill (tuned)")]
@@ -164,6 +169,40 @@ def test_study_table_rows_and_trial_accounting(study):
 
 @pytest.mark.e2e
 @pytest.mark.ray
+def test_the_frontier_benchmark_has_a_pareto_front_optuna_agrees_with_and_every_row_at_each_width(study):
+    import json
+
+    import optuna
+
+    from indistill.evaluation.size import student_size
+    from study.search_space import base_config, load_space, with_width
+
+    root = study.root
+    record = optuna.load_study(study_name="cifar10", storage=f"sqlite:///{root / 'cifar10/search/optuna.db'}")
+    assert [d.name for d in record.directions] == ["MAXIMIZE", "MINIMIZE"]
+    pareto = pd.read_csv(root / "cifar10/search/pareto.csv", dtype={"trial_id": str})
+    assert sorted(t.user_attrs["tune_trial_id"] for t in record.best_trials) == sorted(pareto["trial_id"])
+    trials = {t["trial_id"]: t for t in json.loads((root / "cifar10/search/trials.json").read_text())["trials"]}
+    space = load_space(root / "cifar10/search_space.yaml", "cifar10")
+    for _, point in pareto.iterrows():  # a point's size is its width's student, counted
+        trial = trials[point["trial_id"]]
+        assert trial["width"] == point["width"] and trial["val_map"] == pytest.approx(point["val_map"])
+        assert point["params"] == student_size(with_width(base_config(space, "cifar10"), point["width"]))[0]
+    # the kept channels of every width the search could sample were computed once, by the artifact run
+    prunes = sorted(p.name for p in (root / "cifar10/artifacts/stages").iterdir() if p.name.startswith("prune-"))
+    assert len(prunes) == 2 * 2  # two widths, two protocols
+    points = json.loads((root / "cifar10/search/points.json").read_text())["points"]
+    assert sorted(p["width"] for p in points) == sorted(pareto["width"])
+    assert all((root / f"cifar10/search/points/{p['tag']}.yaml").is_file() for p in points)
+    per_seed = pd.read_csv(root / "results_per_seed.csv")
+    sized = per_seed[(per_seed["benchmark"] == "cifar10") & per_seed["width"].notna()]
+    assert sorted(set(sized["width"])) == sorted(pareto["width"]) and (sized["macs"] > 0).all()
+    assert (root / "report/frontier.png").is_file() == (len(pareto) > 1)
+    assert (root / "report/cifar10-front.png").is_file()
+
+
+@pytest.mark.e2e
+@pytest.mark.ray
 def test_the_console_shows_progress_and_the_runs_log_to_files(study):
     root, console = study.root, study.console
     lines = console.splitlines()
@@ -188,8 +227,9 @@ def test_both_benchmarks_ran_at_once_across_the_two_nodes(study):
     assert [len(t["placement"]) for t in trials["cifar10"]["trials"]] == [1, 1]  # one worker each
     assert len(list((root / "cifar10/logs/trials").glob("*.log"))) == 2
     per_seed = pd.read_csv(root / "results_per_seed.csv")
+    widths = len(pd.read_csv(root / "cifar10/search/pareto.csv"))
     assert sorted(per_seed[per_seed["benchmark"] == "cifar10"]["network"]) == [
-        "InDistill (paper defaults)", "InDistill (tuned)", "auxiliary", "teacher"]
+        *["InDistill (paper defaults)"] * widths, *["InDistill (tuned)"] * widths, "auxiliary", "teacher"]
     placements = [rank for b in BENCHMARKS for t in trials[b]["trials"] for rank in t["placement"]]
     assert {p["device"] for p in placements} == {"cpu"}  # logical GPUs: the CPU fallback
     assert {p["node_id"] for p in placements} == study.node_ids  # the trials ran on both nodes
@@ -302,7 +342,7 @@ def test_tensorboard_event_files_have_the_expected_tags(study):
 
 @pytest.mark.e2e
 @pytest.mark.ray
-def test_export_reproduces_the_tuned_map(study, tmp_path):
+def test_export_reproduces_the_tuned_map(study, tmp_path, monkeypatch):
     import torch
 
     from indistill.cli import main as indistill_main
@@ -331,6 +371,24 @@ def test_export_reproduces_the_tuned_map(study, tmp_path):
         theirs = study_rows[(study_rows["network"] == "InDistill (tuned)") & (study_rows["seed"] == seed)].iloc[0]
         for col in ("cosine map", "euclidean map", "cosine map_legacy"):
             assert mine[col] == pytest.approx(theirs[col], abs=1e-6), (seed, col)
+    # the frontier benchmark: a config per retrained Pareto point; one reproduces its row
+    pareto = pd.read_csv(root / "cifar10/search/pareto.csv")
+    exported = sorted((tmp_path / "best" / "cifar10" / "frontier").glob("width-*/config.yaml"))
+    assert [p.parent.name for p in exported] == sorted(f"width-{w:g}" for w in pareto["width"])
+    point = exported[0]
+    width = float(point.parent.name.removeprefix("width-"))
+    monkeypatch.setenv("INDISTILL_DATA", str(root.parent.parent / "data"))  # the fabricated CIFAR-10 of the study
+    threads = torch.get_num_threads()
+    try:
+        assert indistill_main(["run", "--config", str(point), "--out", str(tmp_path / "point"), "--seeds", "0"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    ours = pd.read_csv(tmp_path / "point" / "cifar10-seed0" / "results_per_seed.csv")
+    study_rows = pd.read_csv(root / "results_per_seed.csv")
+    theirs = study_rows[(study_rows["benchmark"] == "cifar10") & (study_rows["network"] == "InDistill (tuned)")
+                        & (study_rows["width"] == width)].iloc[0]
+    mine = ours[ours["network"] == "student (indistill)"].iloc[0]
+    assert mine["cosine map"] == pytest.approx(theirs["cosine map"], abs=1e-6)
 
 
 @pytest.mark.e2e
