@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import tempfile
 import textwrap
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -48,8 +49,9 @@ def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def _final_value(t: optuna.trial.FrozenTrial) -> float | None:
-    if t.value is not None:
-        return t.value
+    """A trial's val mAP: its (first) told value, else its last intermediate one (a PRUNED trial)."""
+    if t.values:  # the first of a two-objective trial's values is its val mAP
+        return t.values[0]
     return t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
 
 
@@ -123,7 +125,13 @@ def plot_importance(study: optuna.Study, path: Path) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     note = ""
     try:
-        importance = optuna.importance.get_param_importances(study)
+        # of val mAP: the first objective of a two-objective study
+        # (Optuna ranks the importances for a low target, and says so whenever a target is given:
+        # the val mAP's negative)
+        target = (lambda t: -t.values[0]) if len(study.directions) > 1 else None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes the importances")
+            importance = optuna.importance.get_param_importances(study, target=target)
     except (RuntimeError, ValueError) as exc:
         importance = {}
         note = f"not computable: {exc}"
@@ -370,15 +378,18 @@ def write_report(storage: Storage) -> list[str]:
             db = out / f"{bench}.db"
             db.write_bytes(storage.read_bytes(rel))
             study = optuna.load_study(study_name=bench, storage=sqlite_url(db))
-            db_files = [f"{bench}-trials.png", f"{bench}-best-so-far.png", f"{bench}-importance.png"]
-            plot_trials(study, out / db_files[0])
-            plot_best_so_far(study, out / db_files[1])
-            note = plot_importance(study, out / db_files[2])
+            # a two-objective study holds no per-epoch values (Optuna takes none there): its front instead
+            per_epoch = len(study.directions) == 1
+            db_files = [*([f"{bench}-trials.png"] if per_epoch else []), f"{bench}-best-so-far.png", f"{bench}-importance.png"]
+            if per_epoch:
+                plot_trials(study, out / db_files[0])
+            plot_best_so_far(study, out / db_files[-2])
+            note = plot_importance(study, out / db_files[-1])
             db.unlink()
             states = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
             lines += [f"## {bench}", "", f"Trials: {len(study.trials)} ({', '.join(f'{v} {k.lower()}' for k, v in states.items())}).", "",
-                      f"![val mAP per trial]({db_files[0]})", "", f"![best so far]({db_files[1]})", "",
-                      f"![importance]({db_files[2]})", ""]
+                      *([f"![val mAP per trial]({db_files[0]})", ""] if per_epoch else []),
+                      f"![best so far]({db_files[-2]})", "", f"![importance]({db_files[-1]})", ""]
             if note:
                 lines += [f"Importance: {note}.", ""]
             written += db_files

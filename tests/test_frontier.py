@@ -177,3 +177,30 @@ def test_the_table_groups_the_rows_by_width_and_pairs_each_baseline_within_its_w
     assert table.loc[("digits", "InDistill (tuned) @ 0.5x"), "macs"] == 101_872
     assert list(table["width"].dropna().unique()) == [0.5, 2.0]
     assert "@ 0.5x" in markdown(table) and "width" in per_seed
+
+
+def test_the_reports_optuna_figures_read_a_two_objective_study(tmp_path):
+    """A two-objective Optuna study has no single value per trial: the best-so-far curve and the
+    importances read its first objective (val mAP)."""
+    import warnings
+
+    import optuna
+
+    from study.report import best_so_far, plot_importance
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    told = []
+    for i in range(6):
+        trial = study.ask()
+        x = trial.suggest_float("x", 0.0, 1.0)
+        trial.suggest_categorical("w", [0.5, 1.0])
+        study.tell(trial, [x, 100.0 * i])
+        told.append(x)
+    values, best = best_so_far(study)
+    assert values == pytest.approx(told)
+    assert best == pytest.approx([max(told[: i + 1]) for i in range(6)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. Optuna's warning about a target it ranks as to be minimised
+        plot_importance(study, tmp_path / "importance.png")
+    assert (tmp_path / "importance.png").stat().st_size > 0
