@@ -5,7 +5,9 @@ Per benchmark, from the persisted Optuna study (``<benchmark>/search/optuna.db``
 - ``<benchmark>-trials.png``: val mAP of every trial over its epochs; a dotted line where its
   curriculum ends (the embedding phase starts), a cross where ASHA stopped it, a dot where it ran
   its whole budget;
-- ``<benchmark>-best-so-far.png``: the best val mAP after each trial (in the order Optuna created them);
+- ``<benchmark>-best-so-far.png``: the best val mAP after each trial (in the order Optuna created them),
+  beside the expected best val mAP of n trials (:func:`indistill.evaluation.stats.expected_max` over
+  the completed trials' val mAPs, n = 1..N);
 - ``<benchmark>-importance.png``: Optuna's hyperparameter importance (its default evaluator,
   PED-ANOVA in Optuna 5, over the completed trials); with few trials it is noise, and the figure says so;
 - ``<benchmark>-front.png``: a multi-objective search's trials, val mAP against the student's size,
@@ -16,6 +18,9 @@ Per benchmark, from the persisted Optuna study (``<benchmark>/search/optuna.db``
   parameters, a line per student row and the teacher and the auxiliary as single points;
 - ``timeline.png``: each benchmark's phases (artifacts, search, final) over wall-clock time, from
   ``<benchmark>/phases.json``, so what ran at once is visible (a table of the same in report.md).
+
+``report.md`` ends with the study's provenance: the versions, the sampler's and the scheduler's
+settings from ``study.json`` and the device kinds that ran the trials (from each ``trials.json``).
 """
 from __future__ import annotations
 
@@ -32,12 +37,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from indistill.evaluation.stats import mean_std  # noqa: E402
+from indistill.evaluation.stats import expected_max, mean_std  # noqa: E402
 from indistill.evaluation.table import DIFF_COLUMN, column  # noqa: E402
 
 from .names import OBJECTIVE, PARETO_FILE, SIZE_OBJECTIVES, STUDENT_ROWS, WIDTH  # noqa: E402
 from .optuna_record import OPTUNA_FILE, sqlite_url  # noqa: E402
 from .outcome import COMPLETED, FAILED, STOPPED, best_key, scored  # noqa: E402
+from .provenance import device_kinds, versions_text  # noqa: E402
 from .storage import Storage  # noqa: E402
 
 REPORT_DIR = "report"
@@ -104,19 +110,54 @@ def best_so_far(study: optuna.Study) -> tuple[list[float | None], list[float | N
     return values, best
 
 
-def plot_best_so_far(study: optuna.Study, path: Path) -> None:
-    numbers = [t.number for t in study.trials]
+def completed_values(study: optuna.Study) -> list[float]:
+    """The val mAP (the first objective) of every trial that ran its whole budget (COMPLETE): what
+    the expected best of n trials is drawn from (a trial ASHA stopped has no comparable value)."""
+    return [t.values[0] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
+
+
+def expected_best(study: optuna.Study) -> list[float]:
+    """The expected best val mAP of n = 1..N trials drawn from the N completed ones (Dodge et al.
+    2019: :func:`indistill.evaluation.stats.expected_max`); empty without a completed trial."""
+    values = completed_values(study)
+    return [expected_max(values, n) for n in range(1, len(values) + 1)]
+
+
+#: the estimator behind the expected-best line, in one sentence of the report
+EXPECTED_MAX_TEXT = ("Expected best val mAP of n trials: the expected maximum of n draws with replacement from the "
+                     "N completed trials' val mAPs, E[max_n] = sum_i v_(i) ((i/N)^n - ((i-1)/N)^n) over the sorted "
+                     "values (the empirical-CDF estimator of Dodge et al. 2019, \"Show Your Work\")")
+
+
+def plot_best_so_far(study: optuna.Study, path: Path) -> plt.Figure:
+    """The best val mAP after each trial (x: trials run, in creation order) and, beside it, the
+    expected best of n trials (:func:`expected_best`, x = n) as a second line."""
+    runs = [i + 1 for i in range(len(study.trials))]
     values, best = ([None if v is None else 100 * v for v in vs] for vs in best_so_far(study))
+    expected = [100 * v for v in expected_best(study)]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.scatter(numbers, [v if v is not None else float("nan") for v in values], s=18, label="trial (last val mAP)")
-    ax.step(numbers, [b if b is not None else float("nan") for b in best], where="post", color="C3", label="best so far")
-    ax.set_xlabel("trial")
+    ax.scatter(runs, [v if v is not None else float("nan") for v in values], s=18, label="trial (last val mAP)")
+    ax.step(runs, [b if b is not None else float("nan") for b in best], where="post", color="C3", label="best so far")
+    if expected:
+        ax.plot(range(1, len(expected) + 1), expected, "--", marker=".", color="C2",
+                label=f"expected best of n (from the {len(expected)} completed)")
+    ax.set_xlabel("trials (n)")
     ax.set_ylabel("val cosine mAP (%)")
-    ax.set_title(f"{study.study_name}: best so far", fontsize=9)
+    ax.set_title(f"{study.study_name}: best so far and expected best of n trials", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return fig
+
+
+def expected_best_line(study: optuna.Study) -> str:
+    """The report's line under the figure: the estimator, and its value at n = 1, N/2 and N."""
+    expected = expected_best(study)
+    if not expected:
+        return f"{EXPECTED_MAX_TEXT}: no completed trial yet."
+    shown = sorted({1, max(1, len(expected) // 2), len(expected)})
+    return f"{EXPECTED_MAX_TEXT}: " + ", ".join(f"n={n}: {100 * expected[n - 1]:.2f}" for n in shown) + "."
 
 
 def plot_importance(study: optuna.Study, path: Path) -> str:
@@ -360,9 +401,37 @@ def search_front_section(storage: Storage, bench: str, out: Path) -> tuple[list[
             f"![search front]({name})", ""], [name]
 
 
+def _settings(settings: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in settings.items() if k != "class")
+
+
+def provenance_section(state: dict, devices: dict[str, dict[str, int]]) -> list[str]:
+    """The report's "Provenance" lines: the versions and the git commit, each benchmark's sampler,
+    scheduler and splits fingerprint from ``study.json`` (``state``), and the device kinds that ran
+    its trials (``devices``: :func:`study.provenance.device_kinds`)."""
+    prov = state.get("provenance") or {}
+    lines = ["## Provenance", ""]
+    lines += [f"Versions: {versions_text(prov)}.", ""] if prov else ["Versions: not recorded in study.json.", ""]
+    for bench in state.get("benchmarks", []):
+        recorded = (prov.get("benchmarks") or {}).get(bench, {})
+        kinds = devices.get(bench)
+        ran = ", ".join(f"{kind} ({n} trial{'s' if n != 1 else ''})" for kind, n in kinds.items()) if kinds else "none recorded"
+        lines.append(f"- {bench}:")
+        if "sampler" in recorded:
+            lines.append(f"  - sampler: {recorded['sampler'].get('class')} ({_settings(recorded['sampler'])})")
+        if "scheduler" in recorded:
+            sched = recorded["scheduler"]
+            lines.append(f"  - scheduler: {sched.get('class')}" + (f" ({_settings(sched)})" if len(sched) > 1 else ""))
+        if "splits" in recorded:
+            lines.append(f"  - splits: fingerprint {recorded['splits'].get('hash')} (from the {recorded['splits'].get('from')})")
+        lines.append(f"  - trials ran on: {ran}")
+    return [*lines, ""]
+
+
 def write_report(storage: Storage) -> list[str]:
     """Figures and ``report.md`` under ``<study>/report/``; returns the files written (relative)."""
-    benchmarks = storage.read_json("study.json")["benchmarks"]
+    state = storage.read_json("study.json")
+    benchmarks = state["benchmarks"]
     lines = [f"# Study report: {storage.uri}", ""]
     written = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -389,7 +458,8 @@ def write_report(storage: Storage) -> list[str]:
             states = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
             lines += [f"## {bench}", "", f"Trials: {len(study.trials)} ({', '.join(f'{v} {k.lower()}' for k, v in states.items())}).", "",
                       *([f"![val mAP per trial]({db_files[0]})", ""] if per_epoch else []),
-                      f"![best so far]({db_files[-2]})", "", f"![importance]({db_files[-1]})", ""]
+                      f"![best so far]({db_files[-2]})", "", expected_best_line(study), "",
+                      f"![importance]({db_files[-1]})", ""]
             if note:
                 lines += [f"Importance: {note}.", ""]
             written += db_files
@@ -414,6 +484,7 @@ def write_report(storage: Storage) -> list[str]:
             plot_timeline(intervals, out / "timeline.png")
             lines += ["## Timeline", "", "![phases over time](timeline.png)", "", *timeline_table(intervals), ""]
             written.append("timeline.png")
+        lines += provenance_section(state, device_kinds(storage, benchmarks))
         (out / "report.md").write_text("\n".join(lines) + "\n")
         written.append("report.md")
         storage.upload(out, REPORT_DIR)

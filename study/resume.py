@@ -10,6 +10,7 @@ from indistill.config.schema import to_dict
 from indistill.common.errors import ConfigError
 
 from .plan import BenchmarkPlan, StudyPlan
+from .provenance import provenance, warn_changed_versions
 from .storage import Storage
 
 STATE = "study.json"
@@ -36,7 +37,9 @@ def check_new_or_resume(plan: StudyPlan) -> None:
     if plan.resume and not exists:
         raise ConfigError(f"--resume: no study at {plan.storage.uri} to resume")
     if plan.resume:
-        check_same_inputs(plan, plan.storage.check_study())
+        state = plan.storage.check_study()
+        check_same_inputs(plan, state)
+        warn_changed_versions(state)  # other library versions may resume, with one warning line
 
 
 def check_same_inputs(plan: StudyPlan, state: dict) -> None:
@@ -105,6 +108,7 @@ def write_study_state(plan: StudyPlan) -> None:
         "name": plan.name, "benchmarks": [b.benchmark for b in plan.benchmarks], "created": time.time(),
         "space_files": {b.benchmark: b.space_path for b in plan.benchmarks},
         "inputs": {b.benchmark: input_hashes(b) for b in plan.benchmarks},
+        "provenance": provenance(plan),
     })
 
 

@@ -196,3 +196,106 @@ def test_report_draws_the_front_of_the_pareto_files_ids_read_as_text(tmp_path, m
     (tmp_path / f"digits/{PARETO_FILE}").write_text("trial_id,val_map,student_macs\n000,0.8,40000\n001,0.9,150000\n")
     assert "report/digits-front.png" in write_report(storage)
     assert drawn == [({"000", "001"}, "student_macs")]  # not 0 and 1; the size the front was searched over
+
+
+def an_optuna_study(storage: str | None = None):
+    """Four completed trials, one ASHA stopped and one failed, in that order."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="digits", direction="maximize", storage=storage)
+    for value in COMPLETED_VALUES:
+        study.add_trial(optuna.trial.create_trial(value=value, intermediate_values={e: value - 0.01 * (4 - e)
+                                                                                    for e in range(5)}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, intermediate_values={0: 0.5, 1: 0.6}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    return study
+
+
+COMPLETED_VALUES = (0.80, 0.85, 0.82, 0.90)
+
+
+def test_best_so_far_has_the_expected_best_of_n_trials_beside_it(tmp_path):
+    from indistill.evaluation.stats import expected_max
+    from study.report import best_so_far, expected_best, plot_best_so_far
+
+    study = an_optuna_study()
+    fig = plot_best_so_far(study, tmp_path / "b.png")
+    ax, = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    best = lines["best so far"]
+    expected, = [line for label, line in lines.items() if label.startswith("expected best of n")]
+    assert best.get_drawstyle() == "steps-post"
+    assert list(best.get_xdata()) == [1, 2, 3, 4, 5, 6]  # trials run, in creation order
+    assert np.allclose(best.get_ydata(), [100 * b for b in best_so_far(study)[1]])
+    want = [100 * expected_max(COMPLETED_VALUES, n) for n in range(1, 5)]  # the completed trials only
+    assert list(expected.get_xdata()) == [1, 2, 3, 4] and np.allclose(expected.get_ydata(), want)
+    assert np.allclose(expected_best(study), [w / 100 for w in want])
+    assert expected.get_ydata()[0] == pytest.approx(100 * np.mean(COMPLETED_VALUES))  # one trial: the mean
+    assert all(a <= b + 1e-12 for a, b in zip(want, want[1:])) and want[-1] <= 90.0
+    assert is_png(tmp_path / "b.png")
+
+
+def test_the_report_states_the_estimator_and_ends_with_the_provenance(tmp_path):
+    from indistill.evaluation.stats import expected_max
+    from study.optuna_record import sqlite_url
+
+    storage = a_study(tmp_path, widths=False, pareto=False)
+    an_optuna_study(sqlite_url(tmp_path / "digits/search/optuna.db"))
+    prov = {"versions": {"indistill-study": "0.1.0", "python": "3.11.7", "torch": "2.14.1", "ray": "2.60.0",
+                         "optuna": "5.0.0", "numpy": "2.4.6"}, "git": {"commit": "c73a3e4e9426fd7e", "dirty": False},
+            "benchmarks": {"digits": {
+                "sampler": {"class": "TPESampler", "algorithm": "TPE", "seed": 0, "n_startup_trials": 10,
+                            "multivariate": True, "constant_liar": True},
+                "scheduler": {"class": "ASHAScheduler", "time_attr": "embedding_epoch", "max_t": 17,
+                              "grace_period": 6, "reduction_factor": 3},
+                "splits": {"from": "declaration", "hash": "6a96c975fc66"}}}}
+    (tmp_path / "study.json").write_text(json.dumps({"benchmarks": ["digits"], "provenance": prov}))
+    (tmp_path / "digits/search/trials.json").write_text(json.dumps({"trials": [
+        {"trial_id": "a", "placement": [{"device": "cuda:0"}]}, {"trial_id": "b", "placement": [{"device": "cpu"}]},
+        {"trial_id": "c", "placement": [{"device": "cuda:1"}]}]}))
+    assert "report/digits-best-so-far.png" in write_report(storage)
+    md = (tmp_path / "report/report.md").read_text()
+    assert 'Dodge et al. 2019, "Show Your Work"' in md
+    assert f"n=1: {100 * expected_max(COMPLETED_VALUES, 1):.2f}" in md
+    assert f"n=4: {100 * expected_max(COMPLETED_VALUES, 4):.2f}" in md
+    provenance = md[md.index("## Provenance"):]
+    assert md.index("## digits") < md.index("## Provenance")
+    assert ("Versions: indistill-study 0.1.0, Python 3.11.7, torch 2.14.1, Ray 2.60.0, Optuna 5.0.0, numpy 2.4.6; "
+            "git c73a3e4e9426.") in provenance
+    assert ("sampler: TPESampler (algorithm TPE, seed 0, n_startup_trials 10, multivariate True, constant_liar True)"
+            in provenance)
+    assert "scheduler: ASHAScheduler (time_attr embedding_epoch, max_t 17, grace_period 6, reduction_factor 3)" in provenance
+    assert "splits: fingerprint 6a96c975fc66 (from the declaration)" in provenance
+    assert "trials ran on: cpu (1 trial), cuda (2 trials)" in provenance
+
+
+def test_the_provenance_of_a_study_that_recorded_none_says_so(tmp_path):
+    write_report(a_study(tmp_path, widths=False, pareto=False))
+    md = (tmp_path / "report/report.md").read_text()
+    assert "## Provenance" in md and "Versions: not recorded in study.json." in md
+    assert "trials ran on: none recorded" in md
+
+
+def test_expected_max_on_a_hand_checked_case():
+    from indistill.evaluation.stats import expected_max
+
+    assert expected_max([1.0, 2.0, 3.0], 1) == pytest.approx(2.0)  # one draw: the mean
+    assert expected_max([3.0, 1.0, 2.0], 2) == pytest.approx(22 / 9)  # (1*1 + 2*3 + 3*5) / 9, any order
+    assert expected_max([1.0, 2.0, 3.0], 200) == pytest.approx(3.0)  # many draws: the maximum
+    assert expected_max([1.0, 1.0, 3.0], 2) == pytest.approx((1.0 * 4 + 3.0 * 5) / 9)  # ties: P(max = 1) = (2/3)^2
+    assert expected_max([0.7], 5) == pytest.approx(0.7)
+    with pytest.raises(ValueError):
+        expected_max([], 1)
+    with pytest.raises(ValueError):
+        expected_max([1.0], 0)
+
+
+def test_expected_max_rises_with_n_between_the_mean_and_the_maximum():
+    from indistill.evaluation.stats import expected_max
+
+    values = np.random.default_rng(0).uniform(0.6, 0.9, size=13)
+    curve = [expected_max(values, n) for n in range(1, 40)]
+    assert curve[0] == pytest.approx(values.mean())
+    assert all(a <= b + 1e-12 for a, b in zip(curve, curve[1:]))
+    assert all(values.mean() - 1e-12 <= c <= values.max() + 1e-12 for c in curve)

@@ -47,3 +47,18 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.9
 
     half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
     return PairedDifference(mean, mean - half, mean + half, n, level)
+
+
+def expected_max(values: Sequence[float], n: int) -> float:
+    """The expected best of ``n`` trials drawn with replacement from ``values`` (a search's completed
+    trials): Dodge et al. 2019, "Show Your Work", with the empirical CDF of the N values,
+    ``E[max_n] = sum_i v_(i) * ((i/N)^n - ((i-1)/N)^n)`` over the sorted ``v_(1) <= ... <= v_(N)``.
+    It is the mean for ``n = 1``, rises with ``n`` and tends to the maximum."""
+    if n < 1:
+        raise ValueError(f"expected_max needs n >= 1, got {n}")
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError("expected_max needs a non-empty sequence of values")
+    cdf = np.arange(v.size + 1, dtype=np.float64) / v.size  # 0, 1/N, ..., 1
+    weights = np.diff(cdf ** n)  # P(max of n draws is v_(i)) under the empirical CDF
+    return float(np.dot(weights, v))
