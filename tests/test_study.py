@@ -288,9 +288,10 @@ def test_tensorboard_event_files_have_the_expected_tags(study):
     exp.Reload()
     experiment = hparams_metadata.parse_experiment_plugin_data(
         exp.SummaryMetadata(hparams_metadata.EXPERIMENT_TAG).plugin_data.content)
-    assert [m.name.tag for m in experiment.metric_infos] == ["val_map"]
+    # val_map first; the frontier benchmark of the study adds its size objective and its width column
+    assert [m.name.tag for m in experiment.metric_infos] == ["val_map", "student_params"]
     columns = {f"curriculum/{what}_{k}" for what in ("epochs", "loss", "weight") for k in range(3)}
-    columns |= {"curriculum/overlap", "prune/criterion", "prune/target", "benchmark"}
+    columns |= {"curriculum/overlap", "prune/criterion", "prune/target", "benchmark", "student/width"}
     assert {h.name for h in experiment.hparam_infos} == columns
     domains = {h.name: [_value(v) for v in h.domain_discrete.values] for h in experiment.hparam_infos}
     assert domains["prune/criterion"] == ["l1", "random"] and domains["curriculum/loss_1"] == ["mse", "pkt"]
@@ -301,12 +302,13 @@ def test_tensorboard_event_files_have_the_expected_tags(study):
         tags |= set(acc.Tags()["scalars"])
         start = hparams_metadata.parse_session_start_info_plugin_data(
             acc.SummaryMetadata(hparams_metadata.SESSION_START_INFO_TAG).plugin_data.content)
-        assert set(start.hparams) == columns and start.group_name == f"digits/{d.name}"  # its HParams row, in its own run
+        # its HParams row, in its own run (digits searches no width)
+        assert set(start.hparams) == columns - {"student/width"} and start.group_name == f"digits/{d.name}"
     assert {"loss", "lr", "phase", "val_map", "val/cosine/map"} <= tags
     assert any(t.startswith("loss/block") for t in tags)
     # what the HParams dashboard shows: every trial once, with its sampled values and last val mAP
     experiment, groups = _dashboard(root)
-    assert [m.name.tag for m in experiment.metric_infos] == ["val_map"]
+    assert [m.name.tag for m in experiment.metric_infos] == ["val_map", "student_params"]
     rows = {g.name: g for g in groups if g.name.startswith("digits/")}  # the other benchmark's trials too
     assert set(rows) == {f"digits/{n}" for n in names} and len(groups) == len(rows) + CIFAR_SPACE["budget"]["trials"]
     by_id = {n.split("-")[2]: rows[f"digits/{n}"] for n in names}
@@ -315,7 +317,12 @@ def test_tensorboard_event_files_have_the_expected_tags(study):
         assert _value(row.hparams["prune/criterion"]) == t["params"]["prune"]["criterion"]
         assert _value(row.hparams["curriculum/loss_0"]) == t["params"]["curriculum"]["loss_0"]
         if t["status"] == "completed" and t["val_map"] is not None and not math.isnan(t["val_map"]):
-            assert [m.value for m in row.metric_values] == [pytest.approx(t["val_map"])]
+            assert {m.name.tag: m.value for m in row.metric_values}["val_map"] == pytest.approx(t["val_map"])
+    frontier = json.loads((root / "cifar10/search/trials.json").read_text())["trials"]
+    for t in frontier:  # the frontier benchmark's rows: the width sampled, the size as a second metric
+        row = next(g for g in groups if g.name.startswith("cifar10/") and g.name.endswith(t["trial_id"]))
+        assert row.hparams["student/width"].number_value == t["width"]
+        assert {m.name.tag: m.value for m in row.metric_values}["student_params"] == t["student_params"]
     # Tune's own TensorBoard logger is off (it duplicated every trial); its JSON and CSV logs stay
     assert not list((root / "ray").rglob("events.out.tfevents*"))
     assert list((root / "ray/digits-search").rglob("result.json")) and list((root / "ray/digits-search").rglob("progress.csv"))
@@ -520,7 +527,7 @@ def test_asha_rungs_count_embedding_epochs_only():
 
     from study.cli import build_parser
     from study.plan import make_plan
-    from study.runner import _early_stopping
+    from study.early_stopping import scheduler_for
 
     space = {**TINY_SPACE, "budget": {**TINY_SPACE["budget"], "epochs": 6, "grace_period": 1, "reduction_factor": 2}}
     import tempfile
@@ -529,7 +536,7 @@ def test_asha_rungs_count_embedding_epochs_only():
         path = Path(tmp) / "space.yaml"
         path.write_text(yaml.safe_dump(space))
         plan = make_plan(build_parser().parse_args(["run", "--search-space", str(path), "--storage", str(Path(tmp) / "s")]))
-    asha = _early_stopping(plan.benchmarks[0])
+    asha = scheduler_for(plan.benchmarks[0])
     short, long_ = _Trial("short"), _Trial("long")
     for t in (short, long_):
         asha.on_trial_add(None, t)
@@ -552,8 +559,9 @@ def test_report_figures_decode_and_are_embedded(study):
     proc = run_cli("report", str(root))
     assert proc.returncode == 0, proc.stderr
     report = root / "report"
+    # the frontier benchmark (a two-objective search) has no per-epoch figure, its search's front instead
     expected = {f"{b}-{figure}.png" for b in BENCHMARKS for figure in ("trials", "best-so-far", "importance")}
-    expected |= {"results.png", "timeline.png"}
+    expected = expected - {"cifar10-trials.png"} | {"cifar10-front.png", "results.png", "timeline.png"}
     assert expected <= {p.name for p in report.glob("*.png")}
     md = (report / "report.md").read_text()
     for name in expected:
