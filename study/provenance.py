@@ -67,8 +67,8 @@ def directions(space: SearchSpace) -> list[str]:
 
 
 def study_sampler(space: SearchSpace):
-    """The sampler the search is given: ``optuna.samplers.TPESampler(seed=budget.seed)``, as
-    :func:`study.runner.run_search` builds it (MOTPE with two objectives)."""
+    """The sampler the search is given (:func:`study.runner.run_search`):
+    ``optuna.samplers.TPESampler(seed=budget.seed)``, MOTPE with two objectives."""
     import optuna
 
     return optuna.samplers.TPESampler(seed=space.budget.seed)

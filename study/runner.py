@@ -22,6 +22,7 @@ from .names import NETWORKS_FILE, OBJECTIVE, PARETO_FILE, POINTS_FILE, SIZE_OBJE
 from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
 from .placement import read_placements
 from .plan import BenchmarkPlan, StudyPlan, final_config, final_seeds
+from .provenance import study_sampler
 from .progress import STUDY_LOG, BenchmarkStatus, Progress, TrialEvents, attach, format_duration
 from .ray_runs import (
     FinalSpec,
@@ -115,12 +116,10 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_once: 
         concurrent, at_a_time = at_once.text(budget.trials, "trials")
         progress.phase(bp.benchmark, "search", f"{budget.trials} trials ({_resources_text(plan.trial_resources)}), "
                        f"{at_a_time}; logs: {bp.benchmark}/logs/trials/")
-        import optuna
-
         metrics = objective_metrics(bp.space)
         searcher = RecordedOptunaSearch(space=define_by_run(bp.space), metric=metrics if len(metrics) > 1 else OBJECTIVE,
                                         mode=["max", *["min"] * (len(metrics) - 1)] if len(metrics) > 1 else "max",
-                                        sampler=optuna.samplers.TPESampler(seed=budget.seed),
+                                        sampler=study_sampler(bp.space),
                                         study_name=bp.benchmark, storage=optuna_storage(optuna_db),
                                         full_epochs=bp.base.student.epochs)
         scheduler = scheduler_for(bp)
