@@ -209,9 +209,9 @@ PARAMS: tuple[Param, ...] = (*PER_LAYER, *GLOBAL)
 SAMPLING_PASSES: tuple[tuple[Param, ...], ...] = ((EPOCHS,), (LOSS, WEIGHT))
 
 
-def sampling_order(space: SearchSpace) -> Iterator[tuple[Param, int]]:
-    """(parameter, layer) of ``space`` in the order the sampler draws them."""
-    for group in SAMPLING_PASSES:
+def _walk(space: SearchSpace, passes: tuple[tuple[Param, ...], ...]) -> Iterator[tuple[Param, int]]:
+    """(parameter, layer) of ``space``: each pass over every layer, then the global parameters it has."""
+    for group in passes:
         for k in range(_layers(space)):
             for p in group:
                 yield p, k
@@ -220,14 +220,14 @@ def sampling_order(space: SearchSpace) -> Iterator[tuple[Param, int]]:
             yield p, 0
 
 
+def sampling_order(space: SearchSpace) -> Iterator[tuple[Param, int]]:
+    """(parameter, layer) of ``space`` in the order the sampler draws them."""
+    return _walk(space, SAMPLING_PASSES)
+
+
 def columns(space: SearchSpace) -> Iterator[tuple[Param, int]]:
     """(parameter, layer) of ``space`` in column order: each layer's parameters, then the global ones."""
-    for k in range(_layers(space)):
-        for p in PER_LAYER:
-            yield p, k
-    for p in GLOBAL:
-        if p.present(space):
-            yield p, 0
+    return _walk(space, (PER_LAYER,))
 
 
 def _layers(space_or_cfg: SearchSpace | RunConfig) -> int:
