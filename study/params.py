@@ -309,6 +309,12 @@ def trial_hparams(cfg: RunConfig, space: SearchSpace, drawn: Drawn | None = None
             for p, k in columns(space)}
 
 
+def trial_config(base: RunConfig, params: Mapping[str, Any], space: SearchSpace) -> tuple[RunConfig, dict[str, Any]]:
+    """A trial's config (:func:`apply_params`) and its HParams row (:func:`trial_hparams`)."""
+    cfg = apply_params(base, params, space)
+    return cfg, trial_hparams(cfg, space, drawn_values(base, params, space))
+
+
 def study_hparams(space: SearchSpace, base: RunConfig) -> list[Domain]:
     """Every parameter of one benchmark's search with its domain: the space's ranges and choices (one
     per curriculum layer of the space for a layer's parameter), else the base config's value."""

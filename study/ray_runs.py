@@ -15,11 +15,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from indistill.config.run import config_to_dict
+from indistill.engine.plan import artifact_files
 
 from .names import SIZE_OBJECTIVES
 from .plan import BenchmarkPlan, StudyPlan
 from .resources import REPORT_POLL_ENV, TrialResources, state_sync_period
-from .params import apply_params, drawn_values, trial_hparams
+from .params import trial_config
 from .storage import Storage
 from .tblog import AUTO_LOGGERS_ENV
 from .workers import final_seed, run_trial  # the Ray Train runs' entry points
@@ -108,11 +109,13 @@ def tune_trial(params: dict, spec: TrialSpec) -> None:
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     plan = spec.plan
-    cfg = apply_params(plan.base, params, plan.space)
+    cfg, hparams = trial_config(plan.base, params, plan.space)
     config = {
-        "cfg": config_to_dict(cfg), "hparams": trial_hparams(cfg, plan.space, drawn_values(plan.base, params, plan.space)), "storage": spec.storage, "trial_id": trial_id, "trial_name": ctx.get_trial_name(),
-        "verbose": spec.verbose,
+        "cfg": config_to_dict(cfg), "hparams": hparams, "storage": spec.storage, "trial_id": trial_id,
+        "trial_name": ctx.get_trial_name(), "verbose": spec.verbose,
         "started_at": time.time(),  # wall-clock start of the trial, for its Ray overhead
+        "fetch": artifact_files(cfg, "val"),  # what the trial reads of the stage cache
+        "curriculum_epochs": sum(cfg.student.curriculum.epochs),  # its embedding phase starts after them
     }
     if plan.space.student.width is not None:  # a frontier search: the student's size, reported every epoch
         from indistill.evaluation.size import student_size

@@ -9,7 +9,6 @@ trial's placement. Only rank 0 writes to the study storage.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import shutil
 import socket
@@ -57,15 +56,19 @@ def _quiet_ray_train() -> None:
         context.logger.setLevel(logging.WARNING)
 
 
-def _device_name(cfg: RunConfig) -> str:
-    """The device Ray reserved for this worker (``cpu`` when it reserved no GPU, else its ``cuda:<i>``),
-    checked against what torch can use (:func:`indistill.engine.runtime.reserved_device`)."""
-    if cfg.device == "cpu":  # nothing to ask Ray: a test on logical GPUs, or a CPU study on GPU nodes
+def _ray_device(requested: str) -> str:
+    """The device Ray reserved for this worker: ``cpu`` when it reserved no GPU, else its
+    ``cuda:<i>``; ``cpu`` without asking Ray for ``device: cpu`` (a test on logical GPUs, or a CPU
+    study on GPU nodes)."""
+    if requested == "cpu":
         return "cpu"
     from ray.train.torch import get_device  # the device of the GPU ids Ray assigned (cpu: none)
 
-    node = f"node {socket.gethostname()} (Ray node {ray.get_runtime_context().get_node_id()})"
-    return reserved_device(cfg.device, str(get_device()), TorchCuda.report(), node)
+    return str(get_device())
+
+
+def _node() -> str:
+    return f"node {socket.gethostname()} (Ray node {ray.get_runtime_context().get_node_id()})"
 
 
 def _reserved_gpus() -> float:
@@ -121,10 +124,11 @@ def failure_logged(log: Callable[[str], None]) -> Iterator[None]:
         raise
 
 
-def _on_reserved_device(cfg: RunConfig, log: Callable[[str], None]) -> RunConfig:
-    """``cfg`` on the device Ray reserved for this worker, its CUDA memory capped to a fractional GPU's share."""
-    cfg = cfg.replace(device=_device_name(cfg))
-    gpus = _reserved_gpus()
+def _on_reserved_device(cfg: RunConfig, reserved: str, gpus: float, log: Callable[[str], None]) -> RunConfig:
+    """``cfg`` on the device Ray reserved for this worker (``reserved``), checked against what torch
+    can use (:func:`indistill.engine.runtime.reserved_device`), its CUDA memory capped to a
+    fractional GPU's share (``gpus``)."""
+    cfg = cfg.replace(device=reserved_device(cfg.device, reserved, TorchCuda.report(), _node()))
     fraction = cap_memory(torch.device(cfg.device), gpus)
     if fraction is not None:
         log(f"[run] CUDA memory capped at {fraction:.1%} of {cfg.device} (this worker reserved {gpus:g} of it)")
@@ -149,22 +153,49 @@ class Session:
     resume_from: Path | None = None
 
 
+@dataclass(frozen=True)
+class RaySide:
+    """The Ray side of one run on a worker, set up before the engine's part: the study storage,
+    the run's log, its stage cache (``root``; ``persist`` mirrors what is written there to the
+    storage), a scratch directory, and the device and GPU share Ray reserved."""
+
+    config: dict
+    storage: Storage
+    log: Callable[[str], None]
+    root: Path
+    persist: Callable[[Path], None] | None
+    scratch: Path
+    reserved: str
+    gpus: float
+
+    def session(self, **extra) -> Session:
+        """The run's :class:`Session`: its config built and checked on the reserved device."""
+        cfg = _on_reserved_device(build_config(self.config["cfg"]), self.reserved, self.gpus, self.log)
+        return Session(cfg, self.storage, self.log, self.root, self.persist, self.scratch, **extra)
+
+
 @contextlib.contextmanager
-def worker_session(config: dict, log_rel: Callable[[RunConfig], str],
-                   fetch: Callable[[RunConfig], Sequence[str] | None] = lambda cfg: None) -> Iterator[Session]:
-    """One run's :class:`Session` (``config``: the run's plain dict; ``log_rel``: its log file in the
-    study; ``fetch``: the stage-cache paths it reads, None for all). A failure is logged; the
+def ray_side(config: dict, log_rel: str, fetch: Sequence[str] | None = None) -> Iterator[RaySide]:
+    """One run's :class:`RaySide` (``config``: the run's plain dict; ``log_rel``: its log file in
+    the study; ``fetch``: the stage-cache paths it reads, None for all). A failure is logged; the
     scratch directory is removed at the end."""
     _quiet_ray_train()
-    cfg = build_config(config["cfg"])
     storage = Storage(config["storage"])
-    log = _run_log(config, log_rel(cfg))
+    log = _run_log(config, log_rel)
     scratch = Path(tempfile.mkdtemp(prefix="indistill-run-"))
     try:
-        with failure_logged(log), stage_cache(storage, cfg.benchmark, fetch=fetch(cfg)) as (root, persist):
-            yield Session(_on_reserved_device(cfg, log), storage, log, root, persist, scratch)
+        with failure_logged(log), stage_cache(storage, config["cfg"]["benchmark"], fetch=fetch) as (root, persist):
+            yield RaySide(config, storage, log, root, persist, scratch, _ray_device(config["cfg"].get("device", "auto")),
+                          _reserved_gpus())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def worker_session(config: dict, log_rel: str, fetch: Sequence[str] | None = None) -> Iterator[Session]:
+    """One run's :class:`Session`: its :func:`ray_side`, then its config on the reserved device."""
+    with ray_side(config, log_rel, fetch) as side:
+        yield side.session()
 
 
 def prepare_artifacts(config: dict) -> None:
@@ -173,8 +204,8 @@ def prepare_artifacts(config: dict) -> None:
     teacher and auxiliary evaluated on test). A retried run continues from the last finished
     stage and epoch."""
     widths = config.get("widths") or [None]  # a frontier study: the kept channels of every width it can sample
-    with worker_session({**config, "cfg": config_to_dict(with_searched(build_config(config["cfg"])))},
-                        lambda cfg: f"{cfg.benchmark}/logs/artifacts.log") as s:
+    config = {**config, "cfg": config_to_dict(with_searched(build_config(config["cfg"])))}
+    with worker_session(config, f"{config['cfg']['benchmark']}/logs/artifacts.log") as s:
         done = _ArtifactProgress(s.storage, s.cfg, len(widths))
         ctx = make_context(s.cfg, s.root, log=s.log, persist=s.persist)
         built = [prepare(ctx if w is None else ctx.with_config(with_width(s.cfg, w)), protocol,
@@ -320,23 +351,24 @@ def run_trial(config: dict) -> None:
 
 @contextlib.contextmanager
 def trial_session(config: dict) -> Iterator[Session]:
-    """A search trial's :class:`Session`: the artifact files of the ``val`` protocol fetched, the
-    trial's placement recorded, its TensorBoard run opened with its HParams row (the sampled
-    config), and the hook that reports each epoch to Tune."""
+    """A search trial's :class:`Session`. The Ray side first: the artifact files of the ``val``
+    protocol fetched (``config["fetch"]``), the trial's placement recorded, its TensorBoard run
+    opened with its HParams row (``config["hparams"]``), the hook that reports each epoch to Tune;
+    then its config on the reserved device."""
     entered_at = time.time()
-    with worker_session(config, lambda cfg: f"{cfg.benchmark}/logs/trials/{config['trial_id']}.log",
-                        fetch=lambda cfg: artifact_files(cfg, "val")) as s:
-        _record_placement(s.storage, s.cfg.benchmark, config["trial_id"], s.cfg.device)
+    bench, trial_id = config["cfg"]["benchmark"], config["trial_id"]
+    with ray_side(config, f"{bench}/logs/trials/{trial_id}.log", fetch=config["fetch"]) as side:
+        _record_placement(side.storage, bench, trial_id, side.reserved)
         tb = None
         if rank() == 0:  # the trial's run and its HParams row, before it trains
-            name = config.get("trial_name") or config["trial_id"]
-            tb = TensorBoardLogger(s.storage, trial_run(s.cfg.benchmark, name))
-            tb.hparams(config["hparams"], group=f"{s.cfg.benchmark}/{name}", start_time=config.get("started_at"))
+            name = config.get("trial_name") or trial_id
+            tb = TensorBoardLogger(side.storage, trial_run(bench, name))
+            tb.hparams(config["hparams"], group=f"{bench}/{name}", start_time=config.get("started_at"))
         try:
-            reporter = EpochReporter(tb, config.get("started_at"), entered_at, sum(s.cfg.student.curriculum.epochs),
+            reporter = EpochReporter(tb, config.get("started_at"), entered_at, config["curriculum_epochs"],
                                      constants=config.get("size"))
-            yield dataclasses.replace(s, hooks=(reporter,), work_dir=s.scratch / "student",
-                                      resume_from=_restored_checkpoint(s.scratch))
+            yield side.session(hooks=(reporter,), work_dir=side.scratch / "student",
+                               resume_from=_restored_checkpoint(side.scratch))
         finally:
             if tb is not None:
                 tb.close()
@@ -358,7 +390,7 @@ def final_seed(config: dict) -> None:
     fetch = sorted({*(f for _w, _t, base, tuned in points for f in (*artifact_files(base, "test"), *artifact_files(tuned, "test"))),
                     *(stage_dirname("student", cfg, "test", method) for *_head, cfg, method in plan)})
     rows = []
-    with worker_session(config, lambda cfg: f"{cfg.benchmark}/logs/final/seed-{seed}.log", fetch=lambda cfg: fetch) as s:
+    with worker_session(config, f"{config['cfg']['benchmark']}/logs/final/seed-{seed}.log", fetch=fetch) as s:
         ctx = make_context(s.cfg, s.root, log=s.log, persist=s.persist)
         bench = s.cfg.benchmark
         for width, tag, label, cfg, method in plan:

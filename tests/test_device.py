@@ -133,24 +133,25 @@ def _cfg(device: str = "auto"):
     return build_config({"device": device}, benchmark="digits")
 
 
-def test_a_cpu_trial_on_a_gpu_node_trains_on_the_cpu(ray_reports, monkeypatch):
-    from study.workers import _device_name
+def _device_name(cfg) -> str:
+    """The device a study worker trains on: what Ray reserved, checked against torch."""
+    from study import workers
 
+    return reserved_device(cfg.device, workers._ray_device(cfg.device), TorchCuda.report(), workers._node())
+
+
+def test_a_cpu_trial_on_a_gpu_node_trains_on_the_cpu(ray_reports, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the node's GPUs are visible
     assert _device_name(_cfg()) == "cpu"
 
 
 def test_a_trial_trains_on_the_gpu_ray_assigned(ray_reports, monkeypatch):
-    from study.workers import _device_name
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     ray_reports["device"] = torch.device("cuda", 2)
     assert _device_name(_cfg()) == "cuda:2"
 
 
 def test_a_reserved_gpu_torch_cannot_use_fails_the_trial(ray_reports, monkeypatch):
-    from study.workers import _device_name
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     ray_reports["device"] = torch.device("cuda", 0)
     with pytest.raises(DeviceError, match=r"^node ip-10-0-1-7 \(Ray node 3f2a\): Ray reserved GPU cuda:0 .* "
@@ -172,7 +173,8 @@ def test_the_worker_caps_its_memory_where_it_picks_its_device(ray_reports, monke
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     ray_reports["device"], ray_reports["resources"] = torch.device(device), resources
     lines: list[str] = []
-    cfg = workers._on_reserved_device(_cfg("cpu" if device == "cpu" else "auto"), lines.append)
+    cfg = _cfg("cpu" if device == "cpu" else "auto")
+    cfg = workers._on_reserved_device(cfg, workers._ray_device(cfg.device), workers._reserved_gpus(), lines.append)
     assert cfg.device == device
     assert [f for f, _ in calls] == [pytest.approx(f) for f in want]
     assert all(d == torch.device(device) for _, d in calls)
