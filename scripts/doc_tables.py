@@ -233,6 +233,27 @@ def default_study(path: Path, name: str) -> str:
     return f"{table}\n\n{best}{source}"
 
 
+def frontier_study(path: Path, name: str) -> str:
+    """A frontier study's results.csv: the rows grouped by width (width, params, MACs), the Pareto
+    front of its search (``pareto.csv`` beside it), and meta.txt beside it as the source line."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    delta = next(c for c in rows[0] if c.startswith("Δ cosine map"))
+    body = [[r["network"], f"{float(r['width']):g}" if r.get("width") else "", f"{int(r['params']):,}",
+             f"{int(float(r['macs'])):,}" if r.get("macs") else "", r["n"], _mean_std(r, "cosine map"), r[delta]]
+            for r in rows]
+    table = _grid(["network", "width", "params", "MACs", "n", "cosine map", delta], ["l", "r", "r", "r", "r", "r", "l"], body)
+    with (path.parent / "pareto.csv").open(newline="") as f:
+        front = list(csv.DictReader(f))
+    points = "; ".join(f"width {float(p['width']):g} ({int(float(p['params'])):,} params): val mAP "
+                       f"{100 * float(p['val_map']):.2f}" for p in front)
+    m = _meta(path.parent / "meta.txt")
+    source = (f"Source: `{name}` (beside it: `results.md` with every column, `results_per_seed.csv`, `pareto.csv`, "
+              f"`trials.json` and `frontier.png`): `{m['command']}` at commit {m['commit']}, {m['date']}, {m['wall']}; "
+              f"{m['machine']}; {m['versions']}.")
+    return f"{table}\n\nThe search's Pareto front ({len(front)} trials): {points}.\n\n{source}"
+
+
 TABLES: tuple[Table, ...] = (
     Table("fidelity", "indistill/config/fidelity.py", fidelity),
     Table("speed-distill", "perf/cpu-distill.json", distill),
@@ -241,6 +262,7 @@ TABLES: tuple[Table, ...] = (
     Table("ray-overhead", "perf/ray-overhead-digits.json", ray_overhead),
     Table("digits-run", "docs/results/digits-run/results.csv", digits_run),
     Table("default-study", "docs/results/default-study/results.csv", default_study),
+    Table("frontier-study", "docs/results/digits-frontier/results.csv", frontier_study),
 )
 BY_NAME = {t.name: t for t in TABLES}
 

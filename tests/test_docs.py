@@ -189,8 +189,8 @@ def _tables_copy(tmp_path: Path) -> Path:
     for path in [README, *PAGES, *(ROOT / t.source for t in doc_tables.TABLES)]:
         (root / rel(path)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, root / rel(path))
-    for meta in (ROOT / "docs/results").glob("*/meta.txt"):  # the source lines of the runs' tables
-        shutil.copy(meta, root / rel(meta))
+    for beside in [*(ROOT / "docs/results").glob("*/meta.txt"), *(ROOT / "docs/results").glob("*/pareto.csv")]:
+        shutil.copy(beside, root / rel(beside))  # what a run's table reads beside its results file
     return root
 
 
