@@ -23,10 +23,19 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format (a zip archive)
 PICKLE_PROTOCOL_2_PLUS = b"\x80"  # torch's legacy format starts with a pickled magic number
 
 
+#: this process's umask, read once (reading it means setting it)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def temporary_beside(path: Path) -> Path:
-    """A new, empty temporary file next to ``path`` (same file system), to be renamed onto it."""
+    """A new, empty temporary file next to ``path`` (same file system), to be renamed onto it; with
+    the permissions a plain ``open(path, "w")`` gives (mkstemp's own are owner-only)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 
