@@ -19,7 +19,7 @@ from indistill.common.io import atomic_write_bytes, stable_hash
 from indistill.engine.pipeline import artifact_stages
 
 from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE
-from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
+from .optuna_record import OPTUNA_FILE, RecordUpload, RecordedOptunaSearch, optuna_storage
 from .placement import read_placements
 from .plan import BenchmarkPlan, StudyPlan, final_config, final_seeds
 from .progress import STUDY_LOG, BenchmarkStatus, Progress, TrialEvents, attach, format_duration
@@ -76,8 +76,11 @@ def _optuna_db(plan: StudyPlan, bp: BenchmarkPlan) -> Path:
     if plan.storage.is_local:
         return plan.storage.local_path() / rel / OPTUNA_FILE
     mirror = Path.home() / ".cache" / "indistill" / "optuna" / stable_hash(plan.storage.uri) / bp.benchmark
-    if plan.storage.exists(f"{rel}/{OPTUNA_FILE}") and not (mirror / OPTUNA_FILE).exists():
+    # the study directory's record is the one kept as trials are proposed and end: the mirror starts from it
+    if plan.storage.exists(f"{rel}/{OPTUNA_FILE}"):
         atomic_write_bytes(mirror / OPTUNA_FILE, plan.storage.read_bytes(f"{rel}/{OPTUNA_FILE}"))
+    else:
+        (mirror / OPTUNA_FILE).unlink(missing_ok=True)
     return mirror / OPTUNA_FILE
 
 
@@ -101,7 +104,9 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_once: 
         searcher = RecordedOptunaSearch(space=define_by_run(bp.space), metric=OBJECTIVE, mode="max",
                                         sampler=optuna.samplers.TPESampler(seed=budget.seed),
                                         study_name=bp.benchmark, storage=optuna_storage(optuna_db),
-                                        full_epochs=bp.base.student.epochs)
+                                        full_epochs=bp.base.student.epochs,
+                                        persist=None if plan.storage.is_local else
+                                        RecordUpload(plan.storage, str(optuna_db), f"{bp.benchmark}/search/{OPTUNA_FILE}"))
         scheduler = _early_stopping(bp)
         tuner = tune.Tuner(
             trainable,
