@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster to join, 'auto' or host:port (default: $RAY_ADDRESS, else a local Ray)")
     run.add_argument("--connect-timeout", type=_seconds, default=CONNECT_TIMEOUT_S, metavar="S",
                      help="seconds Ray may take to start, or to answer at --address, before the study stops with "
-                     f"one line (default {CONNECT_TIMEOUT_S:g}); nothing listening at --address fails at once")
+                     f"one line; nothing listening at --address fails at once (default: {CONNECT_TIMEOUT_S})")
     run.add_argument("--data-root", help="dataset root (default: the search space's fixed data.root, else $INDISTILL_DATA, else ~/.cache/indistill/data)")
     run.add_argument("--download", action="store_true", help="download cifar10/cifar100/fashionmnist with torchvision before starting")
     run.add_argument("--resume", action="store_true", help="continue an interrupted study with the same --storage and --name")
