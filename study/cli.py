@@ -17,7 +17,7 @@ from indistill.common.errors import ConfigError
 
 from .plan import StudyPlan, check_before_ray, final_seeds, make_plan
 from .lease import LEASE_ENV
-from .resources import REPORT_POLL_ENV, STATE_SYNC_ENV
+from .resources import PLACEMENT_TIMEOUT_ENV, REPORT_POLL_ENV, STATE_SYNC_ENV
 from .stopping import CONNECT_TIMEOUT_S
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("RAY_ADDRESS", "the Ray cluster to join when --address is not given (else a local Ray)"),
     *COMMON_ENVIRONMENT,
     (REPORT_POLL_ENV[0], f"Ray Train's report poll in seconds; the study sets {REPORT_POLL_ENV[1]} unless it is set"),
+    (PLACEMENT_TIMEOUT_ENV[0], f"read by Ray Train: seconds a run may wait for a node to host its workers; the study "
+                               f"sets {PLACEMENT_TIMEOUT_ENV[1]} unless it is set, then fails the run in one line"),
     ("TUNE_GLOBAL_CHECKPOINT_S", "read by Ray Tune: seconds between snapshots of the search's state (--resume)"),
     ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "read by Ray Tune; the study sets 1 unless it is set: Tune writes no "
                                            "TensorBoard files of its own (0 brings them back, under ray/)"),

@@ -19,6 +19,7 @@ from indistill.common.io import atomic_write_bytes, stable_hash
 from indistill.engine.pipeline import artifact_stages
 
 from .names import EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE
+from .nodes import NodeWatcher
 from .optuna_record import OPTUNA_FILE, RecordUpload, RecordedOptunaSearch, optuna_storage
 from .placement import read_placements
 from .plan import BenchmarkPlan, StudyPlan, final_config, final_seeds
@@ -184,6 +185,8 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
     progress = new_progress(plan, out, live=live, at_once=at_once)
     names = ", ".join(b.benchmark for b in plan.benchmarks)
     attach(progress)
+    watcher = NodeWatcher(plan, progress)  # one line per lost node, naming the runs it took
+    watcher.start()
     try:
         with progress:
             now = shape.now()
@@ -208,6 +211,7 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
             write_report(plan.storage)
             progress(f"[study] done in {format_duration(time.perf_counter() - t0)}")
     finally:
+        watcher.stop()
         attach(None)
     if errors:
         raise StudyFailed(plan.name, table, errors)

@@ -41,7 +41,7 @@ from indistill.engine.runtime import TorchCuda, cap_memory, is_distributed, rank
 from indistill.engine.stages import Context, stage_dirname
 
 from .names import ARTIFACT_PROGRESS, EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, SEARCHED, TUNED
-from .placement import write_placement
+from .placement import placement_file, run_placement_file, write_placement
 from .rows import final_rows, with_searched
 from .runlog import RunLog
 from .storage import Storage
@@ -158,6 +158,7 @@ def prepare_artifacts(config: dict) -> None:
     log = _run_log(config, f"{cfg.benchmark}/logs/artifacts.log")
     with failure_logged(log), stage_cache(storage, cfg.benchmark) as (root, persist):
         ctx = _context(cfg, root, persist, log)
+        _record_placement(storage, run_placement_file(cfg.benchmark, "artifacts"), str(ctx.device))
         _log_artifacts(storage, cfg.benchmark, prepare(ctx, "val", done=lambda stage: done(stage, "val")))
         artifacts = prepare(ctx, "test", rows=True, done=lambda stage: done(stage, "test"))
         _log_artifacts(storage, cfg.benchmark, artifacts)
@@ -251,15 +252,15 @@ class EpochReporter:
             ray.train.report({**_report_metrics(len(history) - 1, history[-1], self.curriculum_epochs), **self._timing()})
 
 
-def _record_placement(storage: Storage, benchmark: str, trial_id: str, device: str) -> None:
-    """Where the trial's workers ran (node, host, device), one entry per rank, written by rank 0."""
+def _record_placement(storage: Storage, rel: str, device: str) -> None:
+    """Where the run's workers run (node, host, device), one entry per rank, written by rank 0 to ``rel``."""
     me = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "device": device}
     ranks = [me]
     if is_distributed():
         ranks = [None] * world_size()
         torch.distributed.all_gather_object(ranks, me)
     if rank() == 0:
-        write_placement(storage, benchmark, trial_id, ranks)
+        write_placement(storage, rel, ranks)
 
 
 def _restored_checkpoint(scratch: Path) -> Path | None:
@@ -286,7 +287,7 @@ def run_trial(config: dict) -> None:
         log = _run_log(config, f"{cfg.benchmark}/logs/trials/{config['trial_id']}.log")
         with failure_logged(log), stage_cache(storage, cfg.benchmark, fetch=artifact_files(cfg, "val")) as (root, persist):
             ctx = _context(cfg, root, persist, log)
-            _record_placement(storage, cfg.benchmark, config["trial_id"], str(ctx.device))
+            _record_placement(storage, placement_file(cfg.benchmark, config["trial_id"]), str(ctx.device))
             reporter = EpochReporter(tb, config.get("started_at"), entered_at, sum(cfg.student.curriculum.epochs))
             run = train_student(ctx, SEARCHED, load_artifacts(ctx, "val", SEARCHED), hooks=[reporter],
                                 work_dir=scratch / "student", resume_from=_restored_checkpoint(scratch))
@@ -316,6 +317,7 @@ def final_seed(config: dict) -> None:
     log = _run_log(config, f"{bench}/logs/final/seed-{seed}.log")
     with failure_logged(log), stage_cache(storage, bench, fetch=fetch) as (root, persist):
         ctx = _context(base, root, persist, log)
+        _record_placement(storage, run_placement_file(bench, f"final-seed-{seed}"), str(ctx.device))
         for label, cfg, method in plan:
             row_ctx = ctx.with_config(cfg.replace(device=ctx.cfg.device))
             tb = TensorBoardLogger(storage, final_run(bench, _slug(label), seed)) if rank() == 0 else None
