@@ -44,9 +44,11 @@ def supervise(work: Callable[[threading.Event], T], *, connect_timeout: float, a
     """Run ``work(connected)`` on a daemon thread and return its result (or raise its error).
 
     ``work`` sets ``connected`` once Ray is up. Until then at most ``connect_timeout`` seconds
-    pass, else one line and exit 2; so too when ``halt_when`` returns a line. On SIGINT or SIGTERM: one line, ``on_stop`` (the lease),
-    ``ray.shutdown`` for at most :data:`SHUTDOWN_GRACE_S`, and exit 128 + the signal's number,
-    leaving the study as a killed driver would: resumable with ``--resume``."""
+    pass, else one line and exit 2; so too when ``halt_when`` returns a line (the lease was taken
+    over). On SIGINT or SIGTERM: one line, ``on_stop`` (the lease), ``ray.shutdown`` for at most
+    :data:`SHUTDOWN_GRACE_S`, and exit 128 + the signal's number, leaving the study as a killed
+    driver would: resumable with ``--resume`` (on ``s3://`` this run's part of the driver log is
+    not uploaded)."""
     err = os.fdopen(os.dup(2), "w", buffering=1)  # the console's stderr, wherever the study points fd 2
     connected, done = threading.Event(), threading.Event()
     box: dict[str, object] = {}

@@ -75,7 +75,7 @@ def test_one_driver_per_study_and_signals_stop_it_resumably_in_every_phase(tmp_p
     """Driver A runs a local study; driver B on the same study exits 2 in one line naming A before
     Ray starts; SIGINT stops A in its search, SIGTERM stops the resumed C in its final runs, each
     within seconds and releasing the lease; D resumes to the full table."""
-    space = _space(tmp_path, trials=2, epochs=2, final_seeds=2, fixed=LEAN_FIXED, curriculum=LEAN_CURRICULUM,
+    space = _space(tmp_path, trials=1, epochs=2, final_seeds=1, fixed=LEAN_FIXED, curriculum=LEAN_CURRICULUM,
                    early_stopping=False)
     storage = tmp_path / "studies"
     cmd = [sys.executable, "-m", "study.cli", "run", "--search-space", str(space), "--storage", str(storage),
@@ -144,8 +144,7 @@ def test_one_driver_per_study_and_signals_stop_it_resumably_in_every_phase(tmp_p
           f"SIGTERM in final stopped in {stopped_final_s:.1f} s")
     assert stopped_search_s < 15 and stopped_final_s < 15, (stopped_search_s, stopped_final_s)
     trials = json.loads((storage / "signals" / "digits" / "search" / "trials.json").read_text())["trials"]
-    assert len(trials) == 2 and all(t["status"] == "completed" for t in trials), trials
-    assert sorted(p.name for p in (storage / "signals" / "digits" / "final").glob("seed-*.json")) == ["seed-0.json",
-                                                                                                     "seed-1.json"]
+    assert len(trials) == 1 and trials[0]["status"] == "completed", trials
+    assert [p.name for p in (storage / "signals" / "digits" / "final").glob("seed-*.json")] == ["seed-0.json"]
     assert "InDistill (tuned)" in (storage / "signals" / "results.md").read_text()
     assert not lease.exists()
