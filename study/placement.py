@@ -14,17 +14,20 @@ def run_placement_file(benchmark: str, run: str) -> str:
     return f"{benchmark}/placement/{run}.json"
 
 
-def write_placement(storage: Storage, rel: str, ranks: list[dict]) -> None:
+def write_placement(storage: Storage, rel: str, ranks: list[dict], earlier: set[str] = frozenset()) -> None:
     """A run's ranks, each ``{node_id, hostname, device}``, in rank order, at ``rel``
-    (:func:`placement_file` or :func:`run_placement_file`)."""
-    storage.write_json(rel, {"ranks": ranks})
+    (:func:`placement_file` or :func:`run_placement_file`); ``earlier``: the nodes its earlier
+    attempts ran on."""
+    now = {r["node_id"] for r in ranks if r}
+    storage.write_json(rel, {"ranks": ranks, "earlier": sorted(set(earlier) - now)})
 
 
 def nodes_of(storage: Storage, rel: str) -> set[str]:
-    """The node ids a run's record names (none when there is no record)."""
+    """The node ids a run's record names, its earlier attempts' too (none without a record)."""
     if not storage.exists(rel):
         return set()
-    return {r["node_id"] for r in storage.read_json(rel)["ranks"] if r}
+    record = storage.read_json(rel)
+    return {r["node_id"] for r in record["ranks"] if r} | set(record.get("earlier", []))
 
 
 def read_placements(storage: Storage, benchmark: str) -> dict[str, list[dict]]:

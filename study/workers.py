@@ -41,7 +41,7 @@ from indistill.engine.runtime import TorchCuda, cap_memory, is_distributed, rank
 from indistill.engine.stages import Context, stage_dirname
 
 from .names import ARTIFACT_PROGRESS, EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, SEARCHED, TUNED
-from .placement import placement_file, run_placement_file, write_placement
+from .placement import nodes_of, placement_file, run_placement_file, write_placement
 from .rows import final_rows, with_searched
 from .runlog import RunLog
 from .storage import Storage
@@ -259,8 +259,8 @@ def _record_placement(storage: Storage, rel: str, device: str) -> None:
     if is_distributed():
         ranks = [None] * world_size()
         torch.distributed.all_gather_object(ranks, me)
-    if rank() == 0:
-        write_placement(storage, rel, ranks)
+    if rank() == 0:  # a retried run on other nodes keeps the nodes it ran on before (what a lost node took)
+        write_placement(storage, rel, ranks, earlier=nodes_of(storage, rel))
 
 
 def _restored_checkpoint(scratch: Path) -> Path | None:

@@ -131,12 +131,7 @@ def test_a_lost_node_loses_no_finished_stage_or_epoch(tmp_path):
     if "error" in outcome:
         raise outcome["error"]
     assert [k["phase"] for k in kills] == ["artifacts", "search", "final"], (kills, console.getvalue())
-    # one line per lost node, naming the runs it took
-    said = [line for line in console.getvalue().splitlines() if line.startswith("[study] node lost: ")]
-    assert len(said) == 3, console.getvalue()
-    assert said[0].endswith("it took digits artifacts; they continue from their last checkpoints"), said
-    assert said[1].count("digits trial-00") == 2, said
-    assert "it took digits final seed 0;" in said[2], said
+
     logs = root / "digits" / "logs"
     lost: dict[str, float] = {}
 
@@ -171,12 +166,19 @@ def test_a_lost_node_loses_no_finished_stage_or_epoch(tmp_path):
     assert "InDistill (tuned)" in results and "InDistill (paper defaults)" in results, results
     assert max(rerun.values()) <= 1, rerun
 
+    print(f"node loss: epochs re-run {rerun}; seconds from the loss to the run's next line {lost}; "
+          f"no node: one line after {no_node_s:.0f} s; study {outcome['wall']:.0f} s")
+    # one line per lost node, naming the runs it took
+    said = [line for line in console.getvalue().splitlines() if line.startswith("[study] node lost: ")]
+    assert len(said) == 3, console.getvalue()
+    assert said[0].endswith("it took digits artifacts; they continue from their last checkpoints"), said
+    assert said[1].count("digits trial-00") == 2, said
+    assert "it took digits final seed 0;" in said[2], said
+
     (line,) = str(no_node.value).splitlines()
     assert line.startswith("no node can host the run: it needs 1 worker(s) of 1 CPU; the cluster's 1 live node(s) "
                            f"have: 0 CPU; waited 15 s (${PLACEMENT_TIMEOUT_ENV[0]})"), line
     assert no_node_s < 15 + 30, no_node_s
-    print(f"node loss: epochs re-run {rerun}; seconds from the loss to the run's next line {lost}; "
-          f"no node: one line after {no_node_s:.0f} s; study {outcome['wall']:.0f} s")
 
 
 def _first_line_after(log: str, t: float) -> float:
