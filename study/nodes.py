@@ -59,5 +59,7 @@ class NodeWatcher(threading.Thread):
 
 
 def _alive() -> dict[str, str]:
-    """Node id -> its address, of the nodes alive now."""
+    """Node id -> its address, of the nodes alive now (none when this process has no Ray)."""
+    if not ray.is_initialized():
+        return {}
     return {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes() if n.get("Alive")}
