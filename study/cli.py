@@ -14,7 +14,9 @@ from indistill.common.errors import add_debug_flag, debug_requested, run_command
 from indistill.common.errors import ConfigError
 
 from .plan import StudyPlan, check_before_ray, final_seeds, make_plan
-from .resources import REPORT_POLL_ENV, STATE_SYNC_ENV
+from .lease import LEASE_ENV
+from .resources import PLACEMENT_TIMEOUT_ENV, REPORT_POLL_ENV, STATE_SYNC_ENV
+from .stopping import CONNECT_TIMEOUT_S
 from .tensorboard_server import LOCALHOST
 
 if TYPE_CHECKING:
@@ -33,10 +35,14 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("RAY_ADDRESS", "the Ray cluster to join when --address is not given (else a local Ray)"),
     *COMMON_ENVIRONMENT,
     (REPORT_POLL_ENV[0], f"Ray Train's report poll in seconds; the study sets {REPORT_POLL_ENV[1]} unless it is set"),
+    (PLACEMENT_TIMEOUT_ENV[0], f"read by Ray Train: seconds a run may wait for a node to host its workers; the study "
+                               f"sets {PLACEMENT_TIMEOUT_ENV[1]} unless it is set, then fails the run in one line"),
     ("TUNE_GLOBAL_CHECKPOINT_S", "read by Ray Tune: seconds between snapshots of the search's state (--resume)"),
     ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "read by Ray Tune; the study sets 1 unless it is set: Tune writes no "
                                            "TensorBoard files of its own (0 brings them back, under ray/)"),
     (STATE_SYNC_ENV[0], f"on s3:// --storage, seconds between uploads of that state (default {STATE_SYNC_ENV[1]})"),
+    (LEASE_ENV[0], f"seconds a driver's lease on its study lasts without renewal (default {LEASE_ENV[1]}): "
+                   "a second driver of a live study stops; a killed driver's lease expires after it"),
     ("AWS_ENDPOINT_URL", "read by pyarrow for s3:// --storage: the S3 endpoint (e.g. a MinIO server)"),
     ("AWS_ACCESS_KEY_ID", "read by pyarrow for s3:// --storage: credentials (else ~/.aws, or the instance's role)"),
     ("AWS_SECRET_ACCESS_KEY", "read by pyarrow for s3:// --storage: credentials, with AWS_ACCESS_KEY_ID"),
@@ -79,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch.distributed backend of the Ray Train runs; auto: nccl when trials use GPUs, else gloo")
     run.add_argument("--artifact-workers", type=int, default=1, help="Ray Train workers for the teacher/auxiliary/pruning run")
     run.add_argument("--address", help="Ray cluster to join, 'auto' or host:port (default: $RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--connect-timeout", type=_seconds, default=CONNECT_TIMEOUT_S, metavar="S",
+                     help="seconds Ray may take to start, or to answer at --address, before the study stops with "
+                     f"one line; nothing listening at --address fails at once (default: {CONNECT_TIMEOUT_S})")
     run.add_argument("--data-root", help="dataset root (default: the search space's fixed data.root, else $INDISTILL_DATA, else ~/.cache/indistill/data)")
     run.add_argument("--download", action="store_true", help="download cifar10/cifar100/fashionmnist with torchvision before starting")
     run.add_argument("--resume", action="store_true", help="continue an interrupted study with the same --storage and --name")
@@ -113,6 +122,16 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
     return port
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return seconds
 
 
 def _host(text: str) -> str:
@@ -235,17 +254,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_before_ray(args, plan)
     if args.dry_run:
         return dry_run(args, plan)
+    from .lease import Lease
+    from .stopping import check_address, supervise
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    check_address(address)  # nobody listening there: one line in seconds, before Ray starts
+    with Lease(plan.storage) as lease:  # one driver per study: a second one stops here
+        table, failed, logs, plan = supervise(lambda connected: _drive(args, plan, address, connected),
+                                              connect_timeout=args.connect_timeout, address=address,
+                                              on_stop=lease.release, halt_when=lease.lost, prog=PROG)
+    _print_summary(plan.storage.uri, table)
+    if logs:
+        print(f"Ray's own logs  : {logs}")
+    if failed is not None:
+        if debug_requested(args):
+            import traceback
+
+            traceback.print_exception(failed.__cause__, file=sys.stderr)
+        print(f"{PROG}: failed: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _drive(args: argparse.Namespace, plan: StudyPlan, address: str | None, connected) -> tuple:
+    """Ray up (``connected`` set once it is), the study, Ray down: (table, StudyFailed or None,
+    Ray's logs directory, the plan as run)."""
     import ray
 
     from .console import driver_log
     from .ray_runs import init_ray
     from .runner import StudyFailed, run_study
 
-    address = args.address or os.environ.get("RAY_ADDRESS")
     # Ray's console output (workers' and actors' lines, raylet warnings) only with --verbose: the
     # study's own progress display and its log files say what happens
     with contextlib.nullcontext(sys.stdout) if args.verbose else driver_log(plan.storage) as console:
         init_ray(address, log_to_driver=args.verbose, configure_logging=True, logging_level="WARNING")
+        connected.set()
         try:
             if args.gpus_per_trial is None:  # from the GPUs up now or those the autoscaler can start
                 from .resources import read_cluster_shape
@@ -259,17 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             logs = _ray_logs_dir()
         finally:
             ray.shutdown()
-    _print_summary(plan.storage.uri, table)
-    if logs:
-        print(f"Ray's own logs  : {logs}")
-    if failed is not None:
-        if debug_requested(args):
-            import traceback
-
-            traceback.print_exception(failed.__cause__, file=sys.stderr)
-        print(f"{PROG}: failed: {failed}", file=sys.stderr)
-        return 1
-    return 0
+    return table, failed, logs, plan
 
 
 def _ray_logs_dir() -> str | None:

@@ -7,10 +7,12 @@ are already reported), FAIL for an errored one, and COMPLETE only for a trial th
 
 The study lives in an SQLite file per benchmark (``<study>/<benchmark>/search/optuna.db``, study
 name = the benchmark), so ``optuna.load_study`` and ``optuna-dashboard`` open it. For a remote
-study directory the file is written in a local mirror and copied there when the search ends.
+study directory the file is written in a local mirror and uploaded (:class:`RecordUpload`) after
+every proposed and every finished trial, so a driver lost mid-search resumes with the record.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -19,6 +21,7 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from .outcome import FAILED, STOPPED, scored, trial_status
+from .storage import Storage
 
 OPTUNA_FILE = "optuna.db"
 
@@ -32,16 +35,37 @@ def optuna_storage(path: Path) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(sqlite_url(path))
 
 
+@dataclass(frozen=True)
+class RecordUpload:
+    """Copies the local SQLite file ``local`` to ``rel`` of a remote study directory (picklable:
+    Tune snapshots the searcher that holds it)."""
+
+    storage: Storage
+    local: str
+    rel: str
+
+    def __call__(self) -> None:
+        self.storage.upload_file(Path(self.local), self.rel)
+
+
 class RecordedOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tells Optuna PRUNED / FAIL / COMPLETE as the trial really ended.
 
     ``full_epochs``: the student epochs of a trial that ran its whole budget (``epoch`` in its last
-    report equals it).
+    report equals it); ``persist``: called after each proposed and each finished trial (the
+    :class:`RecordUpload` of a remote study directory).
     """
 
-    def __init__(self, *args, full_epochs: int, **kwargs) -> None:
+    def __init__(self, *args, full_epochs: int, persist: RecordUpload | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.full_epochs = full_epochs
+        self.persist = persist
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        if params is not None and getattr(self, "persist", None) is not None:
+            self.persist()
+        return params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -72,3 +96,5 @@ class RecordedOptunaSearch(OptunaSearch):
         ot_trial.set_user_attr("tune_trial_id", trial_id)
         self._ot_study.tell(ot_trial, told, state=state)
         self._completed_trials.add(trial_id)
+        if getattr(self, "persist", None) is not None:
+            self.persist()

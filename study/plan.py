@@ -150,12 +150,16 @@ def _check_gpus(args: argparse.Namespace, plan) -> None:
 
 def check_before_ray(args: argparse.Namespace, plan) -> None:
     """Everything a study needs that can be checked without Ray, writing nothing: the study
-    directory (a directory, new or resumable with a valid state), GPUs, data, networks, checkpoints."""
+    directory (a directory, new or resumable with a valid state, no other live driver), GPUs, data,
+    networks, checkpoints."""
+    from .lease import check_no_live_driver, lease_seconds
     from .resources import state_sync_period
     from .resume import check_new_or_resume
 
     state_sync_period()  # a malformed $INDISTILL_STATE_SYNC_S
+    lease_seconds()  # a malformed $INDISTILL_LEASE_S
     plan.storage.check_writable("--storage")
+    check_no_live_driver(plan.storage)  # one driver per study: another one drives it now
     check_new_or_resume(plan)  # a resumed study: its state, benchmarks and inputs
     _check_gpus(args, plan)
     _check_data(plan)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -12,6 +13,7 @@ import ray
 import ray.train
 from ray import tune
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from indistill.config.run import config_to_dict
@@ -19,7 +21,7 @@ from indistill.engine.plan import artifact_files
 
 from .names import SIZE_OBJECTIVES
 from .plan import BenchmarkPlan, StudyPlan
-from .resources import REPORT_POLL_ENV, TrialResources, state_sync_period
+from .resources import PLACEMENT_TIMEOUT_ENV, REPORT_POLL_ENV, TrialResources, state_sync_period
 from .params import trial_config
 from .storage import Storage
 from .tblog import AUTO_LOGGERS_ENV
@@ -35,11 +37,12 @@ def sync_config() -> tune.SyncConfig:
 
 
 def runtime_env(**extra) -> dict:
-    """The study's Ray job environment: :data:`~study.resources.REPORT_POLL_ENV` in every Ray
-    process of the study (the driver's value when set, else the study's), plus ``extra`` runtime_env
-    fields. Set once, by :func:`init_ray`, not by each run."""
-    name, default = REPORT_POLL_ENV
-    return {"env_vars": {name: os.environ.get(name, default)}, **extra}
+    """The study's Ray job environment: :data:`~study.resources.REPORT_POLL_ENV` and
+    :data:`~study.resources.PLACEMENT_TIMEOUT_ENV` in every Ray process of the study (the driver's
+    value when set, else the study's), plus ``extra`` runtime_env fields. Set once, by
+    :func:`init_ray`, not by each run."""
+    env = {name: os.environ.get(name, default) for name, default in (REPORT_POLL_ENV, PLACEMENT_TIMEOUT_ENV)}
+    return {"env_vars": env, **extra}
 
 
 def init_ray(address: str | None = None, *, runtime_env_extra: dict | None = None, **kwargs) -> None:
@@ -52,13 +55,68 @@ def init_ray(address: str | None = None, *, runtime_env_extra: dict | None = Non
 
 def fit(fn: Callable[[dict], None], config: dict, resources: TrialResources, name: str, storage_path: str,
         max_failures: int, **run_options) -> None:
-    """One quiet Ray Train run of ``fn`` on ``resources``."""
-    TorchTrainer(
+    """One quiet Ray Train run of ``fn`` on ``resources``; a run whose workers no node could host
+    within :data:`~study.resources.PLACEMENT_TIMEOUT_ENV`'s seconds raises :class:`NoNodeError`."""
+    failures = ray.train.FailureConfig(max_failures=max_failures, controller_failure_limit=0)
+    trainer = TorchTrainer(
         fn, train_loop_config=config, scaling_config=_scaling(resources),
         torch_config=TorchConfig(backend=resources.backend),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path, logging_config=QUIET,
-                                       failure_config=ray.train.FailureConfig(max_failures=max_failures), **run_options),
-    ).fit()
+                                       failure_config=failures, **run_options),
+    )
+    try:
+        trainer.fit()
+    except ray.train.ControllerError as exc:
+        if not isinstance(exc.controller_failure, WorkerGroupStartupTimeoutError):
+            raise
+        raise NoNodeError(_no_node(resources)) from None
+    except (ray.train.WorkerGroupError, ray.exceptions.RayActorError) as exc:
+        lost = _lost_nodes(str(exc))
+        if not lost:
+            raise
+        raise NodeLostError(f"node lost: {', '.join(lost)} died under the run") from None
+
+
+class NodeLostError(RuntimeError):
+    """A node that held workers of a run died (its retries, if any, are spent)."""
+
+
+#: how a Ray Train worker's failure names the node it ran on
+_WORKER_NODE = re.compile(r"node_id='([0-9a-f]+)',\s*node_ip='([^']*)'")
+#: how an actor whose node died says so
+_DEAD_NODE = re.compile(r"node has died\. Node Id: ([0-9a-f]+)")
+
+
+def _lost_nodes(text: str, wait_s: float = 20.0) -> list[str]:
+    """The nodes a run's failure names that are dead (``ip (node <id>)``), waiting up to
+    ``wait_s`` for the cluster to declare a node whose workers stopped answering dead."""
+    named = {m.group(1): m.group(2) for m in _WORKER_NODE.finditer(text)}
+    named.update({m.group(1): "" for m in _DEAD_NODE.finditer(text) if m.group(1) not in named})
+    if not named or not ("health check failed" in text or "unavailable" in text or "died" in text):
+        return []
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        dead = [f"{ip} (node {node[:8]})".strip() for node, ip in named.items() if node not in alive]
+        if dead or time.monotonic() > deadline:
+            return dead
+        time.sleep(1.0)
+
+
+class NoNodeError(RuntimeError):
+    """No node of the cluster could host a run's workers within the placement timeout."""
+
+
+def _no_node(resources: TrialResources) -> str:
+    """One line: what the run needs, what the cluster's live nodes have."""
+    need = ", ".join(f"{v:g} {k}" for k, v in resources.per_worker().items())
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    have = "; ".join(", ".join(f"{node.get(k, 0):g} {k}" for k in resources.per_worker()) for node in nodes) or "none"
+    name, default = PLACEMENT_TIMEOUT_ENV
+    job_env = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}  # what the controller read
+    waited = float(job_env.get(name, os.environ.get(name, default)))
+    return (f"no node can host the run: it needs {resources.workers} worker(s) of {need}; the cluster's "
+            f"{len(nodes)} live node(s) have: {have}; waited {waited:g} s (${name})")
 
 
 def _scaling(resources: TrialResources) -> ray.train.ScalingConfig:

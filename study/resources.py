@@ -21,6 +21,11 @@ REPORT_POLL_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 # SyncConfig.sync_period (Ray's default: 300 s, so a killed driver could lose 5 minutes of finished
 # trials); the study uploads it at most every INDISTILL_STATE_SYNC_S seconds (default 30).
 STATE_SYNC_ENV = ("INDISTILL_STATE_SYNC_S", "30")
+# Ray Train waits this long for a run's workers to be placed before it counts a start-up failure;
+# the study allows no retry of it (``study.ray_runs.fit``), so a run that no node can host (the
+# cluster shrank below one run's resources) fails with one line after this many seconds instead of
+# retrying forever. Set like REPORT_POLL_ENV; time for an autoscaler to start a node fits in it.
+PLACEMENT_TIMEOUT_ENV = ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
 
 
 def state_sync_period() -> float:

@@ -19,7 +19,8 @@ from indistill.common.io import atomic_write_bytes, stable_hash
 from indistill.engine.plan import artifact_stages
 
 from .names import NETWORKS_FILE, OBJECTIVE, PARETO_FILE, POINTS_FILE, SIZE_OBJECTIVES, SIZE_TEXT, WIDTH
-from .optuna_record import OPTUNA_FILE, RecordedOptunaSearch, optuna_storage
+from .nodes import NodeWatcher
+from .optuna_record import OPTUNA_FILE, RecordUpload, RecordedOptunaSearch, optuna_storage
 from .placement import read_placements
 from .plan import BenchmarkPlan, StudyPlan, final_config, final_seeds
 from .provenance import study_sampler
@@ -73,8 +74,11 @@ def _optuna_db(plan: StudyPlan, bp: BenchmarkPlan) -> Path:
     if plan.storage.is_local:
         return plan.storage.local_path() / rel / OPTUNA_FILE
     mirror = Path.home() / ".cache" / "indistill" / "optuna" / stable_hash(plan.storage.uri) / bp.benchmark
-    if plan.storage.exists(f"{rel}/{OPTUNA_FILE}") and not (mirror / OPTUNA_FILE).exists():
+    # the study directory's record is the one kept as trials are proposed and end: the mirror starts from it
+    if plan.storage.exists(f"{rel}/{OPTUNA_FILE}"):
         atomic_write_bytes(mirror / OPTUNA_FILE, plan.storage.read_bytes(f"{rel}/{OPTUNA_FILE}"))
+    else:
+        (mirror / OPTUNA_FILE).unlink(missing_ok=True)
     return mirror / OPTUNA_FILE
 
 
@@ -121,7 +125,9 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_once: 
                                         mode=["max", *["min"] * (len(metrics) - 1)] if len(metrics) > 1 else "max",
                                         sampler=study_sampler(bp.space),
                                         study_name=bp.benchmark, storage=optuna_storage(optuna_db),
-                                        full_epochs=bp.base.student.epochs)
+                                        full_epochs=bp.base.student.epochs,
+                                        persist=None if plan.storage.is_local else
+                                        RecordUpload(plan.storage, str(optuna_db), f"{bp.benchmark}/search/{OPTUNA_FILE}"))
         scheduler = scheduler_for(bp)
         tuner = tune.Tuner(
             trainable,
@@ -204,6 +210,8 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
     progress = new_progress(plan, out, live=live, at_once=at_once)
     names = ", ".join(b.benchmark for b in plan.benchmarks)
     attach(progress)
+    watcher = NodeWatcher(plan, progress)  # one line per lost node, naming the runs it took
+    watcher.start()
     try:
         with progress:
             now = shape.now()
@@ -228,6 +236,7 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
             write_report(plan.storage)
             progress(f"[study] done in {format_duration(time.perf_counter() - t0)}")
     finally:
+        watcher.stop()
         attach(None)
     if errors:
         raise StudyFailed(plan.name, table, errors)

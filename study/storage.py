@@ -121,6 +121,14 @@ class Storage:
     def write_json(self, rel: str, obj) -> None:
         self.write_text(rel, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
+    def delete(self, rel: str) -> None:
+        """Remove one file of the study directory, if it is there."""
+        fs, base = self._fs()
+        try:
+            fs.delete_file(posixpath.join(base, rel))
+        except FileNotFoundError:
+            pass
+
     def upload(self, local_dir: Path, rel: str) -> None:
         """Copy a local directory's files under ``rel`` (existing files are overwritten)."""
         fs, base = self._fs()

@@ -35,7 +35,7 @@ from indistill.engine.keys import PROTOCOLS
 from indistill.engine.stages import Context, stage_dirname
 
 from .names import ARTIFACT_PROGRESS, EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, SEARCHED, TUNED, WIDTH
-from .placement import write_placement
+from .placement import nodes_of, placement_file, run_placement_file, write_placement
 from .rows import final_rows, with_searched
 from .runlog import RunLog
 from .search_space import with_width
@@ -207,6 +207,7 @@ def prepare_artifacts(config: dict) -> None:
     config = {**config, "cfg": config_to_dict(with_searched(build_config(config["cfg"])))}
     with worker_session(config, f"{config['cfg']['benchmark']}/logs/artifacts.log") as s:
         done = _ArtifactProgress(s.storage, s.cfg, len(widths))
+        _record_placement(s.storage, run_placement_file(s.cfg.benchmark, "artifacts"), s.cfg.device)
         ctx = make_context(s.cfg, s.root, log=s.log, persist=s.persist)
         built = [prepare(ctx if w is None else ctx.with_config(with_width(s.cfg, w)), protocol,
                          rows=protocol == "test" and i == 0, done=lambda stage, p=protocol: done(stage, p))
@@ -322,15 +323,15 @@ class EpochReporter:
                               **self._timing()})
 
 
-def _record_placement(storage: Storage, benchmark: str, trial_id: str, device: str) -> None:
-    """Where the trial's workers ran (node, host, device), one entry per rank, written by rank 0."""
+def _record_placement(storage: Storage, rel: str, device: str) -> None:
+    """Where the run's workers run (node, host, device), one entry per rank, written by rank 0 to ``rel``."""
     me = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "device": device}
     ranks = [me]
     if is_distributed():
         ranks = [None] * world_size()
         torch.distributed.all_gather_object(ranks, me)
-    if rank() == 0:
-        write_placement(storage, benchmark, trial_id, ranks)
+    if rank() == 0:  # a retried run on other nodes keeps the nodes it ran on before (what a lost node took)
+        write_placement(storage, rel, ranks, earlier=nodes_of(storage, rel))
 
 
 def _restored_checkpoint(scratch: Path) -> Path | None:
@@ -358,7 +359,7 @@ def trial_session(config: dict) -> Iterator[Session]:
     entered_at = time.time()
     bench, trial_id = config["cfg"]["benchmark"], config["trial_id"]
     with ray_side(config, f"{bench}/logs/trials/{trial_id}.log", fetch=config["fetch"]) as side:
-        _record_placement(side.storage, bench, trial_id, side.reserved)
+        _record_placement(side.storage, placement_file(bench, trial_id), side.reserved)
         tb = None
         if rank() == 0:  # the trial's run and its HParams row, before it trains
             name = config.get("trial_name") or trial_id
@@ -391,8 +392,9 @@ def final_seed(config: dict) -> None:
                     *(stage_dirname("student", cfg, "test", method) for *_head, cfg, method in plan)})
     rows = []
     with worker_session(config, f"{config['cfg']['benchmark']}/logs/final/seed-{seed}.log", fetch=fetch) as s:
-        ctx = make_context(s.cfg, s.root, log=s.log, persist=s.persist)
         bench = s.cfg.benchmark
+        _record_placement(s.storage, run_placement_file(bench, f"final-seed-{seed}"), s.cfg.device)
+        ctx = make_context(s.cfg, s.root, log=s.log, persist=s.persist)
         for width, tag, label, cfg, method in plan:
             row_ctx = ctx.with_config(cfg.replace(device=ctx.cfg.device))
             slug = _slug(label) if width is None else f"{_slug(label)}-{tag}"

@@ -99,16 +99,19 @@ def test_study_plan_carries_the_resolved_root(monkeypatch, tmp_path) -> None:
     assert [bp.base.data.root for bp in plan.benchmarks] == [str(tmp_path / "data")]
 
 
-def test_ray_runtime_env_carries_the_report_poll_once(monkeypatch) -> None:
-    from study.resources import REPORT_POLL_ENV
+def test_ray_runtime_env_carries_the_report_poll_and_placement_timeout_once(monkeypatch) -> None:
+    from study.resources import PLACEMENT_TIMEOUT_ENV, REPORT_POLL_ENV
     from study.ray_runs import runtime_env
 
     name, default = REPORT_POLL_ENV
+    placement, waits = PLACEMENT_TIMEOUT_ENV
     monkeypatch.delenv(name, raising=False)
-    assert runtime_env() == {"env_vars": {name: default}}
-    assert name not in os.environ  # carried to Ray's processes, not set in this one
+    monkeypatch.delenv(placement, raising=False)
+    assert runtime_env() == {"env_vars": {name: default, placement: waits}}
+    assert name not in os.environ and placement not in os.environ  # carried to Ray's processes, not set in this one
     monkeypatch.setenv(name, "1.5")  # the user's value travels to every Ray process
-    assert runtime_env(worker_process_setup_hook="x.y") == {"env_vars": {name: "1.5"}, "worker_process_setup_hook": "x.y"}
+    assert runtime_env(worker_process_setup_hook="x.y") == {"env_vars": {name: "1.5", placement: waits},
+                                                            "worker_process_setup_hook": "x.y"}
 
 
 def test_the_study_sets_environment_variables_in_one_place() -> None:

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from study.lease import LEASE_FILE
 
 from .s3 import BUCKET, S3
 from .test_study import LEAN_CURRICULUM, LEAN_FIXED, TINY_SPACE, assert_plain_progress
@@ -55,7 +58,9 @@ def _wait_for_group_exit(pgid: int, timeout: float) -> bool:
 @pytest.mark.ray
 def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3):
     """A study on S3 (moto on 127.0.0.1, through AWS_ENDPOINT_URL): SIGKILL the driver once
-    trials have finished, resume, and find the table, configs and TensorBoard files in the bucket."""
+    trials have finished, resume, and find the table, configs and TensorBoard files in the bucket.
+    While it lives, a second driver of the study is refused; its Optuna record in the bucket holds
+    every finished trial after the kill."""
     # three trials, two at a time: the third starts when one finishes, so the kill lands mid-search
     space = _space(tmp_path, trials=3, epochs=3, final_seeds=1, fixed=LEAN_FIXED, curriculum=LEAN_CURRICULUM)
     cmd = [sys.executable, "-m", "study.cli", "run", "--search-space", str(space),
@@ -69,8 +74,12 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
         driver = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         finished: dict[str, dict] = {}
+        refused = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and driver.poll() is None:
+            if refused is None and f"studies/killed/{LEASE_FILE}" in s3.keys("studies/killed/"):
+                # a second driver of the live study: one line naming the first, exit 2, before Ray
+                refused = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=120)
             snap = _snapshot(s3, search)
             finished = {k: v for k, v in snap.items() if v["status"] == "TERMINATED"}
             if finished and len(finished) < 3 and len(snap) == 3:
@@ -83,6 +92,9 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
         time.sleep(3)
         assert driver.poll() is None, "the study ended before it could be killed:\n" + (tmp_path / "first.log").read_text()[-3000:]
         assert finished, "no trial finished in time"
+        assert refused is not None and refused.returncode == 2, refused
+        (line,) = refused.stderr.splitlines()
+        assert f"the study has a live driver: pid {driver.pid} on host {socket.gethostname()}, driving it since " in line
         driver.send_signal(signal.SIGKILL)  # the driver alone; its local Ray shares its fate
         driver.wait(30)
     finally:
@@ -98,6 +110,10 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
     finished = {k: v for k, v in _snapshot(s3, search).items() if v["status"] == "TERMINATED"}
     assert 0 < len(finished) < 3, finished  # killed mid-search
     results_before = {tid: len(_trial_results(s3, search, tid)) for tid in finished}
+    # the Optuna record in the bucket holds every trial Tune had finished, with its value
+    recorded = _optuna_finished(s3, tmp_path / "killed.db")
+    assert len(recorded) >= len(finished), (recorded, finished)
+    assert {v["last_result"]["val_map"] for v in finished.values()} <= set(recorded), (recorded, finished)
     resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming the search" in resumed.stdout and "[digits] artifacts: already prepared" in resumed.stdout
@@ -110,6 +126,8 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
     assert resumed.stderr.strip() == "", resumed.stderr[-2000:]
     trials = {t["trial_id"]: t for t in json.loads(s3.read("studies/killed/digits/search/trials.json"))["trials"]}
     assert len(trials) == 3  # the budget, neither lost nor repeated
+    assert len(_optuna_finished(s3, tmp_path / "resumed.db")) == 3  # the record too
+    assert f"studies/killed/{LEASE_FILE}" not in s3.keys("studies/killed/")  # released at the end
     for tid, before in finished.items():
         after = trials[tid]
         assert after["status"] in ("completed", "stopped early"), after
@@ -132,6 +150,18 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
     tuned = yaml.safe_load(s3.read("studies/killed/digits/search/best_config.yaml"))
     assert (best["student"]["curriculum"], best["prune"]) == (tuned["student"]["curriculum"], tuned["prune"])
     assert (out / "digits" / "student.pt").read_bytes() == s3.read("studies/killed/digits/final/run/final.pt")
+
+
+def _optuna_finished(s3: S3, local: Path) -> list[float]:
+    """The values (a stopped trial's: its last intermediate one) of the finished trials in the
+    bucket's Optuna record."""
+    import optuna
+    from optuna.trial import TrialState
+
+    local.write_bytes(s3.read("studies/killed/digits/search/optuna.db"))
+    trials = optuna.load_study(study_name="digits", storage=f"sqlite:///{local}").get_trials(deepcopy=False)
+    values = {TrialState.COMPLETE: lambda t: t.value, TrialState.PRUNED: lambda t: t.intermediate_values[max(t.intermediate_values)]}
+    return [values[t.state](t) for t in trials if t.state in values]
 
 
 def _trial_results(s3: S3, search: str, trial_id: str) -> list[dict]:
