@@ -254,6 +254,21 @@ def frontier_study(path: Path, name: str) -> str:
     return f"{table}\n\nThe search's Pareto front ({len(front)} trials): {points}.\n\n{source}"
 
 
+def frontier_early_stopping(path: Path, name: str) -> str:
+    """The frontier space's search with and without early stopping: its time, its trials and the
+    front it reached."""
+    d = _json(path)
+    body = []
+    for run in d["runs"]:
+        counts = ", ".join(f"{v} {k}" for k, v in run["counts"].items() if v)
+        front = "; ".join(f"{p['width']:g}: {100 * p['val_map']:.2f}" for p in run["front"])
+        body.append([run["early_stopping"], f"{run['search_s']:.0f}", counts, front])
+    table = _grid(["early stopping", "search (s)", "trials", "front (width: val mAP)"], ["l", "r", "l", "l"], body)
+    source = (f"Source: `{name}`: {d['runs'][0]['command']}; {d['runs'][1]['command']}. {d['date']}, "
+              f"{d['machine']}; {d['versions']}. Note: {d['note']}.")
+    return f"{table}\n\n{source}"
+
+
 TABLES: tuple[Table, ...] = (
     Table("fidelity", "indistill/config/fidelity.py", fidelity),
     Table("speed-distill", "perf/cpu-distill.json", distill),
@@ -263,6 +278,7 @@ TABLES: tuple[Table, ...] = (
     Table("digits-run", "docs/results/digits-run/results.csv", digits_run),
     Table("default-study", "docs/results/default-study/results.csv", default_study),
     Table("frontier-study", "docs/results/digits-frontier/results.csv", frontier_study),
+    Table("frontier-early-stopping", "docs/results/digits-frontier/early-stopping.json", frontier_early_stopping),
 )
 BY_NAME = {t.name: t for t in TABLES}
 
