@@ -182,6 +182,12 @@ def ray_overhead(path: Path, name: str) -> str:
     return f"{table}\n\n{_study_source(name, d)}"
 
 
+def _csv(path: Path) -> list[dict[str, str]]:
+    """A CSV file's rows, by column name."""
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def _meta(path: Path) -> dict[str, str]:
     """``key: value`` lines of a run's ``meta.txt`` (how the results beside it were produced)."""
     out = {}
@@ -200,8 +206,7 @@ def _mean_std(row: dict[str, str], column: str) -> str:
 
 def digits_run(path: Path, name: str) -> str:
     """An ``indistill run`` results.csv: its key columns, and meta.txt beside it as the source line."""
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _csv(path)
     delta = next(c for c in rows[0] if c.startswith("Δ cosine map"))
     metrics = ["cosine map", "euclidean map", "cosine map_legacy", "cosine p@100"]
     body = [[r["network"], f"{int(r['params']):,}", r["n"], *(_mean_std(r, m) for m in metrics), r[delta]] for r in rows]
@@ -216,8 +221,7 @@ def digits_run(path: Path, name: str) -> str:
 def default_study(path: Path, name: str) -> str:
     """A study's results.csv (``indistill-study run``): every row's key columns, and meta.txt beside
     it as the source line."""
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _csv(path)
     delta = next(c for c in rows[0] if c.startswith("Δ cosine map"))
     metrics = ["cosine map", "euclidean map"]
     body = [[r["network"], f"{int(r['params']):,}", r["epochs"], r["n"], *(_mean_std(r, m) for m in metrics), r[delta]]
@@ -236,15 +240,13 @@ def default_study(path: Path, name: str) -> str:
 def frontier_study(path: Path, name: str) -> str:
     """A frontier study's results.csv: the rows grouped by width (width, params, MACs), the Pareto
     front of its search (``pareto.csv`` beside it), and meta.txt beside it as the source line."""
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _csv(path)
     delta = next(c for c in rows[0] if c.startswith("Δ cosine map"))
     body = [[r["network"], f"{float(r['width']):g}" if r.get("width") else "", f"{int(r['params']):,}",
              f"{int(float(r['macs'])):,}" if r.get("macs") else "", r["n"], _mean_std(r, "cosine map"), r[delta]]
             for r in rows]
     table = _grid(["network", "width", "params", "MACs", "n", "cosine map", delta], ["l", "r", "r", "r", "r", "r", "l"], body)
-    with (path.parent / "pareto.csv").open(newline="") as f:
-        front = list(csv.DictReader(f))
+    front = _csv(path.parent / "pareto.csv")
     points = "; ".join(f"width {float(p['width']):g} ({int(float(p['params'])):,} params): val mAP "
                        f"{100 * float(p['val_map']):.2f}" for p in front)
     m = _meta(path.parent / "meta.txt")

@@ -9,6 +9,7 @@ trial's placement. Only rank 0 writes to the study storage.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import socket
@@ -137,27 +138,11 @@ def _on_reserved_device(cfg: RunConfig, reserved: str, gpus: float, log: Callabl
 
 @dataclass(frozen=True)
 class Session:
-    """What the Ray side gives one run on a worker, ready for the engine's verbs: its config on the
-    device Ray reserved, its log, its stage cache (``root``; ``persist`` mirrors what is written
-    there to the study storage), a scratch directory, and for a search trial its report hook, its
-    student's directory and the checkpoint Ray restored."""
-
-    cfg: RunConfig
-    storage: Storage
-    log: Callable[[str], None]
-    root: Path
-    persist: Callable[[Path], None] | None
-    scratch: Path
-    hooks: tuple = ()
-    work_dir: Path | None = None
-    resume_from: Path | None = None
-
-
-@dataclass(frozen=True)
-class RaySide:
-    """The Ray side of one run on a worker, set up before the engine's part: the study storage,
-    the run's log, its stage cache (``root``; ``persist`` mirrors what is written there to the
-    storage), a scratch directory, and the device and GPU share Ray reserved."""
+    """One run on a worker. The Ray side, set up first: the run's plain dict (``config``), the study
+    storage, the run's log, its stage cache (``root``; ``persist`` mirrors what is written there to
+    the storage), a scratch directory, and the device and GPU share Ray reserved. Then, once
+    :meth:`ready`, its config on that device and, for a search trial, its report hooks, its
+    student's directory and the checkpoint Ray restored: what the engine's verbs take."""
 
     config: dict
     storage: Storage
@@ -167,16 +152,20 @@ class RaySide:
     scratch: Path
     reserved: str
     gpus: float
+    cfg: RunConfig | None = None  # set by ready()
+    hooks: tuple = ()
+    work_dir: Path | None = None
+    resume_from: Path | None = None
 
-    def session(self, **extra) -> Session:
-        """The run's :class:`Session`: its config built and checked on the reserved device."""
+    def ready(self, **extra) -> "Session":
+        """This session with its config built and checked on the reserved device (and ``extra``)."""
         cfg = _on_reserved_device(build_config(self.config["cfg"]), self.reserved, self.gpus, self.log)
-        return Session(cfg, self.storage, self.log, self.root, self.persist, self.scratch, **extra)
+        return dataclasses.replace(self, cfg=cfg, **extra)
 
 
 @contextlib.contextmanager
-def ray_side(config: dict, log_rel: str, fetch: Sequence[str] | None = None) -> Iterator[RaySide]:
-    """One run's :class:`RaySide` (``config``: the run's plain dict; ``log_rel``: its log file in
+def ray_side(config: dict, log_rel: str, fetch: Sequence[str] | None = None) -> Iterator[Session]:
+    """One run's :class:`Session`, its Ray side only (``config``: the run's plain dict; ``log_rel``: its log file in
     the study; ``fetch``: the stage-cache paths it reads, None for all). A failure is logged; the
     scratch directory is removed at the end."""
     _quiet_ray_train()
@@ -185,7 +174,7 @@ def ray_side(config: dict, log_rel: str, fetch: Sequence[str] | None = None) -> 
     scratch = Path(tempfile.mkdtemp(prefix="indistill-run-"))
     try:
         with failure_logged(log), stage_cache(storage, config["cfg"]["benchmark"], fetch=fetch) as (root, persist):
-            yield RaySide(config, storage, log, root, persist, scratch, _ray_device(config["cfg"].get("device", "auto")),
+            yield Session(config, storage, log, root, persist, scratch, _ray_device(config["cfg"].get("device", "auto")),
                           _reserved_gpus())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -195,7 +184,7 @@ def ray_side(config: dict, log_rel: str, fetch: Sequence[str] | None = None) -> 
 def worker_session(config: dict, log_rel: str, fetch: Sequence[str] | None = None) -> Iterator[Session]:
     """One run's :class:`Session`: its :func:`ray_side`, then its config on the reserved device."""
     with ray_side(config, log_rel, fetch) as side:
-        yield side.session()
+        yield side.ready()
 
 
 def prepare_artifacts(config: dict) -> None:
@@ -368,8 +357,8 @@ def trial_session(config: dict) -> Iterator[Session]:
         try:
             reporter = EpochReporter(tb, config.get("started_at"), entered_at, config["curriculum_epochs"],
                                      constants=config.get("size"))
-            yield side.session(hooks=(reporter,), work_dir=side.scratch / "student",
-                               resume_from=_restored_checkpoint(side.scratch))
+            yield side.ready(hooks=(reporter,), work_dir=side.scratch / "student",
+                             resume_from=_restored_checkpoint(side.scratch))
         finally:
             if tb is not None:
                 tb.close()
