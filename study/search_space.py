@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 from indistill.config.run import RunConfig, deep_merge, with_student_budget
 from indistill.engine.configure import build_config, validate_config
@@ -43,9 +43,11 @@ class IntRange:
 class LogRange:
     low: float
     high: float
+    #: what needs ``low > 0``, for its message
+    _KIND: ClassVar[str] = " for a log-uniform range"
 
     def __post_init__(self) -> None:
-        _require(self.low > 0, "low", f"must be > 0 for a log-uniform range, got {self.low}")
+        _require(self.low > 0, "low", f"must be > 0{self._KIND}, got {self.low}")
         _require(self.low <= self.high, "high", f"empty range: low {self.low} > high {self.high}")
 
 
@@ -74,15 +76,10 @@ class Budget:
 
 
 @dataclass(frozen=True)
-class WidthRange:
-    """Width multipliers drawn uniformly from ``[low, high]``."""
+class WidthRange(LogRange):
+    """Width multipliers drawn uniformly from ``[low, high]`` (the checks of a :class:`LogRange`)."""
 
-    low: float
-    high: float
-
-    def __post_init__(self) -> None:
-        _require(self.low > 0, "low", f"must be > 0, got {self.low}")
-        _require(self.low <= self.high, "high", f"empty range: low {self.low} > high {self.high}")
+    _KIND: ClassVar[str] = ""
 
 
 @dataclass(frozen=True)
