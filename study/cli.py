@@ -254,15 +254,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_before_ray(args, plan)
     if args.dry_run:
         return dry_run(args, plan)
+    from .console import upload_driver_log
     from .lease import Lease
     from .stopping import check_address, supervise
 
     address = args.address or os.environ.get("RAY_ADDRESS")
     check_address(address)  # nobody listening there: one line in seconds, before Ray starts
     with Lease(plan.storage) as lease:  # one driver per study: a second one stops here
+        def on_stop() -> None:  # a driver stopped by a signal leaves its log where the study is
+            try:
+                upload_driver_log()
+            finally:
+                lease.release()
+
         table, failed, logs, plan = supervise(lambda connected: _drive(args, plan, address, connected),
                                               connect_timeout=args.connect_timeout, address=address,
-                                              on_stop=lease.release, halt_when=lease.lost, prog=PROG)
+                                              on_stop=on_stop, halt_when=lease.lost, prog=PROG)
     _print_summary(plan.storage.uri, table)
     if logs:
         print(f"Ray's own logs  : {logs}")

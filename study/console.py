@@ -6,7 +6,18 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Callable, Iterator, TextIO
+
+
+#: the driver log's upload to a remote study directory while one is open (:func:`upload_driver_log`)
+_UPLOADS: list[Callable[[], None]] = []
+
+
+def upload_driver_log() -> None:
+    """Upload the open driver log of a remote study directory now (a driver that stops on a signal
+    exits without leaving :func:`driver_log`); nothing for a local one, whose log is in place."""
+    for upload in list(_UPLOADS):
+        upload()
 
 
 @contextlib.contextmanager
@@ -38,18 +49,23 @@ def driver_log(storage) -> Iterator[TextIO]:
     # the same file: the process's stdout and stderr descriptors point there, and the progress
     # display writes to a duplicate of the console's
     sink = open(local, "a", buffering=1)
+    upload = (lambda: Storage(storage.uri).upload_file(local, rel)) if scratch is not None else None
+    if upload is not None:
+        _UPLOADS.append(upload)
     try:
         with _redirected_fds(sink) as console:
             yield console
     finally:
+        if upload is not None:
+            _UPLOADS.remove(upload)
         sink.close()
         for lg, handlers, propagate in saved:
             lg.handlers, lg.propagate = handlers, propagate
         logging.captureWarnings(False)
         handler.close()
-        if scratch is not None:
+        if upload is not None:
             try:
-                Storage(storage.uri).upload_file(local, rel)
+                upload()
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
 

@@ -10,6 +10,7 @@ import ray
 from .plan import StudyPlan, final_seeds
 from .placement import nodes_of, placement_file, run_placement_file
 from .progress import Progress
+from .stopping import STOPPING
 
 #: seconds between two looks at the cluster's nodes
 POLL_S = 1.0
@@ -31,6 +32,8 @@ class NodeWatcher(threading.Thread):
             except Exception:  # the GCS did not answer this time: look again
                 continue
             for node_id in self.alive.keys() - now.keys():
+                if STOPPING.is_set():  # the driver stops Ray: its nodes go with it
+                    return
                 runs = self.runs_on(node_id)
                 self.progress(f"[study] node lost: {self.alive[node_id]} (node {node_id[:8]}); it took "
                               f"{', '.join(runs) if runs else 'no run'}"

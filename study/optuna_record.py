@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
+from .failures import ERROR, NO_RECORD, Failures
 from .outcome import FAILED, STOPPED, scored, trial_status
 from .storage import Storage
 
@@ -53,13 +54,16 @@ class RecordedOptunaSearch(OptunaSearch):
 
     ``full_epochs``: the student epochs of a trial that ran its whole budget (``epoch`` in its last
     report equals it); ``persist``: called after each proposed and each finished trial (the
-    :class:`RecordUpload` of a remote study directory).
+    :class:`RecordUpload` of a remote study directory); ``failures``: where a failed trial's
+    reason is read from, into its ``fail_kind`` and ``fail_reason`` user attributes.
     """
 
-    def __init__(self, *args, full_epochs: int, persist: RecordUpload | None = None, **kwargs) -> None:
+    def __init__(self, *args, full_epochs: int, persist: RecordUpload | None = None,
+                 failures: Failures | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.full_epochs = full_epochs
         self.persist = persist
+        self.failures = failures
 
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
@@ -89,6 +93,8 @@ class RecordedOptunaSearch(OptunaSearch):
         told: float | list[float] | None = values if len(metrics) > 1 else value
         if status == FAILED or not all(scored(v) for v in values):
             state, told = TrialState.FAIL, None
+            for key, text in self._failure(trial_id, error).items():
+                ot_trial.set_user_attr(key, text)
         elif status == STOPPED:
             state, told = TrialState.PRUNED, None  # Optuna keeps its last intermediate value (single objective)
         else:
@@ -98,3 +104,12 @@ class RecordedOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
         if getattr(self, "persist", None) is not None:
             self.persist()
+
+    def _failure(self, trial_id: str, error: bool) -> dict[str, str]:
+        """``{fail_kind, fail_reason}`` of a FAIL trial: from its failure record, else what is known."""
+        if not error:
+            return {"fail_kind": ERROR, "fail_reason": "its last result has no val mAP"}
+        failures = getattr(self, "failures", None)  # a searcher snapshotted before it had one
+        entry = failures.read(trial_id) if failures is not None else None
+        return {"fail_kind": entry["kind"], "fail_reason": entry["reason"]} if entry else {"fail_kind": ERROR,
+                                                                                       "fail_reason": NO_RECORD}

@@ -19,6 +19,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from indistill.config.run import config_to_dict
 from indistill.engine.plan import artifact_files
 
+from .failures import Failures, NodeLostError, NoNodeError
 from .names import SIZE_OBJECTIVES
 from .plan import BenchmarkPlan, StudyPlan
 from .resources import PLACEMENT_TIMEOUT_ENV, REPORT_POLL_ENV, TrialResources, state_sync_period
@@ -77,10 +78,6 @@ def fit(fn: Callable[[dict], None], config: dict, resources: TrialResources, nam
         raise NodeLostError(f"node lost: {', '.join(lost)} died under the run") from None
 
 
-class NodeLostError(RuntimeError):
-    """A node that held workers of a run died (its retries, if any, are spent)."""
-
-
 #: how a Ray Train worker's failure names the node it ran on
 _WORKER_NODE = re.compile(r"node_id='([0-9a-f]+)',\s*node_ip='([^']*)'")
 #: how an actor whose node died says so
@@ -101,10 +98,6 @@ def _lost_nodes(text: str, wait_s: float = 20.0) -> list[str]:
         if dead or time.monotonic() > deadline:
             return dead
         time.sleep(1.0)
-
-
-class NoNodeError(RuntimeError):
-    """No node of the cluster could host a run's workers within the placement timeout."""
 
 
 def _no_node(resources: TrialResources) -> str:
@@ -180,9 +173,15 @@ def tune_trial(params: dict, spec: TrialSpec) -> None:
 
         params_count, macs = student_size(cfg)
         config["size"] = {SIZE_OBJECTIVES["params"]: params_count, SIZE_OBJECTIVES["macs"]: macs}
-    # named after the trial (no timestamp): a retried trial resumes its own checkpoints
-    fit(run_trial, config, spec.resources, f"{spec.plan.benchmark}-trial-{trial_id}", spec.ray_storage,
-        max_failures=0, callbacks=[TuneReportCallback()], checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
+    failures = Failures(Storage(spec.storage), plan.benchmark)
+    failures.start_attempt(trial_id)
+    try:
+        # named after the trial (no timestamp): a retried trial resumes its own checkpoints
+        fit(run_trial, config, spec.resources, f"{spec.plan.benchmark}-trial-{trial_id}", spec.ray_storage,
+            max_failures=0, callbacks=[TuneReportCallback()], checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
+    except Exception as exc:
+        failures.record(trial_id, exc)  # before Tune sees the error: the Optuna record reads it
+        raise
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ from pathlib import Path
 from .storage import Storage
 
 
+def trial_log(benchmark: str, trial_id: str) -> str:
+    """A search trial's log in the study directory."""
+    return f"{benchmark}/logs/trials/{trial_id}.log"
+
+
 class RunLog:
     """Appends lines (timestamped unless ``stamp`` is off) to ``<study>/<rel>``: in place on local
     storage, through a local copy uploaded after every line on object storage (removed with the

@@ -19,6 +19,7 @@ from indistill.common.io import atomic_write_bytes, stable_hash
 from indistill.engine.plan import artifact_stages
 
 from .names import NETWORKS_FILE, OBJECTIVE, PARETO_FILE, POINTS_FILE, SIZE_OBJECTIVES, SIZE_TEXT, WIDTH
+from .failures import Failures
 from .nodes import NodeWatcher
 from .optuna_record import OPTUNA_FILE, RecordUpload, RecordedOptunaSearch, optuna_storage
 from .placement import read_placements
@@ -45,6 +46,7 @@ from .early_stopping import scheduler_for
 from .outcome import pareto_front, spread
 from .params import describe, flatten
 from .search_space import sampled_widths, with_width
+from .stopping import STOPPING
 from .storage import Storage
 from .tblog import TrialNamer, tune_loggers, write_hparams_experiment
 from .workers import prepare_artifacts  # the artifact run's entry point
@@ -127,7 +129,8 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_once: 
                                         study_name=bp.benchmark, storage=optuna_storage(optuna_db),
                                         full_epochs=bp.base.student.epochs,
                                         persist=None if plan.storage.is_local else
-                                        RecordUpload(plan.storage, str(optuna_db), f"{bp.benchmark}/search/{OPTUNA_FILE}"))
+                                        RecordUpload(plan.storage, str(optuna_db), f"{bp.benchmark}/search/{OPTUNA_FILE}"),
+                                        failures=Failures(plan.storage, bp.benchmark))
         scheduler = scheduler_for(bp)
         tuner = tune.Tuner(
             trainable,
@@ -226,6 +229,8 @@ def run_study(plan: StudyPlan, out: TextIO | None = sys.stdout, *, live: bool = 
                     exc = future.exception()
                     if exc is None:
                         progress.phase(bench, "done")
+                        continue
+                    if STOPPING.is_set():  # ended by the driver's stop, which said so
                         continue
                     progress.phase(bench, "failed", failure_reason(exc))
                     errors.append((bench, exc))

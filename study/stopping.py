@@ -19,6 +19,9 @@ T = TypeVar("T")
 CONNECT_TIMEOUT_S = 60.0
 #: seconds a stopping driver gives ``ray.shutdown`` before it exits regardless
 SHUTDOWN_GRACE_S = 5.0
+#: set once the driver stops (a signal, a lost lease, no Ray in time): what the study's threads
+#: see while Ray goes down (its nodes gone, their runs ended) is not a lost node or a failed benchmark
+STOPPING = threading.Event()
 
 
 def check_address(address: str | None, timeout: float = 5.0) -> None:
@@ -47,8 +50,7 @@ def supervise(work: Callable[[threading.Event], T], *, connect_timeout: float, a
     pass, else one line and exit 2; so too when ``halt_when`` returns a line (the lease was taken
     over). On SIGINT or SIGTERM: one line, ``on_stop`` (the lease), ``ray.shutdown`` for at most
     :data:`SHUTDOWN_GRACE_S`, and exit 128 + the signal's number, leaving the study as a killed
-    driver would: resumable with ``--resume`` (on ``s3://`` this run's part of the driver log is
-    not uploaded)."""
+    driver would: resumable with ``--resume``."""
     err = os.fdopen(os.dup(2), "w", buffering=1)  # the console's stderr, wherever the study points fd 2
     connected, done = threading.Event(), threading.Event()
     box: dict[str, object] = {}
@@ -89,6 +91,7 @@ def supervise(work: Callable[[threading.Event], T], *, connect_timeout: float, a
 
 def _halt(err: TextIO, on_stop: Callable[[], None], code: int, line: str) -> None:
     """Print ``line``, release what the driver holds, stop Ray (bounded) and exit ``code`` now."""
+    STOPPING.set()
     print(line, file=err, flush=True)
     try:
         on_stop()

@@ -38,7 +38,7 @@ from indistill.engine.stages import Context, stage_dirname
 from .names import ARTIFACT_PROGRESS, EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, SEARCHED, TUNED, WIDTH
 from .placement import nodes_of, placement_file, run_placement_file, write_placement
 from .rows import final_rows, with_searched
-from .runlog import RunLog
+from .runlog import RunLog, trial_log
 from .search_space import with_width
 from .storage import Storage
 from .tblog import TensorBoardLogger, artifact_run, final_run, trial_run
@@ -347,7 +347,7 @@ def trial_session(config: dict) -> Iterator[Session]:
     then its config on the reserved device."""
     entered_at = time.time()
     bench, trial_id = config["cfg"]["benchmark"], config["trial_id"]
-    with ray_side(config, f"{bench}/logs/trials/{trial_id}.log", fetch=config["fetch"]) as side:
+    with ray_side(config, trial_log(bench, trial_id), fetch=config["fetch"]) as side:
         _record_placement(side.storage, placement_file(bench, trial_id), side.reserved)
         tb = None
         if rank() == 0:  # the trial's run and its HParams row, before it trains

@@ -1,6 +1,7 @@
 """A driver never waits forever: nothing at --address fails in seconds, a Ray that does not answer
-is bounded by --connect-timeout, and SIGTERM stops a driver that is still connecting. These drivers
-join no Ray and start none (real processes, a real listening socket)."""
+is bounded by --connect-timeout, and SIGTERM stops a driver that is still connecting; while it
+lives, a second driver of its study is refused. These drivers join no Ray and start none (real
+processes, a real listening socket, locally and on the S3 server)."""
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ import pytest
 
 from study.lease import LEASE_FILE
 
-from .s3 import free_port
+from .s3 import BUCKET, free_port
 
 
 def _driver(tmp_path: Path, *args: str) -> list[str]:
@@ -58,17 +59,37 @@ def test_an_address_that_does_not_answer_is_bounded_by_the_connect_timeout(tmp_p
     assert not (tmp_path / "studies" / "s" / LEASE_FILE).exists()  # the lease went with the driver
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_a_driver_that_is_still_connecting(tmp_path, silent_server, sig):
+@pytest.mark.parametrize("sig, storage", [(signal.SIGTERM, "local"), (signal.SIGINT, "local"), (signal.SIGTERM, "s3")])
+def test_a_signal_stops_a_driver_that_is_still_connecting(request, tmp_path, silent_server, sig, storage):
+    on_s3 = storage == "s3"
+    s3 = request.getfixturevalue("s3") if on_s3 else None
+    cmd = _driver(tmp_path, "--address", silent_server)
+    if on_s3:  # a study directory in the bucket: its driver log is a local copy until it is uploaded
+        cmd[cmd.index("--storage") + 1] = f"s3://{BUCKET}/studies"
     log = tmp_path / "studies" / "s" / "logs" / "driver.log"  # opened just before Ray is joined
-    driver = subprocess.Popen(_driver(tmp_path, "--address", silent_server), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True)
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                              start_new_session=True, env={**os.environ, **(s3.env if on_s3 else {})})
+
+    def leased() -> bool:
+        return f"studies/s/{LEASE_FILE}" in s3.keys("studies/s/") if on_s3 else (tmp_path / "studies/s" / LEASE_FILE).exists()
+
     try:
         deadline = time.monotonic() + 60
-        while not log.exists() and driver.poll() is None and time.monotonic() < deadline:
+        if on_s3:  # the lease is taken just before the driver log opens
+            while not leased() and driver.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1)
+        while not on_s3 and not log.exists() and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert (tmp_path / "studies" / "s" / LEASE_FILE).exists()
+        assert leased()
         time.sleep(1)  # inside ray.init now
+        if sig == signal.SIGTERM and not on_s3:  # (on S3: the S3 kill test, tests/test_study_resilience.py)
+            # a second driver of the study while this one lives: exit 2 in one line naming it, before Ray
+            second = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+            assert second.returncode == 2 and second.stdout == "", (second.stdout, second.stderr)
+            (refused,) = second.stderr.splitlines()
+            assert (f"the study has a live driver: pid {driver.pid} on host {socket.gethostname()}, driving it "
+                    "since ") in refused, refused
         t0 = time.monotonic()
         os.kill(driver.pid, sig)
         out, err = driver.communicate(timeout=30)
@@ -81,4 +102,6 @@ def test_a_signal_stops_a_driver_that_is_still_connecting(tmp_path, silent_serve
     assert line.startswith(f"indistill-study: stopped by {sig.name} after ") and line.endswith(
         "the study is resumable: run the same command with --resume"), line
     assert seconds < 10, seconds
-    assert not (tmp_path / "studies" / "s" / LEASE_FILE).exists()
+    assert not leased()
+    if on_s3:  # the driver's log reached the bucket before the driver exited
+        assert "studies/s/logs/driver.log" in s3.keys("studies/s/")

@@ -15,9 +15,9 @@ from tests import faults
 
 TINY_SPACE = {
     "benchmark": "digits",
-    # no Tune retries: the injected divergence (tests/faults.py) is deterministic, a retry would
-    # only pay a trial's Ray start-up again
-    "budget": {"trials": 4, "epochs": 4, "grace_period": 1, "reduction_factor": 2, "seed": 0, "max_failures": 0,
+    # one Tune retry, which the injected divergence (tests/faults.py) does not spend on training:
+    # a diverged trial is not retried
+    "budget": {"trials": 4, "epochs": 4, "grace_period": 1, "reduction_factor": 2, "seed": 0, "max_failures": 1,
                "final_seeds": 2},
     "curriculum": {
         "epochs": [{"low": 1, "high": 1}, {"low": 0, "high": 1}, {"low": 0, "high": 1}],
@@ -55,6 +55,26 @@ CIFAR_SPACE = {**TINY_SPACE, "benchmark": "cifar10", "criteria": ["l1"], "curric
 BENCHMARKS = ("digits", "cifar10")
 
 
+def merged_plan(tmp: Path, spaces: dict[str, dict], name: str, options: list[str]):
+    """One study plan of several benchmarks, each with its own search space (written under
+    ``tmp``), in ``tmp/studies/<name>``, planned on the running Ray's resources."""
+    import dataclasses
+
+    import ray
+
+    from study.cli import build_parser
+    from study.plan import make_plan
+
+    plans = []
+    for bench, space in spaces.items():
+        path = tmp / f"{bench}.yaml"
+        path.write_text(yaml.safe_dump(space))
+        args = build_parser().parse_args(["run", "--benchmarks", bench, "--search-space", str(path),
+                                          "--storage", str(tmp / "studies"), "--name", name, *options])
+        plans.append(make_plan(args, ray.cluster_resources()))
+    return dataclasses.replace(plans[0], benchmarks=tuple(bp for p in plans for bp in p.benchmarks))
+
+
 class Study(NamedTuple):
     table: pd.DataFrame
     root: Path
@@ -68,13 +88,9 @@ def study(tmp_path_factory) -> Study:
     only; each node one CPU and one logical GPU: two runs of 1 CPU + 0.5 GPU at a time, never on
     one node). Every trial that samples the 'random' criterion diverges (a worker hook, see
     tests/faults.py)."""
-    import dataclasses
-
     import ray
     from ray.cluster_utils import Cluster
 
-    from study.cli import build_parser
-    from study.plan import make_plan
     from study.ray_runs import init_ray
     from study.runner import run_study
 
@@ -94,15 +110,8 @@ def study(tmp_path_factory) -> Study:
             init_ray(cluster.address, configure_logging=False, log_to_driver=False,
                      runtime_env_extra=faults.runtime_env_extra())
             assert ray.cluster_resources()["GPU"] == 2
-            plans = []
-            for bench, space in zip(BENCHMARKS, (TINY_SPACE, CIFAR_SPACE)):
-                path = tmp / f"{bench}.yaml"
-                path.write_text(yaml.safe_dump(space))
-                args = build_parser().parse_args(["run", "--benchmarks", bench, "--search-space", str(path),
-                                                  "--storage", str(tmp / "studies"), "--name", "tiny",
-                                                  "--gpus-per-trial", "0.5", "--dist-backend", "gloo"])
-                plans.append(make_plan(args, ray.cluster_resources()))
-        plan = dataclasses.replace(plans[0], benchmarks=tuple(bp for p in plans for bp in p.benchmarks))
+            plan = merged_plan(tmp, dict(zip(BENCHMARKS, (TINY_SPACE, CIFAR_SPACE))), "tiny",
+                               ["--gpus-per-trial", "0.5", "--dist-backend", "gloo"])
         table = run_study(plan, out=console)
     finally:
         ray.shutdown()
@@ -145,6 +154,11 @@ def test_study_table_rows_and_trial_accounting(study):
     sampled_random = [t for t in trials["trials"] if t["params"]["prune"]["criterion"] == faults.POISONED_CRITERION]
     assert len(failed) == len(sampled_random) >= 1, trials  # the injected NaN trials fail, the study goes on
     assert all("DivergedError" in t["reason"] for t in failed), failed  # a real divergence of the loss
+    for t in failed:  # not retried: its retry (budget.max_failures 1) stopped at once, and trained nothing again
+        (error,) = (root / "ray" / "digits-search").glob(f"*{t['trial_id']}*/error.txt")
+        assert error.read_text().count("Failure # ") == 2 and "(a divergence is not retried)" in error.read_text()
+        log = (root / "digits" / "logs" / "trials" / f"{t['trial_id']}.log").read_text()
+        assert log.count("[run] failed: DivergedError") == 1, log  # one attempt trained, and failed
     assert trials["best"]["params"]["prune"]["criterion"] == "l1"
     # the best trial: the most epochs, then the highest last val mAP; the table shows its val mAP in %
     scored = [t for t in trials["trials"] if t["status"] != "failed" and t["val_map"] is not None
@@ -247,9 +261,9 @@ def test_both_benchmarks_ran_at_once_across_the_two_nodes(study):
     assert max(starts) - min(starts) < 5.0, starts
 
 
-def assert_plain_progress(lines: list[str], benchmarks) -> None:
+def assert_plain_progress(lines: list[str], benchmarks, phases=("artifacts", "search", "final")) -> None:
     """A study's console when stdout is not a terminal: no ANSI escapes, no duplicate lines, no
-    Ray/Tune internals; every benchmark's phases and the study's end as one line per event."""
+    Ray/Tune internals; every benchmark's ``phases`` and the study's end as one line per event."""
     assert lines and not [line for line in lines if "\x1b" in line]
     events = [line for line in lines if line.startswith("[")]
     assert len(events) == len(set(events)), [e for e in events if events.count(e) > 1]
@@ -257,10 +271,10 @@ def assert_plain_progress(lines: list[str], benchmarks) -> None:
                           r"[╭│╰]|INFO |WARNING |View detailed results|Error file")
     assert not [line for line in lines if internal.search(line)]
     for bench in benchmarks:
-        for phase in ("artifacts", "search", "final"):
+        for phase in phases:
             assert any(line.startswith(f"[{bench}] {phase}: ") for line in events), (bench, phase, lines)
-        assert any(re.match(rf"\[{bench}\] search: trial-\d+-\w+ (completed|stopped early|failed)", line)
-                   for line in events), bench
+        assert "search" not in phases or any(re.match(rf"\[{bench}\] search: trial-\d+-\w+ (completed|stopped early|failed)",
+                                                       line) for line in events), bench
     assert re.match(r"\[study\] done in \d+", events[-1]), events[-1]
 
 
@@ -495,7 +509,9 @@ def test_optuna_study_is_persisted_with_honest_states(study):
     assert states == sorted(status_to_state[t["status"]] for t in trials)
     by_params = {json.dumps(t["params"], sort_keys=True): t for t in trials}
     for ot in record.trials:
-        if ot.state.name == "FAIL":
+        if ot.state.name == "FAIL":  # the injected divergence, with its reason
+            assert ot.user_attrs["fail_kind"] == "diverged", ot.user_attrs
+            assert ot.user_attrs["fail_reason"].startswith("DivergedError: [student/indistill] loss became nan in epoch 1 of 4")
             continue
         nested: dict = {}
         for key, value in ot.params.items():

@@ -1,4 +1,5 @@
-"""A study on S3 whose driver is SIGKILLed, then resumed (the two-node study: tests/test_study.py)."""
+"""A study on S3 whose driver is SIGKILLed, then stopped by SIGINT and SIGTERM, each time resumed
+(one driver per study throughout); the two-node study: tests/test_study.py."""
 import json
 import os
 import signal
@@ -68,7 +69,8 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
     # Tune snapshots its state at most every TUNE_GLOBAL_CHECKPOINT_S (>= 10 s by default) and the
     # study uploads it every INDISTILL_STATE_SYNC_S: 1 s each makes the kill land soon after the
     # first trials finish
-    env = {**os.environ, **s3.env, "TUNE_GLOBAL_CHECKPOINT_S": "1", "INDISTILL_STATE_SYNC_S": "1"}
+    env = {**os.environ, **s3.env, "TUNE_GLOBAL_CHECKPOINT_S": "1", "INDISTILL_STATE_SYNC_S": "1",
+           "INDISTILL_LEASE_S": "6"}  # the lease renewed every 2 s
     search = "studies/killed/ray/digits-search/"
     with open(tmp_path / "first.log", "w") as log:
         driver = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -114,13 +116,22 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
     recorded = _optuna_finished(s3, tmp_path / "killed.db")
     assert len(recorded) >= len(finished), (recorded, finished)
     assert {v["last_result"]["val_map"] for v in finished.values()} <= set(recorded), (recorded, finished)
+    # the killed driver's lease (this host, its process gone) is stale at once: C takes the study
+    # over and renews the lease; SIGINT stops C in its search, SIGTERM stops D in its final runs,
+    # each within seconds, releasing the lease; E resumes the study to its end
+    stopped = {name: _signal_stop(tmp_path, s3, [*cmd, "--resume"], env, name, sig, phase)
+               for name, sig, phase in (("c", signal.SIGINT, "[digits] search: resuming the search"),
+                                        ("d", signal.SIGTERM, "[digits] final:"))}
+    print(f"seconds from the signal to the driver's exit: {stopped}")
+    assert all(seconds < 15 for seconds in stopped.values()), stopped
     resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "resuming the search" in resumed.stdout and "[digits] artifacts: already prepared" in resumed.stdout
+    # C resumed the search (its phase line, waited for above); E finds it done and goes on to the final runs
+    assert "[digits] artifacts: already prepared" in resumed.stdout and "[digits] search:" not in resumed.stdout, resumed.stdout
     # the console (not a terminal): the tool's own lines only, then the end table within 100 columns
     out = resumed.stdout.splitlines()
     end = out.index(next(line for line in out if line.startswith("[study] done")))
-    assert_plain_progress(out[: end + 1], ["digits"])
+    assert_plain_progress(out[: end + 1], ["digits"], phases=("artifacts", "final"))
     table = out[end + 1: next(i for i, line in enumerate(out) if line.startswith("study directory"))]
     assert table and all(len(line) <= 100 for line in table), table  # the locations below name the study's URI
     assert resumed.stderr.strip() == "", resumed.stderr[-2000:]
@@ -150,6 +161,43 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
     tuned = yaml.safe_load(s3.read("studies/killed/digits/search/best_config.yaml"))
     assert (best["student"]["curriculum"], best["prune"]) == (tuned["student"]["curriculum"], tuned["prune"])
     assert (out / "digits" / "student.pt").read_bytes() == s3.read("studies/killed/digits/final/run/final.pt")
+
+
+def _signal_stop(tmp_path: Path, s3: S3, cmd: list[str], env: dict, name: str, sig: signal.Signals, phase: str) -> float:
+    """Start a driver (its console in ``<name>.log``); once it prints ``phase`` and holds the
+    study's lease (renewing it), send ``sig``: it exits 128 + the signal in one line saying the
+    study is resumable, its lease released and its Ray processes gone. Seconds from the signal to
+    its exit."""
+    log, lease = tmp_path / f"{name}.log", f"studies/killed/{LEASE_FILE}"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while phase not in log.read_text():
+            assert driver.poll() is None and time.monotonic() < deadline, f"{name} never printed {phase!r}:\n" + log.read_text()[-3000:]
+            time.sleep(0.2)
+        holder = json.loads(s3.read(lease))
+        assert (holder["host"], holder["pid"]) == (socket.gethostname(), driver.pid), holder
+        time.sleep(3)  # past a renewal: the lease is still this driver's
+        renewed = json.loads(s3.read(lease))
+        assert renewed["token"] == holder["token"] and renewed["renewed"] > holder["renewed"], (holder, renewed)
+        t0 = time.monotonic()
+        driver.send_signal(sig)
+        _out, err = driver.communicate(timeout=60)
+        seconds = time.monotonic() - t0
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 128 + sig, err
+    (line,) = err.splitlines()
+    assert line.startswith(f"indistill-study: stopped by {sig.name} after ") and "resumable" in line, line
+    # the stop is said once: Ray going down is no lost node and no failed benchmark on the console
+    console = log.read_text()
+    assert "node lost" not in console and " failed: " not in console, console[-2000:]
+    assert lease not in s3.keys("studies/killed/")
+    # Ray's processes went with it (ray.shutdown in the stop): the next driver starts on a clean machine
+    assert _wait_for_group_exit(driver.pid, 15), "Ray processes of the stopped driver still run"
+    return seconds
 
 
 def _optuna_finished(s3: S3, local: Path) -> list[float]:

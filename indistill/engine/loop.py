@@ -237,7 +237,7 @@ class Loop:
         totals = all_reduce_sum(torch.stack([sums[k] for k in keys] + [count])).tolist()
         metrics = {k: totals[i] / totals[-1] for i, k in enumerate(keys)}
         if not math.isfinite(metrics["loss"]):
-            raise DivergedError(f"[{self.name}] loss became {metrics['loss']} at epoch {epoch}")
+            raise DivergedError(f"[{self.name}] loss became {metrics['loss']} in epoch {epoch + 1} of {self.epochs}")
         metrics.update(epoch=epoch, lr=lr, epoch_time_s=time.perf_counter() - t0, samples=totals[-1])
         if self.evaluate is not None and self.eval_every and ((epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs):
             t1 = time.perf_counter()
