@@ -14,14 +14,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
+from .names import WARM_START
 from .outcome import FAILED, STOPPED, scored, trial_status
 from .storage import Storage
+from .warm_start import WarmPoint, enqueue
 
 OPTUNA_FILE = "optuna.db"
 
@@ -56,13 +59,26 @@ class RecordedOptunaSearch(OptunaSearch):
     :class:`RecordUpload` of a remote study directory).
     """
 
-    def __init__(self, *args, full_epochs: int, persist: RecordUpload | None = None, **kwargs) -> None:
+    def __init__(self, *args, full_epochs: int, persist: RecordUpload | None = None,
+                 warm_start: Sequence[WarmPoint] = (), **kwargs) -> None:
+        self.warm_start = tuple(warm_start)  # before OptunaSearch's __init__: it sets the study up
         super().__init__(*args, **kwargs)
         self.full_epochs = full_epochs
         self.persist = persist
 
+    def _setup_study(self, mode) -> None:
+        """Optuna's study, with the warm start enqueued once (:func:`study.warm_start.enqueue`). Not
+        Ray's ``points_to_evaluate``: it enqueues again whenever a searcher is built on the same
+        persisted record, and without the origin. Tune's restore (``--resume``) unpickles the
+        searcher and does not come here."""
+        super()._setup_study(mode)
+        enqueue(self._ot_study, self.warm_start)
+
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
+        origin = self._ot_trials[trial_id].user_attrs.get(WARM_START) if params is not None else None
+        if origin:  # a warm-started trial: its origin travels in its config (trials.json, HParams)
+            params[WARM_START] = origin
         if params is not None and getattr(self, "persist", None) is not None:
             self.persist()
         return params
