@@ -166,12 +166,12 @@ def resolve(sources: Sequence[str], benchmark: str, from_benchmark: str | None, 
             try:
                 points.append(fit(source, trial, space, base))
             except Misfit as exc:
-                skipped.append(f"{_trial_text(origin, trial.get(OBJECTIVE))} does not fit: {exc}")
+                skipped.append(f"{_trial_text(origin, trial.get(OBJECTIVE))}: {exc}")
     if not points:
         raise ConfigError(f"--warm-start: no config of {', '.join(Storage.create(s).uri for s in sources)} "
                           f"({source_benchmark}) fits the {benchmark} search space: {'; '.join(skipped)}")
     if len(points) > space.budget.trials:
-        skipped += [f"{_trial_text(p.origin, p.val_map)} is left out: budget.trials is {space.budget.trials}"
+        skipped += [f"{_trial_text(p.origin, p.val_map)}: beyond budget.trials ({space.budget.trials})"
                     for p in points[space.budget.trials:]]
         points = points[:space.budget.trials]
     return WarmStart(tuple(Storage.create(s).uri for s in sources), source_benchmark, tuple(points), tuple(skipped))
@@ -186,7 +186,8 @@ def summary(warm: WarmStart) -> str:
     """The warm start in one phrase (the dry run's plan, the search's first line)."""
     firsts = ", ".join(_trial_text(p.origin, p.val_map) for p in warm.points)
     skipped = f"; {len(warm.skipped)} skipped" if warm.skipped else ""
-    return f"the first {len(warm.points)} trials are {firsts}{skipped}"
+    first = "the first trial is" if len(warm.points) == 1 else f"the first {len(warm.points)} trials are"
+    return f"{first} {firsts}{skipped}"
 
 
 # ----------------------------------------------------------------------------- the study directory
@@ -273,7 +274,7 @@ def table_note(trials: Mapping[str, Any]) -> str:
     studies = ", ".join(dict.fromkeys(f"{o.study} ({o.benchmark})" for o in origins))
     best = origin_of(trials["best"]) if trials.get("best") else None
     which = f"the best re-ran {best.text}" if best else "the best is one the sampler proposed"
-    return f"{len(origins)} warm-started trials from {studies}; {which}"
+    return f"{len(origins)} warm-started trial{'s' if len(origins) != 1 else ''} from {studies}; {which}"
 
 
 def strip(params: dict) -> tuple[dict, dict | None]:

@@ -148,9 +148,9 @@ def test_the_best_fitting_configs_of_the_source_are_the_first_trials_and_a_misfi
     warm = resolve([str(source)], "digits", None, space, base_config(space, "digits"))
     # the 3 best (b, c, a); c's first loss is not a choice: skipped, d does not take its place
     assert [p.origin.trial_id for p in warm.points] == ["b"]
-    assert warm.skipped == (f"{source} digits trial c (val mAP 85.00) does not fit: curriculum/loss_0: 'cosine' is not "
+    assert warm.skipped == (f"{source} digits trial c (val mAP 85.00): curriculum/loss_0: 'cosine' is not "
                             "among this space's choices (mse, pkt)",
-                            f"{source} digits trial a (val mAP 80.00) does not fit: curriculum/loss_2: 'cosine' is not "
+                            f"{source} digits trial a (val mAP 80.00): curriculum/loss_2: 'cosine' is not "
                             "among this space's choices (mse, pkt)")
     assert warm.points[0].params == flatten(trials[1]["params"])
     assert warm.points[0].origin == Origin(str(source), "digits", "b") and warm.points[0].val_map == 0.90
@@ -160,7 +160,7 @@ def test_the_best_fitting_configs_of_the_source_are_the_first_trials_and_a_misfi
     two = resolve([str(source)], "digits", None, dataclasses.replace(DIGITS, budget=dataclasses.replace(
         DIGITS.budget, warm_start=2, trials=1)), DIGITS_BASE)
     assert [p.origin.trial_id for p in two.points] == ["b"]  # budget.warm_start 2, within budget.trials 1
-    assert two.skipped == (f"{source} digits trial c (val mAP 85.00) is left out: budget.trials is 1",)
+    assert two.skipped == (f"{source} digits trial c (val mAP 85.00): beyond budget.trials (1)",)
 
 
 def test_another_benchmarks_curriculum_as_first_guesses(tmp_path):
@@ -173,7 +173,7 @@ def test_another_benchmarks_curriculum_as_first_guesses(tmp_path):
     warm = resolve([str(source)], "digits", "cifar10", DIGITS, DIGITS_BASE)
     assert [(p.origin.benchmark, p.origin.trial_id) for p in warm.points] == [("cifar10", "short")]
     assert warm.points[0].params["curriculum/epochs_2"] == 4
-    assert warm.skipped == (f"{source} cifar10 trial long (val mAP 60.00) does not fit: curriculum/epochs_0: 6 is "
+    assert warm.skipped == (f"{source} cifar10 trial long (val mAP 60.00): curriculum/epochs_0: 6 is "
                             "outside this space's range 1..3",)
 
 
@@ -204,9 +204,9 @@ def test_the_dry_run_names_the_warm_start_and_each_skipped_config(tmp_path, caps
                            "--storage", str(tmp_path / "studies"), "--name", "warm"])
     out, err = capsys.readouterr()
     assert code == 0
-    assert f"  warm start   : the first 1 trials are {source} digits trial a (val mAP 80.00); 1 skipped" in out.splitlines()
+    assert f"  warm start   : the first trial is {source} digits trial a (val mAP 80.00); 1 skipped" in out.splitlines()
     assert err.splitlines() == [f"indistill-study: notice: digits: --warm-start skips {source} digits trial c (val mAP "
-                                "85.00) does not fit: prune/criterion: 'random' is not among this space's choices (l1, l2)"]
+                                "85.00): prune/criterion: 'random' is not among this space's choices (l1, l2)"]
     assert not (tmp_path / "studies").exists()
 
 
@@ -220,8 +220,8 @@ def test_when_no_config_fits_the_study_stops_before_ray_in_one_line(tmp_path, ca
     assert code == 2 and out == ""
     assert err.splitlines() == [
         f"indistill-study: error: --warm-start: no config of {source} (digits) fits the digits search space: "
-        f"{source} digits trial c (val mAP 85.00) does not fit: prune/criterion: 'random' is not among this space's "
-        f"choices (l2); {source} digits trial a (val mAP 80.00) does not fit: prune/criterion: 'l1' is not among "
+        f"{source} digits trial c (val mAP 85.00): prune/criterion: 'random' is not among this space's "
+        f"choices (l2); {source} digits trial a (val mAP 80.00): prune/criterion: 'l1' is not among "
         "this space's choices (l2)"]
     assert not (tmp_path / "studies").exists()
     code = study_cli.main(["run", "--dry-run", "--warm-start-benchmark", "cifar10", "--storage", str(tmp_path / "s")])
@@ -310,7 +310,7 @@ def test_trials_json_the_tables_note_and_hparams_carry_the_origin():
     warm, cold = record["trials"]
     assert warm[WARM_START] == origin.as_dict() and WARM_START not in cold
     assert warm["params"] == params()  # the origin is not a sampled value
-    assert table_note(record) == "1 warm-started trials from /s/source (digits); the best re-ran /s/source digits trial t0"
+    assert table_note(record) == "1 warm-started trial from /s/source (digits); the best re-ran /s/source digits trial t0"
     record["best"] = cold
     assert table_note(record).endswith("the best is one the sampler proposed")
     assert table_note({"trials": [cold], "best": cold}) == ""
