@@ -322,3 +322,18 @@ def test_trials_json_the_tables_note_and_hparams_carry_the_origin():
     assert hparams_value(plan, params()) == {WARM_START: COLD}
     assert hparams_value(SimpleNamespace(warm_start=None), nested) == {}
     assert hparams_domains([SimpleNamespace(benchmark="x")]) == []
+
+
+def test_the_end_of_study_summary_says_the_tuned_rows_warm_start():
+    from study.names import TUNED
+    from study.results import WARM_START_COLUMN, summary
+
+    index = pd.MultiIndex.from_tuples([("digits", TUNED)], names=["benchmark", "network"])
+    table = pd.DataFrame({"tuned": ["3 trials"], "best trial": ["t1"], "best val map": [88.5], "trials completed": [3],
+                          "best config": ["1ep mse w=1"], WARM_START_COLUMN: ["2 warm-started trials from /s (digits); "
+                                                                            "the best re-ran /s digits trial t0"]},
+                         index=index)
+    lines = summary(table)
+    assert lines[-3:] == ["digits, InDistill (tuned): best trial t1, val map 88.50 (3 trials: 3 completed)",
+                          "  config: 1ep mse w=1",
+                          "  warm start: 2 warm-started trials from /s (digits); the best re-ran /s digits trial t0"]
