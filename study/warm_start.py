@@ -154,9 +154,10 @@ def resolve(sources: Sequence[str], benchmark: str, from_benchmark: str | None, 
     (default: the same benchmark): each source's :func:`ranked` configs that fit ``space``, at most
     ``budget.trials`` in all. None that fits: :class:`ConfigError`, one line with each reason."""
     source_benchmark = from_benchmark or benchmark
+    uris = tuple(Storage.create(s).uri for s in sources)
     points: list[WarmPoint] = []
     skipped: list[str] = []
-    for location in sources:
+    for location in uris:
         source = open_source(location, source_benchmark)
         best = ranked(source.trials, source.space, space.budget.warm_start)
         if not best:
@@ -168,13 +169,13 @@ def resolve(sources: Sequence[str], benchmark: str, from_benchmark: str | None, 
             except Misfit as exc:
                 skipped.append(f"{_trial_text(origin, trial.get(OBJECTIVE))}: {exc}")
     if not points:
-        raise ConfigError(f"--warm-start: no config of {', '.join(Storage.create(s).uri for s in sources)} "
+        raise ConfigError(f"--warm-start: no config of {', '.join(uris)} "
                           f"({source_benchmark}) fits the {benchmark} search space: {'; '.join(skipped)}")
     if len(points) > space.budget.trials:
         skipped += [f"{_trial_text(p.origin, p.val_map)}: beyond budget.trials ({space.budget.trials})"
                     for p in points[space.budget.trials:]]
         points = points[:space.budget.trials]
-    return WarmStart(tuple(Storage.create(s).uri for s in sources), source_benchmark, tuple(points), tuple(skipped))
+    return WarmStart(uris, source_benchmark, tuple(points), tuple(skipped))
 
 
 def notices(benchmark: str, warm: WarmStart) -> list[str]:
