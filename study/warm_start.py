@@ -231,6 +231,8 @@ def enqueue(study: Any, points: Sequence[WarmPoint]) -> int:
     holds a trial of that origin already, in any state (waiting, running, finished): a resumed
     search, whose searcher Tune restores or builds again on the same record, never enqueues a point
     twice. Returns how many it enqueued."""
+    if not points:
+        return 0
     held = {_key(t.user_attrs[WARM_START]) for t in study.get_trials(deepcopy=False) if WARM_START in t.user_attrs}
     added = 0
     for p in points:
