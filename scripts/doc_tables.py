@@ -271,6 +271,27 @@ def frontier_early_stopping(path: Path, name: str) -> str:
     return f"{table}\n\n{source}"
 
 
+def warm_start(path: Path, name: str) -> str:
+    """A cold and a warm-started search of the same space and sampler seed (``report --compare``'s
+    CSV): the best val mAP after k trials and the expected best of k trials of each; meta.txt beside
+    it names the two studies (its ``cold`` and ``warm`` keys: their names, the CSV's column prefixes)."""
+    rows = _csv(path)
+    m = _meta(path.parent / "meta.txt")
+    cold, warm = m["cold"], m["warm"]
+
+    def pct(row: dict[str, str], column: str) -> str:
+        return f"{float(row[column]):.2f}" if row.get(column) else ""
+
+    body = [[r["k"], pct(r, f"{cold} best so far"), pct(r, f"{warm} best so far"),
+             "yes" if r[f"{warm} warm-started"] == "True" else "", pct(r, f"{cold} expected best"),
+             pct(r, f"{warm} expected best")] for r in rows]
+    table = _grid(["k", "best so far, cold", "best so far, warm", "trial k warm-started",
+                   "expected best of k, cold", "expected best of k, warm"], ["r", "r", "r", "l", "r", "r"], body)
+    source = (f"Source: `{name}` (beside it: `meta.txt`, the search space `{m['space']}` and each study's "
+              f"`trials.json`): {m['commands']}. {m['date']}; {m['machine']}; {m['versions']}. {m['note']}")
+    return f"{table}\n\n{source}"
+
+
 TABLES: tuple[Table, ...] = (
     Table("fidelity", "indistill/config/fidelity.py", fidelity),
     Table("speed-distill", "perf/cpu-distill.json", distill),
@@ -281,6 +302,7 @@ TABLES: tuple[Table, ...] = (
     Table("default-study", "docs/results/default-study/results.csv", default_study),
     Table("frontier-study", "docs/results/digits-frontier/results.csv", frontier_study),
     Table("frontier-early-stopping", "docs/results/digits-frontier/early-stopping.json", frontier_early_stopping),
+    Table("warm-start", "docs/results/digits-warm-start/digits-compare.csv", warm_start),
 )
 BY_NAME = {t.name: t for t in TABLES}
 

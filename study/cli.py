@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                      f"one line; nothing listening at --address fails at once (default: {CONNECT_TIMEOUT_S})")
     run.add_argument("--data-root", help="dataset root (default: the search space's fixed data.root, else $INDISTILL_DATA, else ~/.cache/indistill/data)")
     run.add_argument("--download", action="store_true", help="download cifar10/cifar100/fashionmnist with torchvision before starting")
+    run.add_argument("--warm-start", action="append", metavar="SOURCE", help="a study whose search has finished (a "
+                     "directory or s3:// URI; repeatable): for each benchmark, its best configs of the same benchmark (the search "
+                     "space's budget.warm_start, default 3; a multi-objective source: its Pareto set) are the first "
+                     "trials the search evaluates, counted in budget.trials; a config that does not fit the search "
+                     "space is skipped with a notice (default: none, the sampler proposes every trial)")
+    run.add_argument("--warm-start-benchmark", metavar="NAME", help="take the --warm-start configs from this "
+                     "benchmark of the source (default: the benchmark itself)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted study with the same --storage and --name")
     run.add_argument("--dry-run", action="store_true", help="check everything run checks before Ray starts (configs, "
                      "search spaces, data, storage, resources, the --resume state), print the resolved plan and exit: "
@@ -104,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="the directory to write them to (required)")
     report = add_command(sub, "report", "write the study's figures (PNG) and report.md under STUDY_DIR/report/")
     report.add_argument("study_dir", metavar="STUDY_DIR", help="the study directory (a path or s3:// URI)")
+    report.add_argument("--compare", metavar="OTHER", help="another study directory (a path or s3:// URI): for each "
+                        "benchmark both have, the curves of the best val mAP so far and of the expected best of n "
+                        "trials of both studies side by side, such as a cold and a warm study (default: none)")
     tb = add_command(sub, "tensorboard", "print (or --start) the TensorBoard command for a study")
     tb.add_argument("study_dir", metavar="STUDY_DIR", help="the study directory (a path or s3:// URI)")
     tb.add_argument("--start", action="store_true", help="start TensorBoard (this environment's) instead of printing the command")
@@ -171,6 +181,7 @@ def plan_lines(plan: StudyPlan, at_once: Concurrency | None, *, address: str | N
     from .resources import counted
     from .search_space import shortest_curriculum
     from .rows import final_rows
+    from .warm_start import summary as warm_summary
 
     later = "decided when the study joins the cluster"
     res = plan.trial_resources
@@ -211,6 +222,7 @@ def plan_lines(plan: StudyPlan, at_once: Concurrency | None, *, address: str | N
                   f"  early stop   : {stopping}",
                   *([f"  widths       : {_widths_text(bp)}"] if width is not None else []),
                   *([f"  objectives   : {_objectives_text(bp)}"] if bp.space.size_objective else []),
+                  *([f"  warm start   : {warm_summary(bp.warm_start)}"] if bp.warm_start else []),
                   f"  final rows   : {', '.join(label for label, _cfg, _method in rows)}"
                   + (f", at each of up to {budget.frontier_points} widths of the Pareto front" if bp.space.size_objective
                      else ", at the best trial's width" if width is not None else ""),
@@ -252,6 +264,11 @@ def _leaves(tree: object, prefix: str = "") -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     check_before_ray(args, plan)
+    from .warm_start import notices
+
+    for bp in plan.benchmarks:
+        for line in notices(bp.benchmark, bp.warm_start) if bp.warm_start else ():
+            print(f"{PROG}: notice: {line}", file=sys.stderr)
     if args.dry_run:
         return dry_run(args, plan)
     from .console import upload_driver_log
@@ -386,7 +403,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     storage = open_study(args.study_dir)
-    for rel in write_report(storage):
+    other = open_study(args.compare) if args.compare else None
+    for rel in write_report(storage, other):
         print(storage.join(rel))
     return 0
 

@@ -19,6 +19,9 @@ WIDTH = "width"
 PARETO_FILE = "search/pareto.csv"
 #: the points the final runs retrain: each one's width and search trial
 POINTS_FILE = "search/points.json"
+#: a warm-started trial's origin (source study, benchmark, trial id): its Optuna user attribute, its
+#: key in Tune's config and in ``search/trials.json``, its HParams column (:mod:`study.warm_start`)
+WARM_START = "warm_start"
 #: ASHA's time attribute: epochs completed in the embedding phase (after the trial's curriculum)
 EMBEDDING_EPOCH = "embedding_epoch"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -21,8 +22,10 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from .failures import ERROR, NO_RECORD, Failures
+from .names import WARM_START
 from .outcome import FAILED, STOPPED, scored, trial_status
 from .storage import Storage
+from .warm_start import WarmPoint, enqueue
 
 OPTUNA_FILE = "optuna.db"
 
@@ -55,18 +58,31 @@ class RecordedOptunaSearch(OptunaSearch):
     ``full_epochs``: the student epochs of a trial that ran its whole budget (``epoch`` in its last
     report equals it); ``persist``: called after each proposed and each finished trial (the
     :class:`RecordUpload` of a remote study directory); ``failures``: where a failed trial's
-    reason is read from, into its ``fail_kind`` and ``fail_reason`` user attributes.
+    reason is read from, into its ``fail_kind`` and ``fail_reason`` user attributes;
+    ``warm_start``: the configs the search evaluates first, each with its origin.
     """
 
     def __init__(self, *args, full_epochs: int, persist: RecordUpload | None = None,
-                 failures: Failures | None = None, **kwargs) -> None:
+                 failures: Failures | None = None, warm_start: Sequence[WarmPoint] = (), **kwargs) -> None:
+        self.warm_start = tuple(warm_start)  # before OptunaSearch's __init__: it sets the study up
         super().__init__(*args, **kwargs)
         self.full_epochs = full_epochs
         self.persist = persist
         self.failures = failures
 
+    def _setup_study(self, mode) -> None:
+        """Optuna's study, with the warm start enqueued once (:func:`study.warm_start.enqueue`). Not
+        Ray's ``points_to_evaluate``: it enqueues again whenever a searcher is built on the same
+        persisted record, and without the origin. Tune's restore (``--resume``) unpickles the
+        searcher and does not come here."""
+        super()._setup_study(mode)
+        enqueue(self._ot_study, self.warm_start)
+
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
+        origin = self._ot_trials[trial_id].user_attrs.get(WARM_START) if params is not None else None
+        if origin:  # a warm-started trial: its origin travels in its config (trials.json, HParams)
+            params[WARM_START] = origin
         if params is not None and getattr(self, "persist", None) is not None:
             self.persist()
         return params

@@ -279,6 +279,73 @@ def drawn_values(base: RunConfig, params: Mapping[str, Any], space: SearchSpace)
     return drawn
 
 
+class Misfit(ValueError):
+    """A value a search space cannot sample: ``name`` (its column, ``curriculum/loss_0``) and why."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"{name}: {why}")
+        self.name, self.why = name, why
+
+
+class _Given:
+    """Stands in for an Optuna trial: answers a suggestion with ``value`` if the suggestion could
+    return it, else raises :class:`Misfit` (the define-by-run's own ranges and choices are the check)."""
+
+    def __init__(self, column: str, value: Any) -> None:
+        self.column, self.value = column, value
+
+    def _outside(self, low: float, high: float) -> Misfit:
+        return Misfit(self.column, f"{self.value!r} is outside this space's range {low:g}..{high:g}")
+
+    def suggest_int(self, name: str, low: int, high: int, **_: Any) -> int:
+        if isinstance(self.value, bool) or not isinstance(self.value, int) or not low <= self.value <= high:
+            raise self._outside(low, high)
+        return self.value
+
+    def suggest_float(self, name: str, low: float, high: float, **_: Any) -> float:
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not low <= self.value <= high:
+            raise self._outside(low, high)
+        return float(self.value)
+
+    def suggest_categorical(self, name: str, choices: Sequence) -> Any:
+        if not any(self.value == c and isinstance(self.value, bool) == isinstance(c, bool) for c in choices):
+            raise Misfit(self.column, f"{self.value!r} is not among this space's choices "
+                                      f"({', '.join(str(c) for c in choices)})")
+        return self.value
+
+
+def fit_values(space: SearchSpace, base: RunConfig, values: Drawn) -> dict[str, Any]:
+    """The sample, by sampler name, with which ``space`` draws ``values`` (by column, as
+    :func:`drawn_values` gives another search's trial): each value checked against the range or
+    the choices the space samples it from. :class:`Misfit` names the first value that does not fit:
+    one outside its range or choices, one the space fixes at another value, one it does not search
+    (a width), a curriculum of another length."""
+    layers, given = _layers(space), sum(1 for k in range(len(values)) if EPOCHS.name(k) in values)
+    if given != layers:
+        raise Misfit("curriculum", f"{given} layers in the source trial, {layers} in this space")
+    sample: dict[str, Any] = {}
+    drawn: Drawn = {}
+    for p, k in sampling_order(space):
+        if p.suggest is None:
+            continue
+        column, value = p.name(k), values.get(p.name(k))
+        if value is None:
+            raise Misfit(column, "the source trial has no value (its space does not search it)")
+        name = p.sampled_name(k, drawn)
+        sampled = p.suggest(_Given(column, value), name, space, k, drawn)
+        if sampled is None:  # the space fixes it
+            sampled = p.default(space, base, k, drawn)
+            if sampled != value:
+                raise Misfit(column, f"{value!r} in the source trial, fixed at {sampled!r} in this space")
+        else:
+            sample[name] = sampled
+        drawn[column] = sampled
+    for column, value in values.items():
+        if value is not None and column not in drawn:
+            raise Misfit(column, f"{value!r} in the source trial; this space does not search it")
+    return sample
+
+
 def apply_params(base: RunConfig, params: Mapping[str, Any], space: SearchSpace) -> RunConfig:
     """The trial's RunConfig: ``base`` with the sampled parameters (nested as Tune gives them, or by
     sampler name) applied; a parameter the sample does not hold keeps its default."""

@@ -11,8 +11,10 @@ from indistill.config.run import RunConfig
 from indistill.common.errors import ConfigError
 
 from .resources import TrialResources
+from .storage import STUDY_STATE as STATE
 from .search_space import SearchSpace
 from .storage import Storage
+from .warm_start import WarmStart, for_resume, resolve as resolve_warm_start
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class BenchmarkPlan:
     space: SearchSpace
     space_path: str
     base: RunConfig
+    warm_start: WarmStart | None = None  # --warm-start: the configs the search evaluates first
 
 
 @dataclass(frozen=True)
@@ -116,8 +119,20 @@ def make_plan(args: argparse.Namespace, cluster=None, *, remote: bool = False):
     if not args.name or args.name in (".", "..") or "/" in args.name or "\\" in args.name:
         raise ConfigError(f"--name: {args.name!r} is not a study name (one directory name under --storage)")
     storage = Storage.create(args.storage).sub(args.name)
+    plans = [dataclasses.replace(bp, warm_start=_warm_start(args, storage, bp)) for bp in plans]
     return StudyPlan(args.name, storage, tuple(plans), resources, args.artifact_workers, args.resume, verbose=args.verbose,
                      max_concurrent=args.max_concurrent_trials, gpus_note=gpus_note)
+
+
+def _warm_start(args: argparse.Namespace, storage: Storage, bp: BenchmarkPlan) -> WarmStart | None:
+    """``--warm-start``'s configs for ``bp`` (:func:`study.warm_start.resolve`); a resumed study's are
+    the ones it was started with (:func:`study.warm_start.for_resume`)."""
+    sources, from_benchmark = args.warm_start or [], args.warm_start_benchmark
+    if from_benchmark and not sources:
+        raise ConfigError("--warm-start-benchmark: needs --warm-start SOURCE (the study to take the configs from)")
+    if args.resume and storage.exists(STATE):
+        return for_resume(storage, bp.benchmark, sources, from_benchmark)
+    return resolve_warm_start(sources, bp.benchmark, from_benchmark, bp.space, bp.base) if sources else None
 
 
 def _check_data(plan) -> None:

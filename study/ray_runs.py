@@ -26,6 +26,7 @@ from .resources import PLACEMENT_TIMEOUT_ENV, REPORT_POLL_ENV, TrialResources, s
 from .params import trial_config
 from .storage import Storage
 from .tblog import AUTO_LOGGERS_ENV
+from .warm_start import hparams_value as warm_start_hparams
 from .workers import final_seed, run_trial  # the Ray Train runs' entry points
 
 
@@ -161,6 +162,7 @@ def tune_trial(params: dict, spec: TrialSpec) -> None:
     trial_id = ctx.get_trial_id()
     plan = spec.plan
     cfg, hparams = trial_config(plan.base, params, plan.space)
+    hparams.update(warm_start_hparams(plan, params))  # a warm-started study: each trial's origin
     config = {
         "cfg": config_to_dict(cfg), "hparams": hparams, "storage": spec.storage, "trial_id": trial_id,
         "trial_name": ctx.get_trial_name(), "verbose": spec.verbose,

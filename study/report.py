@@ -17,7 +17,9 @@ Per benchmark, from the persisted Optuna study (``<benchmark>/search/optuna.db``
 - ``frontier.png``: with student rows at several widths, test cosine mAP against the student's
   parameters, a line per student row and the teacher and the auxiliary as single points;
 - ``timeline.png``: each benchmark's phases (artifacts, search, final) over wall-clock time, from
-  ``<benchmark>/phases.json``, so what ran at once is visible (a table of the same in report.md).
+  ``<benchmark>/phases.json``, so what ran at once is visible (a table of the same in report.md);
+- with ``--compare OTHER``: ``<benchmark>-compare.png`` and ``.csv``, this study's and the other's
+  best-so-far and expected-best curves of the benchmarks both have (:mod:`study.compare`).
 
 ``report.md`` ends with the study's provenance: the versions, the sampler's and the scheduler's
 settings from ``study.json`` and the device kinds that ran the trials (from each ``trials.json``).
@@ -37,6 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from indistill.common.io import stable_hash  # noqa: E402
 from indistill.evaluation.stats import expected_max, mean_std  # noqa: E402
 from indistill.evaluation.table import DIFF_COLUMN, column  # noqa: E402
 
@@ -48,6 +51,17 @@ from .storage import Storage  # noqa: E402
 
 REPORT_DIR = "report"
 FEW_TRIALS = 20  # below this, importance estimates are dominated by noise
+
+
+def load_record(storage: Storage, bench: str, tmp: Path) -> optuna.Study | None:
+    """A benchmark's Optuna record (``<bench>/search/optuna.db``), loaded from a copy in ``tmp``
+    (the study directory may be ``s3://``); None when the study has none yet."""
+    rel = f"{bench}/search/{OPTUNA_FILE}"
+    if not storage.exists(rel):
+        return None
+    db = Path(tmp) / f"{stable_hash(storage.uri)}-{bench}.db"
+    db.write_bytes(storage.read_bytes(rel))
+    return optuna.load_study(study_name=bench, storage=sqlite_url(db))
 
 
 def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -428,25 +442,24 @@ def provenance_section(state: dict, devices: dict[str, dict[str, int]]) -> list[
     return [*lines, ""]
 
 
-def write_report(storage: Storage) -> list[str]:
-    """Figures and ``report.md`` under ``<study>/report/``; returns the files written (relative)."""
+def write_report(storage: Storage, compare: Storage | None = None) -> list[str]:
+    """Figures and ``report.md`` under ``<study>/report/``; returns the files written (relative).
+    ``compare``: another study whose searches of the same benchmarks are set beside this one's
+    (:mod:`study.compare`)."""
     state = storage.read_json("study.json")
     benchmarks = state["benchmarks"]
     lines = [f"# Study report: {storage.uri}", ""]
     written = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as records:
         out = Path(tmp)
         for bench in benchmarks:
-            rel = f"{bench}/search/{OPTUNA_FILE}"
-            if not storage.exists(rel):
+            study = load_record(storage, bench, records)
+            if study is None:
                 lines += [f"## {bench}", "", "No search record yet.", ""]
                 front_lines, front_files = search_front_section(storage, bench, out)
                 lines += front_lines
                 written += front_files
                 continue
-            db = out / f"{bench}.db"
-            db.write_bytes(storage.read_bytes(rel))
-            study = optuna.load_study(study_name=bench, storage=sqlite_url(db))
             # a two-objective study holds no per-epoch values (Optuna takes none there): its front instead
             per_epoch = len(study.directions) == 1
             db_files = [*([f"{bench}-trials.png"] if per_epoch else []), f"{bench}-best-so-far.png", f"{bench}-importance.png"]
@@ -454,7 +467,6 @@ def write_report(storage: Storage) -> list[str]:
                 plot_trials(study, out / db_files[0])
             plot_best_so_far(study, out / db_files[-2])
             note = plot_importance(study, out / db_files[-1])
-            db.unlink()
             states = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
             lines += [f"## {bench}", "", f"Trials: {len(study.trials)} ({', '.join(f'{v} {k.lower()}' for k, v in states.items())}).", "",
                       *([f"![val mAP per trial]({db_files[0]})", ""] if per_epoch else []),
@@ -466,6 +478,12 @@ def write_report(storage: Storage) -> list[str]:
             front_lines, front_files = search_front_section(storage, bench, out)
             lines += front_lines
             written += front_files
+        if compare is not None:
+            from .compare import compare_section
+
+            compare_lines, compare_files = compare_section(storage, compare, out, records)
+            lines += compare_lines
+            written += compare_files
         if storage.exists("results.csv"):
             table = pd.read_csv(io.StringIO(storage.read_text("results.csv")), index_col=[0, 1])
             plot_results(table, out / "results.png")

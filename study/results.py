@@ -16,8 +16,12 @@ from .params import describe
 from .outcome import FAILED, STATUSES, STOPPED, best_key, count, trial_status
 from .storage import Storage
 from .names import (EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, POINTS_FILE, ROW_ORDER, SIZE_OBJECTIVES, STUDENT_ROWS,
-                    TUNED, WIDTH)
+                    TUNED, WARM_START, WIDTH)
+from .warm_start import strip as strip_origin, table_note as warm_start_note
+
 TABLE_FILES = ("results.csv", "results.md", "results.tex", "results_per_seed.csv")
+#: the tuned row's column on a warm-started search (:func:`study.warm_start.table_note`)
+WARM_START_COLUMN = "warm start"
 
 
 def _nested(params: dict) -> dict:
@@ -48,7 +52,7 @@ def summarize_trials(grid, bp) -> dict:
             reason = f"ASHA stopped it after {epochs} epochs ({int(metrics.get(EMBEDDING_EPOCH, 0))} in the embedding phase)"
         df = result.metrics_dataframe
         best_val = float(df[OBJECTIVE].max()) if df is not None and OBJECTIVE in df else None
-        params = _nested({k: v for k, v in (result.config or {}).items()})
+        params, origin = strip_origin(_nested({k: v for k, v in (result.config or {}).items()}))
         timing = None
         if "trial_wall_s" in metrics and "loop_time_s" in metrics:  # up to the trial's last report
             timing = {"wall_s": metrics["trial_wall_s"], "loop_s": metrics["loop_time_s"], "epochs": epochs,
@@ -56,6 +60,8 @@ def summarize_trials(grid, bp) -> dict:
                       "report_s": metrics.get("report_time_s")}
         row = {"trial_id": metrics.get("trial_id") or _trial_id(result), "status": status, "reason": reason, "epochs": epochs,
                OBJECTIVE: value, f"best_{OBJECTIVE}": best_val, "params": params, "timing": timing}
+        if origin:  # a warm-started trial: where its config comes from
+            row[WARM_START] = origin
         if params.get("student", {}).get(WIDTH) is not None:  # a frontier trial: its width and size
             row[WIDTH] = params["student"][WIDTH]
             row.update((k, metrics[k]) for k in SIZE_OBJECTIVES.values() if k in metrics)
@@ -153,6 +159,8 @@ def build_table(storage: Storage, benchmarks: list[str]) -> tuple[pd.DataFrame, 
             for k, v in trials["counts"].items():
                 table.loc[key, f"trials {k}"] = v
             table.loc[key, "best config"] = describe(best["params"]) if best else ""
+            if note := warm_start_note(trials):
+                table.loc[key, WARM_START_COLUMN] = note
     return integer_counts(table), per_seed.reset_index(drop=True)
 
 
@@ -219,7 +227,10 @@ def _tuned_notes(bench: str, row: pd.Series, width: int) -> list[str]:
     if counts:
         head += f" ({row['tuned']}: {counts})"
     wrap = dict(width=width, subsequent_indent="    ", break_on_hyphens=False)
-    return [*textwrap.wrap(head, **wrap), *textwrap.wrap(f"  config: {row.get('best config') or '?'}", **wrap)]
+    warm = row.get(WARM_START_COLUMN)
+    warm_lines = textwrap.wrap(f"  {WARM_START_COLUMN}: {warm}", **wrap) if isinstance(warm, str) and warm else []
+    return [*textwrap.wrap(head, **wrap), *textwrap.wrap(f"  config: {row.get('best config') or '?'}", **wrap),
+            *warm_lines]
 
 
 def write_study_table(storage: Storage, table: pd.DataFrame, per_seed: pd.DataFrame) -> None:

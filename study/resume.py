@@ -12,6 +12,7 @@ from indistill.common.errors import ConfigError
 from .plan import BenchmarkPlan, StudyPlan
 from .provenance import provenance, warn_changed_versions
 from .storage import Storage
+from .warm_start import write as write_warm_start
 
 STATE = "study.json"
 #: base-config fields that say where or how fast a study runs: they may change on --resume
@@ -100,10 +101,13 @@ INPUT_FILES = {"base config": "base_config.yaml", "search space": "search_space.
 
 def write_study_state(plan: StudyPlan) -> None:
     """A new study's ``study.json`` (its benchmarks and the hashes of their inputs) and each
-    benchmark's complete resolved inputs, for the user and for naming a change on --resume."""
+    benchmark's complete resolved inputs (with its warm start), for the user and for naming a change
+    on --resume."""
     for bp in plan.benchmarks:
         plan.storage.write_text(f"{bp.benchmark}/{INPUT_FILES['base config']}", yaml_text(config_to_dict(bp.base)))
         plan.storage.write_text(f"{bp.benchmark}/{INPUT_FILES['search space']}", yaml_text(to_dict(bp.space)))
+        if bp.warm_start:  # what --resume enqueues (study.json last: a study with a state has it)
+            write_warm_start(plan.storage, bp.benchmark, bp.warm_start)
     plan.storage.write_json(STATE, {
         "name": plan.name, "benchmarks": [b.benchmark for b in plan.benchmarks], "created": time.time(),
         "space_files": {b.benchmark: b.space_path for b in plan.benchmarks},

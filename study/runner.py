@@ -49,6 +49,7 @@ from .search_space import sampled_widths, with_width
 from .stopping import STOPPING
 from .storage import Storage
 from .tblog import TrialNamer, tune_loggers, write_hparams_experiment
+from .warm_start import summary as warm_summary
 from .workers import prepare_artifacts  # the artifact run's entry point
 
 
@@ -122,12 +123,15 @@ def run_search(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_once: 
         concurrent, at_a_time = at_once.text(budget.trials, "trials")
         progress.phase(bp.benchmark, "search", f"{budget.trials} trials ({_resources_text(plan.trial_resources)}), "
                        f"{at_a_time}; logs: {bp.benchmark}/logs/trials/")
+        if bp.warm_start:
+            progress(f"[{bp.benchmark}] search: warm start: {warm_summary(bp.warm_start)}")
         metrics = objective_metrics(bp.space)
         searcher = RecordedOptunaSearch(space=define_by_run(bp.space), metric=metrics if len(metrics) > 1 else OBJECTIVE,
                                         mode=["max", *["min"] * (len(metrics) - 1)] if len(metrics) > 1 else "max",
                                         sampler=study_sampler(bp.space),
                                         study_name=bp.benchmark, storage=optuna_storage(optuna_db),
                                         full_epochs=bp.base.student.epochs,
+                                        warm_start=bp.warm_start.points if bp.warm_start else (),
                                         persist=None if plan.storage.is_local else
                                         RecordUpload(plan.storage, str(optuna_db), f"{bp.benchmark}/search/{OPTUNA_FILE}"),
                                         failures=Failures(plan.storage, bp.benchmark))

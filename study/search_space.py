@@ -64,6 +64,7 @@ class Budget:
     early_stopping: bool = True  # ASHA on embedding-phase epochs; false = every trial runs its whole budget
     final_seeds: int = 3  # student seeds of every row of the final table (teacher and auxiliary shared)
     frontier_points: int = 3  # a two-objective search: the Pareto points whose widths the final runs train
+    warm_start: int = 3  # --warm-start: each source's best configs the search evaluates first (of budget.trials)
 
     def __post_init__(self) -> None:
         _require(self.trials >= 1, "trials", f"must be >= 1, got {self.trials}")
@@ -73,6 +74,7 @@ class Budget:
         _require(self.max_failures >= 0, "max_failures", "must be >= 0")
         _require(self.final_seeds >= 1, "final_seeds", f"must be >= 1, got {self.final_seeds}")
         _require(self.frontier_points >= 1, "frontier_points", f"must be >= 1, got {self.frontier_points}")
+        _require(self.warm_start >= 1, "warm_start", f"must be >= 1, got {self.warm_start}")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from indistill.engine.loop import COUNTERS
 
 from .params import Domain, merge_hparams, study_hparams
 from .storage import Storage
+from .warm_start import hparams_domains as warm_start_domains
 
 # ----------------------------------------------------------------------------- run names
 
@@ -153,7 +154,8 @@ def write_hparams_experiment(storage: Storage, benchmarks: Sequence, metrics: Se
     all the study's benchmarks (domains merged): opened on the study directory, every trial of
     every benchmark has its columns; opened on one benchmark's ``tensorboard/``, the same.
     """
-    summary = experiment_summary(merge_hparams(study_hparams(b.space, b.base) for b in benchmarks), metrics)
+    domains = [*merge_hparams(study_hparams(b.space, b.base) for b in benchmarks), *warm_start_domains(benchmarks)]
+    summary = experiment_summary(domains, metrics)
     with tempfile.TemporaryDirectory(prefix="indistill-hparams-") as tmp:
         writer = SummaryWriter(log_dir=tmp)
         writer._get_file_writer().add_summary(summary, global_step=0)
