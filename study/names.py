@@ -44,6 +44,9 @@ NETWORK_ROWS: tuple[str, ...] = tuple(name for name, stage in ARTIFACT_STAGES.it
 #: the table's rows of a benchmark, in order: the artifact networks, then the students
 ROW_ORDER: tuple[str, ...] = (*NETWORK_ROWS, *(label for label, _method, _tuned in STUDENT_ROWS))
 
+#: where each input of a benchmark's study is kept in its directory (resolved, as YAML)
+INPUT_FILES: dict[str, str] = {"base config": "base_config.yaml", "search space": "search_space.yaml"}
+
 #: the teacher's and the auxiliary's test rows, written by the artifact run
 NETWORKS_FILE = "artifacts/networks.json"
 #: where an artifact run writes which of its stages are done (read by the driver's ticker)

@@ -6,9 +6,10 @@ import time
 
 from indistill.config.run import config_to_dict
 from indistill.common.io import stable_hash
-from indistill.config.schema import to_dict
+from indistill.config.schema import from_dict, to_dict
 from indistill.common.errors import ConfigError
 
+from .names import INPUT_FILES
 from .plan import BenchmarkPlan, StudyPlan
 from .provenance import provenance, warn_changed_versions
 from .storage import Storage
@@ -55,27 +56,38 @@ def check_same_inputs(plan: StudyPlan, state: dict) -> None:
     for bp in plan.benchmarks:
         for name, digest in input_hashes(bp).items():
             if bp.benchmark in recorded and recorded[bp.benchmark].get(name) != digest:
-                where = _first_difference(plan.storage, bp, name)
+                old = _recorded_input(plan.storage, bp, name)
+                if old == study_inputs(bp)[name]:  # a field added since, at its default: the same input
+                    continue
+                where = ""
+                if old is not None:
+                    path, was, now = _diff(old, study_inputs(bp)[name])
+                    where = f" ({path}: {was!r} then, {now!r} now)" if path else ""
                 raise ConfigError(f"--resume: {bp.benchmark}'s {name} differs from the one study {plan.name} was "
                                   f"started with{where}; {new_study}")
 
 
-def _first_difference(storage: Storage, bp: BenchmarkPlan, name: str) -> str:
+def _recorded_input(storage: Storage, bp: BenchmarkPlan, name: str) -> dict | None:
+    """The input the study recorded (:data:`~study.names.INPUT_FILES`), read through today's schema
+    (a field added since takes its default), as :func:`study_inputs` gives it; None when it is
+    missing or no longer reads."""
     rel = f"{bp.benchmark}/{INPUT_FILES[name]}"
     if not storage.exists(rel):
-        return ""
+        return None
     import yaml
+
+    from indistill.engine.configure import build_config
+    from indistill.engine.keys import without
+
+    from .search_space import SearchSpace
 
     try:
         old = yaml.safe_load(storage.read_text(rel))
-    except yaml.YAMLError:
-        return ""
-    if name == "base config" and isinstance(old, dict):
-        from indistill.engine.keys import without
-
-        old = without(old, RESUMABLE_FIELDS)
-    path, was, now = _diff(old, study_inputs(bp)[name])
-    return f" ({path}: {was!r} then, {now!r} now)" if path else ""
+        if name == "base config":
+            return without(config_to_dict(build_config(old, benchmark=bp.benchmark)), RESUMABLE_FIELDS)
+        return to_dict(from_dict(SearchSpace, old))
+    except (yaml.YAMLError, ConfigError, TypeError, ValueError):
+        return None
 
 
 def _diff(a, b, prefix: str = "") -> tuple[str, object, object]:
@@ -95,8 +107,6 @@ def _diff(a, b, prefix: str = "") -> tuple[str, object, object]:
     return (prefix.rstrip("."), a, b) if a != b else ("", None, None)
 
 
-#: where each input of a benchmark is kept in the study directory (resolved, as YAML)
-INPUT_FILES = {"base config": "base_config.yaml", "search space": "search_space.yaml"}
 
 
 def write_study_state(plan: StudyPlan) -> None:

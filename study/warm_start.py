@@ -29,7 +29,7 @@ from indistill.config.run import RunConfig
 from indistill.config.schema import from_dict
 from indistill.engine.configure import build_config
 
-from .names import OBJECTIVE, SIZE_OBJECTIVES, WARM_START
+from .names import INPUT_FILES, OBJECTIVE, SIZE_OBJECTIVES, WARM_START
 from .outcome import best_key, pareto_front
 from .params import Domain, Misfit, drawn_values, fit_values
 from .search_space import SearchSpace
@@ -39,7 +39,6 @@ from .storage import Storage
 WARM_START_FILE = "search/warm_start.json"
 #: a source's search record of a benchmark, and the inputs its trials were sampled with
 TRIALS_FILE = "search/trials.json"
-SPACE_FILE, BASE_FILE = "search_space.yaml", "base_config.yaml"
 #: the HParams value of a trial the sampler proposed itself
 COLD = "none"
 
@@ -119,8 +118,8 @@ def open_source(location: str, benchmark: str) -> Source:
     rel = f"{benchmark}/{TRIALS_FILE}"
     if not storage.exists(rel):
         raise ConfigError(f"--warm-start: {storage.uri}: its {benchmark} search has not finished (no {rel})")
-    space = from_dict(SearchSpace, yaml.safe_load(storage.read_text(f"{benchmark}/{SPACE_FILE}")))
-    base = build_config(yaml.safe_load(storage.read_text(f"{benchmark}/{BASE_FILE}")), benchmark=benchmark)
+    space = from_dict(SearchSpace, yaml.safe_load(storage.read_text(f"{benchmark}/{INPUT_FILES['search space']}")))
+    base = build_config(yaml.safe_load(storage.read_text(f"{benchmark}/{INPUT_FILES['base config']}")), benchmark=benchmark)
     return Source(storage, benchmark, list(storage.read_json(rel).get("trials", [])), space, base)
 
 

@@ -33,6 +33,27 @@ def test_the_same_inputs_resume(tmp_path, started):
     check_new_or_resume(_plan(tmp_path, TINY_SPACE, "--data-root", str(tmp_path), "--cpus-per-trial", "2", resume=True))
 
 
+def test_a_study_recorded_before_a_field_existed_resumes(tmp_path, started):
+    """A study started by a version without ``budget.warm_start``: its recorded search space lacks
+    the field and its hash differs; read through today's schema, the field takes its default, and
+    that is the same input. A field whose recorded value is not the default still differs."""
+    import json
+
+    from indistill.common.io import stable_hash
+
+    root = tmp_path / "studies/s"
+    recorded = yaml.safe_load((root / "digits/search_space.yaml").read_text())
+    del recorded["budget"]["warm_start"]
+    (root / "digits/search_space.yaml").write_text(yaml.safe_dump(recorded))
+    state = json.loads((root / STATE).read_text())
+    state["inputs"]["digits"]["search space"] = stable_hash(recorded)
+    (root / STATE).write_text(json.dumps(state))
+    check_new_or_resume(_plan(tmp_path, TINY_SPACE, resume=True))
+    with pytest.raises(ConfigError, match=r"budget\.warm_start: 3 then, 2 now"):
+        check_new_or_resume(_plan(tmp_path, {**TINY_SPACE, "budget": {**TINY_SPACE["budget"], "warm_start": 2}},
+                                  resume=True))
+
+
 CHANGES = [
     ({"budget": {**TINY_SPACE["budget"], "trials": 8}}, (), "digits's search space differs", "budget.trials: 4 then, 8 now"),
     ({"criteria": ["l1"]}, (), "digits's search space differs", "criteria: ['l1', 'random'] then, ['l1'] now"),

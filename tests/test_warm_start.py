@@ -23,7 +23,7 @@ from study.outcome import COMPLETED, FAILED, STOPPED
 from study.params import Misfit, define_by_run, drawn_values, fit_values, flatten
 from study.resume import yaml_text
 from study.results import summarize_trials
-from study.search_space import CurriculumSpace, IntRange, base_config, load_space, packaged_spaces
+from study.search_space import IntRange, base_config, load_space, packaged_spaces
 from study.storage import Storage
 from study.warm_start import (COLD, Origin, WarmPoint, enqueue, for_resume, hparams_domains, hparams_value, ranked,
                               recorded, resolve, table_note, write)
