@@ -92,6 +92,10 @@ def check_no_live_driver(storage: Storage) -> None:
                         f"{lease_seconds():g} s after its last renewal, ${LEASE_ENV[0]})", where=storage.uri)
 
 
+#: seconds a release waits for a renewal in flight (a read and a write of the study's storage)
+RENEWAL_WAIT_S = 10.0
+
+
 class Lease:
     """This driver's lease on a study: :meth:`acquire` it, it renews itself on a daemon thread,
     :meth:`release` removes it. :meth:`lost` says when another driver's lease replaced it."""
@@ -139,6 +143,9 @@ class Lease:
     def release(self) -> None:
         """Stop renewing and remove the lease if it is still this driver's."""
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            # a renewal in flight would write the lease back after it is removed
+            self._thread.join(RENEWAL_WAIT_S)
         current = read_holder(self.storage)
         if current is not None and current.token == self.holder.token:
             self.storage.delete(LEASE_FILE)

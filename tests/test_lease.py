@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from study.lease import LEASE_FILE
+from indistill.common.errors import UserError
+from study.lease import LEASE_FILE, check_no_live_driver
+from study.storage import Storage
 
 from .s3 import BUCKET
 
@@ -49,7 +51,7 @@ def _dry_run(storage: str, tmp_path: Path, **env: str) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, **env})
 
 
-def test_a_live_lease_stops_a_second_driver_and_a_stale_one_does_not(study_dir, tmp_path):
+def test_a_live_lease_stops_a_second_driver_and_a_stale_one_does_not(study_dir, tmp_path, monkeypatch):
     storage, put = study_dir
     put(_lease("other-host", 4242, renewed_ago=5))  # a driver on another machine, renewed 5 s ago (of 60)
     refused = _dry_run(storage, tmp_path)
@@ -58,10 +60,40 @@ def test_a_live_lease_stops_a_second_driver_and_a_stale_one_does_not(study_dir, 
     assert re.fullmatch(rf"indistill-study: error: {re.escape(storage)}/leased: the study has a live driver: pid 4242 on "
                         r"host other-host, driving it since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(lease renewed \d+ s ago\); "
                         r"one study has one driver: .* \$INDISTILL_LEASE_S\)", line), line
+    study = Storage.create(storage).sub("leased")
+    with pytest.raises(UserError):  # the check the command made, in this process
+        check_no_live_driver(study)
     # the same lease, expired: the driver on the other machine is gone
-    assert _dry_run(storage, tmp_path, INDISTILL_LEASE_S="3").returncode == 0
+    monkeypatch.setenv("INDISTILL_LEASE_S", "3")
+    check_no_live_driver(study)
+    monkeypatch.delenv("INDISTILL_LEASE_S")
     # a lease of this machine whose process has ended is stale at once
     gone = subprocess.Popen(["true"])
     gone.wait()
     put(_lease(socket.gethostname(), gone.pid, renewed_ago=0))
-    assert _dry_run(storage, tmp_path).returncode == 0
+    check_no_live_driver(study)
+
+
+def test_a_released_lease_stays_released_when_a_renewal_was_in_flight(tmp_path, monkeypatch):
+    """Release while the renewal thread is writing (a slow store): the renewal does not write the
+    lease back after it is removed."""
+    import threading
+    from dataclasses import dataclass
+
+    from study.lease import Lease
+
+    @dataclass(frozen=True)
+    class SlowStorage(Storage):  # a real local study directory whose writes take 0.3 s
+        def write_json(self, rel: str, obj) -> None:
+            if threading.current_thread().name == "study-lease":
+                time.sleep(0.3)
+            super().write_json(rel, obj)
+
+    monkeypatch.setenv("INDISTILL_LEASE_S", "0.3")  # renewed every 0.1 s
+    storage = SlowStorage.create(tmp_path / "study")
+    lease = Lease(storage).acquire()
+    time.sleep(0.25)  # a renewal is writing now
+    lease.release()
+    assert not (tmp_path / "study" / LEASE_FILE).exists()
+    time.sleep(0.5)  # longer than a write: nothing comes back
+    assert not (tmp_path / "study" / LEASE_FILE).exists()

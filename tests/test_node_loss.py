@@ -2,7 +2,9 @@
 node is removed while the artifact runs, two search trials at once and a final seed run on it,
 and a replacement joins 2 s later, as an autoscaler would provide; the study (digits and a
 CIFAR-10 fabricated in its real on-disk format) finishes, each run continues from its last
-finished stage or epoch checkpoint, and the table is whole."""
+finished stage or epoch checkpoint, and the table is whole. Its digits search is warm-started
+from the session's two-node study (tests/conftest.py), with another sampler seed: its two trials
+are that study's two best configs, marked as such everywhere."""
 from __future__ import annotations
 
 import io
@@ -11,7 +13,9 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+import pandas as pd
 import pytest
 
 from study.ray_runs import NoNodeError, fit
@@ -19,32 +23,21 @@ from study.resources import PLACEMENT_TIMEOUT_ENV, TrialResources
 from study.workers import STAGES_DIR
 
 from .data_fixtures import write_cifar10
-from .test_study import LEAN_CURRICULUM, LEAN_FIXED, MULTI_FIXED, TINY_SPACE, merged_plan
+from .test_study import LEAN_CURRICULUM, LEAN_FIXED, MULTI_FIXED, TINY_SPACE, merged_plan, run_cli
 
 EPOCHS = 12  # per search trial and per final row (0.4 s each here): long enough to remove the node mid-run
-SPACE = {**TINY_SPACE, "criteria": ["l1"], "curriculum": LEAN_CURRICULUM,
-         "fixed": {**LEAN_FIXED, "teacher": {"epochs": 2}},
-         "budget": {**TINY_SPACE["budget"], "trials": 2, "epochs": EPOCHS, "early_stopping": False, "final_seeds": 1,
-                    "max_failures": 1}}
+#: the source study's space (its curricula fit) with the criterion its best trials drew: both
+#: trials are warm-started, under another sampler seed
+SPACE = {**TINY_SPACE, "criteria": ["l1"], "fixed": {**LEAN_FIXED, "teacher": {"epochs": 2}},
+         "budget": {**TINY_SPACE["budget"], "trials": 2, "warm_start": 2, "seed": 1, "epochs": EPOCHS,
+                    "early_stopping": False, "final_seeds": 1, "max_failures": 1}}
 #: the fabricated benchmark: its artifact runs are the ones the first loss hits; one short trial
-CIFAR = {**SPACE, "benchmark": "cifar10", "fixed": {**SPACE["fixed"], **MULTI_FIXED},
+CIFAR = {**SPACE, "benchmark": "cifar10", "curriculum": LEAN_CURRICULUM, "fixed": {**SPACE["fixed"], **MULTI_FIXED},
          "budget": {**SPACE["budget"], "trials": 1, "epochs": 2}}
 NODE = {"num_cpus": 3}  # digits' two one-CPU trials at once beside CIFAR-10's, all on the one worker node
 #: Ray declares a node dead after this many missed health checks of this period: 1.5 s here, ~15 s
 #: with Ray's defaults (5 x 3 s)
 HEALTH_CHECK = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
-
-
-def _results(root: Path, pattern: str) -> dict[str, list[dict]]:
-    """Tune's result.json lines of each trial directory matching ``pattern`` (what Tune has received)."""
-    out = {}
-    for path in root.glob(pattern):
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        try:
-            out[path.parent.name] = [json.loads(line) for line in lines]
-        except json.JSONDecodeError:  # a line being written
-            continue
-    return out
 
 
 def kill_node_when(cluster, node, conditions, running: threading.Event) -> list[dict]:
@@ -66,15 +59,27 @@ def kill_node_when(cluster, node, conditions, running: threading.Event) -> list[
     return kills
 
 
-@pytest.mark.e2e
-@pytest.mark.ray
-def test_a_lost_node_loses_no_finished_stage_or_epoch(tmp_path):
+class Lost(NamedTuple):
+    root: Path
+    source: Path
+    console: str
+    kills: list[dict]
+    table: object
+    wall_s: float
+    no_node: NoNodeError
+    no_node_s: float
+
+
+@pytest.fixture(scope="module")
+def lost(tmp_path_factory, two_node_study) -> Lost:
+    """The study, with the three losses, then the cluster shrunk below one run (no node joins)."""
     import ray
     from ray.cluster_utils import Cluster
 
     from study.ray_runs import init_ray
     from study.runner import run_study
 
+    tmp_path = tmp_path_factory.mktemp("lost")
     write_cifar10(tmp_path / "data", per_batch=40, test=20)
     root = tmp_path / "studies" / "lost"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": HEALTH_CHECK})
@@ -115,7 +120,8 @@ def test_a_lost_node_loses_no_finished_stage_or_epoch(tmp_path):
             env.setenv(PLACEMENT_TIMEOUT_ENV[0], "15")  # into the study's runtime_env: the no-node check below
             env.setenv("INDISTILL_DATA", str(tmp_path / "data"))
             init_ray(cluster.address, configure_logging=False, log_to_driver=False)
-            plan = merged_plan(tmp_path, {"digits": SPACE, "cifar10": CIFAR}, "lost", ["--gpus-per-trial", "0"])
+            plan = merged_plan(tmp_path, {"digits": SPACE, "cifar10": CIFAR}, "lost", ["--gpus-per-trial", "0"],
+                               {"digits": ["--warm-start", str(two_node_study.root)]})
         running.set()
         driver = threading.Thread(target=study, daemon=True)
         driver.start()
@@ -133,16 +139,24 @@ def test_a_lost_node_loses_no_finished_stage_or_epoch(tmp_path):
         cluster.shutdown()
     if "error" in outcome:
         raise outcome["error"]
-    assert [k["phase"] for k in kills] == ["artifacts", "search", "final"], (kills, console.getvalue())
+    return Lost(root, two_node_study.root, console.getvalue(), kills, outcome["table"], outcome["wall"], no_node.value,
+                no_node_s)
+
+
+@pytest.mark.e2e
+@pytest.mark.ray
+def test_a_lost_node_loses_no_finished_stage_or_epoch(lost):
+    root, kills = lost.root, lost.kills
+    assert [k["phase"] for k in kills] == ["artifacts", "search", "final"], (kills, lost.console)
 
     logs = root / "digits" / "logs"
-    lost: dict[str, float] = {}
+    seconds: dict[str, float] = {}
 
     # the artifact runs: a stage finished before the loss is not trained again (teacher: val, test)
     for bench in ("cifar10", "digits"):
         artifacts = (root / bench / "logs" / "artifacts.log").read_text()
         assert artifacts.count("[teacher] epoch 2/2") == 2, artifacts
-    lost["cifar10 artifacts"] = _seconds_lost((root / "cifar10" / "logs" / "artifacts.log").read_text(), kills[0]["at"])
+    seconds["cifar10 artifacts"] = _seconds_lost((root / "cifar10" / "logs" / "artifacts.log").read_text(), kills[0]["at"])
 
     # both search trials, on the lost node at once: each resumed from its last reported epoch checkpoint
     trials = json.loads((root / "digits" / "search" / "trials.json").read_text())["trials"]
@@ -160,7 +174,7 @@ def test_a_lost_node_loses_no_finished_stage_or_epoch(tmp_path):
         assert re.search(rf"\[trial\] failed \(node lost\): {lost_node}\n", text), text
         assert re.search(rf"\[trial\] retried after it failed \(node lost\): {lost_node}\n", text), text
         rerun[run_dir] = len(epochs) - EPOCHS
-        lost[run_dir] = _seconds_lost(text, kills[1]["at"])
+        seconds[run_dir] = _seconds_lost(text, kills[1]["at"])
     assert not list((root / "digits" / "search").glob("failures/*.json"))  # their retries did not fail
 
     # the final seed: its finished row is kept, its second row resumes; the table has both rows
@@ -168,27 +182,27 @@ def test_a_lost_node_loses_no_finished_stage_or_epoch(tmp_path):
     assert final.count(f"epoch {EPOCHS}/{EPOCHS}") == 2, final
     assert re.search(r"resuming after epoch \d+", final), final
     rerun["final"] = len(re.findall(rf"\] epoch \d+/{EPOCHS}", final)) - 2 * EPOCHS
-    lost["final"] = _seconds_lost(final, kills[2]["at"])
+    seconds["final"] = _seconds_lost(final, kills[2]["at"])
     for bench in ("digits", "cifar10"):
         rows = json.loads((root / bench / "final" / "seed-0.json").read_text())["rows"]
         assert sorted(r["network"] for r in rows) == ["InDistill (paper defaults)", "InDistill (tuned)"], rows
-    table = outcome["table"]
+    table = lost.table
     assert table.loc[("cifar10", "InDistill (tuned)"), "n"] == table.loc[("digits", "InDistill (tuned)"), "n"] == 1
     assert max(rerun.values()) <= 1, rerun
 
-    print(f"node loss: epochs re-run {rerun}; seconds from the loss to the run's first line after it {lost}; "
-          f"no node: one line after {no_node_s:.0f} s; study {outcome['wall']:.0f} s")
+    print(f"node loss: epochs re-run {rerun}; seconds from the loss to the run's first line after it {seconds}; "
+          f"no node: one line after {lost.no_node_s:.0f} s; study {lost.wall_s:.0f} s")
     # one line per lost node, naming the runs it took
-    said = [line for line in console.getvalue().splitlines() if line.startswith("[study] node lost: ")]
-    assert len(said) == 3, console.getvalue()
+    said = [line for line in lost.console.splitlines() if line.startswith("[study] node lost: ")]
+    assert len(said) == 3, lost.console
     assert "cifar10 artifacts" in said[0] and said[0].endswith("; they continue from their last checkpoints"), said
     assert said[1].count("digits trial-00") == 2, said
     assert "digits final seed 0" in said[2], said
 
-    (line,) = str(no_node.value).splitlines()
+    (line,) = str(lost.no_node).splitlines()
     assert line.startswith("no node can host the run: it needs 1 worker(s) of 1 CPU; the cluster's 1 live node(s) "
                            f"have: 0 CPU; waited 15 s (${PLACEMENT_TIMEOUT_ENV[0]})"), line
-    assert no_node_s < 15 + 30, no_node_s
+    assert lost.no_node_s < 15 + 30, lost.no_node_s
 
 
 def _seconds_lost(log: str, t: float) -> float:
@@ -201,3 +215,52 @@ def _seconds_lost(log: str, t: float) -> float:
         raise AssertionError(f"no lines around {t}")
     _gap, after = max((b - max(a, t), b) for a, b in zip(window, window[1:]))
     return after - t
+
+
+@pytest.mark.e2e
+@pytest.mark.ray
+def test_the_warm_started_search_evaluates_the_sources_best_configs_and_marks_them(lost):
+    import optuna
+
+    from indistill.config.schema import from_dict
+    from study.names import WARM_START
+    from study.params import flatten
+    from study.search_space import SearchSpace
+    from study.warm_start import Origin, ranked
+
+    from .test_tensorboard_logs import _dashboard, _value
+
+    source = json.loads((lost.source / "digits/search/trials.json").read_text())["trials"]
+    best = ranked(source, from_dict(SearchSpace, {k: v for k, v in SPACE.items() if k != "fixed"}), 2)
+    origins = [Origin(str(lost.source), "digits", t["trial_id"]).as_dict() for t in best]
+    record = optuna.load_study(study_name="digits", storage=f"sqlite:///{lost.root / 'digits/search/optuna.db'}")
+    # the two trials are the source's two best, in order, with the source's sampled values (budget.seed 1, not 0)
+    assert [t.user_attrs.get(WARM_START) for t in record.trials] == origins
+    assert [t.params for t in record.trials] == [flatten(t["params"]) for t in best]
+    trials = json.loads((lost.root / "digits/search/trials.json").read_text())["trials"]
+    by_origin = {t[WARM_START]["trial_id"]: t for t in trials}
+    assert sorted(by_origin) == sorted(o["trial_id"] for o in origins)
+    assert all(by_origin[t["trial_id"]]["params"] == t["params"] for t in best)
+    assert f"[digits] search: warm start: the first 2 trials are {lost.source} digits trial" in lost.console
+    # the table's note for the tuned row
+    note = pd.read_csv(lost.root / "results.csv", index_col=[0, 1]).loc[("digits", "InDistill (tuned)"), "warm start"]
+    assert note.startswith(f"2 warm-started trials from {lost.source} (digits); the best "), note
+    # TensorBoard's HParams: the origin a column, each digits trial's value in its row
+    experiment, groups = _dashboard(lost.root)
+    (column,) = [h for h in experiment.hparam_infos if h.name == WARM_START]
+    texts = [Origin.of(o).text for o in origins]
+    assert sorted(_value(v) for v in column.domain_discrete.values) == sorted(["none", *texts])
+    assert sorted(_value(g.hparams[WARM_START]) for g in groups if g.name.startswith("digits/")) == sorted(texts)
+
+
+@pytest.mark.e2e
+@pytest.mark.ray
+def test_report_compare_sets_the_source_and_the_warm_searches_side_by_side(lost):
+    proc = run_cli("report", str(lost.root), "--compare", str(lost.source))
+    assert proc.returncode == 0, proc.stderr
+    frame = pd.read_csv(lost.root / "report/digits-compare.csv")
+    assert list(frame["k"]) == [1, 2, 3, 4]  # the source searched 4 trials, this study 2
+    assert list(frame["lost warm-started"]) == [True, True, False, False]
+    assert not frame["tiny warm-started"].any()
+    md = (lost.root / "report/report.md").read_text()
+    assert f"## Compared with {lost.source}" in md and "(digits-compare.png)" in md

@@ -55,9 +55,11 @@ CIFAR_SPACE = {**TINY_SPACE, "benchmark": "cifar10", "criteria": ["l1"], "curric
 BENCHMARKS = ("digits", "cifar10")
 
 
-def merged_plan(tmp: Path, spaces: dict[str, dict], name: str, options: list[str]):
+def merged_plan(tmp: Path, spaces: dict[str, dict], name: str, options: list[str],
+                per_benchmark: dict[str, list[str]] | None = None):
     """One study plan of several benchmarks, each with its own search space (written under
-    ``tmp``), in ``tmp/studies/<name>``, planned on the running Ray's resources."""
+    ``tmp``) and its ``per_benchmark`` options, in ``tmp/studies/<name>``, planned on the running
+    Ray's resources."""
     import dataclasses
 
     import ray
@@ -70,7 +72,8 @@ def merged_plan(tmp: Path, spaces: dict[str, dict], name: str, options: list[str
         path = tmp / f"{bench}.yaml"
         path.write_text(yaml.safe_dump(space))
         args = build_parser().parse_args(["run", "--benchmarks", bench, "--search-space", str(path),
-                                          "--storage", str(tmp / "studies"), "--name", name, *options])
+                                          "--storage", str(tmp / "studies"), "--name", name, *options,
+                                          *(per_benchmark or {}).get(bench, [])])
         plans.append(make_plan(args, ray.cluster_resources()))
     return dataclasses.replace(plans[0], benchmarks=tuple(bp for p in plans for bp in p.benchmarks))
 
@@ -82,8 +85,13 @@ class Study(NamedTuple):
     node_ids: frozenset
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Study:
+@pytest.fixture
+def study(two_node_study) -> Study:
+    """The session's two-node study (tests/conftest.py: other modules start studies from it)."""
+    return two_node_study
+
+
+def run_two_node_study(tmp_path_factory) -> Study:
     """One study of two benchmarks at once on a two-node Ray cluster (the head holds the drivers
     only; each node one CPU and one logical GPU: two runs of 1 CPU + 0.5 GPU at a time, never on
     one node). Every trial that samples the 'random' criterion diverges (a worker hook, see
@@ -623,95 +631,3 @@ def test_recorded_optuna_search_states_and_resume(tmp_path):
     restored.on_trial_complete("full", {"val_map": 0.8, "training_iteration": 4, "epoch": 4})
     again = optuna.load_study(study_name="digits", storage=sqlite_url(db))
     assert [t.state.name for t in again.trials] == [t.state.name for t in record.trials]
-
-
-#: a second digits study warm-started from the module's study: another sampler seed, 3 trials of which
-#: the first 2 are the source's best, InDistill's two rows only, one final seed
-WARM_SPACE = {**TINY_SPACE, "budget": {**TINY_SPACE["budget"], "trials": 3, "warm_start": 2, "seed": 1, "final_seeds": 1},
-              "fixed": {**TINY_SPACE["fixed"], "methods": ["indistill"]}}
-
-
-class Warm(NamedTuple):
-    root: Path
-    source: Path
-    console: str
-
-
-@pytest.fixture(scope="module")
-def warm(study, tmp_path_factory) -> Warm:
-    """The warm-started study, on a local Ray of 2 CPUs (the module's cluster is gone by now)."""
-    import ray
-
-    from study.cli import build_parser
-    from study.plan import make_plan
-    from study.ray_runs import init_ray
-    from study.runner import run_study
-
-    tmp = tmp_path_factory.mktemp("warm")
-    path = tmp / "digits.yaml"
-    path.write_text(yaml.safe_dump(WARM_SPACE))
-    args = build_parser().parse_args(["run", "--benchmarks", "digits", "--search-space", str(path), "--storage",
-                                      str(tmp / "studies"), "--name", "warm", "--warm-start", str(study.root),
-                                      "--gpus-per-trial", "0", "--dist-backend", "gloo"])
-    console = io.StringIO()
-    init_ray(None, num_cpus=2, configure_logging=False, log_to_driver=False)
-    try:
-        plan = make_plan(args, ray.cluster_resources())
-        run_study(plan, out=console)
-    finally:
-        ray.shutdown()
-    return Warm(Path(plan.storage.uri), study.root, console.getvalue())
-
-
-@pytest.mark.e2e
-@pytest.mark.ray
-def test_a_warm_started_study_evaluates_the_sources_best_configs_first_and_marks_them(warm):
-    import json
-
-    import optuna
-
-    from study.names import WARM_START
-    from study.params import flatten
-    from study.warm_start import Origin, ranked
-    from indistill.config.schema import from_dict
-    from study.search_space import SearchSpace
-
-    source = json.loads((warm.source / "digits/search/trials.json").read_text())["trials"]
-    best = ranked(source, from_dict(SearchSpace, {k: v for k, v in TINY_SPACE.items() if k != "fixed"}), 2)
-    origins = [Origin(str(warm.source), "digits", t["trial_id"]).as_dict() for t in best]
-    trials = json.loads((warm.root / "digits/search/trials.json").read_text())["trials"]
-    assert len(trials) == 3
-    record = optuna.load_study(study_name="digits", storage=f"sqlite:///{warm.root / 'digits/search/optuna.db'}")
-    # the first two trials the search created are the source's two best, with the source's sampled values
-    assert [t.user_attrs.get(WARM_START) for t in record.trials] == [*origins, None]
-    assert [t.params for t in record.trials[:2]] == [flatten(t["params"]) for t in best]
-    by_origin = {t[WARM_START]["trial_id"]: t for t in trials if WARM_START in t}
-    assert sorted(by_origin) == sorted(o["trial_id"] for o in origins)
-    for t in best:
-        assert by_origin[t["trial_id"]]["params"] == t["params"]
-    assert f"[digits] search: warm start: the first 2 trials are {warm.source} digits trial" in warm.console
-    # the table's note for the tuned row
-    table = pd.read_csv(warm.root / "results.csv", index_col=[0, 1])
-    note = table.loc[("digits", "InDistill (tuned)"), "warm start"]
-    assert note.startswith(f"2 warm-started trials from {warm.source} (digits); the best ")
-    # TensorBoard's HParams: the origin a column, each trial's value in its row
-    from tests.test_tensorboard_logs import _dashboard, _value
-
-    experiment, groups = _dashboard(warm.root)
-    (column,) = [h for h in experiment.hparam_infos if h.name == WARM_START]
-    texts = [Origin.of(o).text for o in origins]
-    assert sorted(_value(v) for v in column.domain_discrete.values) == sorted(["none", *texts])
-    assert sorted(_value(g.hparams[WARM_START]) for g in groups) == sorted(["none", *texts])
-
-
-@pytest.mark.e2e
-@pytest.mark.ray
-def test_report_compare_sets_the_cold_and_warm_searches_side_by_side(warm):
-    proc = run_cli("report", str(warm.root), "--compare", str(warm.source))
-    assert proc.returncode == 0, proc.stderr
-    frame = pd.read_csv(warm.root / "report/digits-compare.csv")
-    assert list(frame["k"]) == [1, 2, 3, 4]  # the source searched 4 trials, this study 3
-    assert list(frame["warm warm-started"]) == [True, True, False, False]
-    assert not frame["tiny warm-started"].any()
-    md = (warm.root / "report/report.md").read_text()
-    assert f"## Compared with {warm.source}" in md and "(digits-compare.png)" in md

@@ -15,11 +15,11 @@ import yaml
 from study.lease import LEASE_FILE
 
 from .s3 import BUCKET, S3
-from .test_study import LEAN_CURRICULUM, LEAN_FIXED, TINY_SPACE, assert_plain_progress
+from .test_study import LEAN_FIXED, TINY_SPACE, assert_plain_progress
 
 
 def _space(tmp_path: Path, fixed: dict | None = None, curriculum: dict | None = None, **budget) -> Path:
-    # Tune may retry a failed trial here (no fault is injected; the tiny space's 0 is for its divergence)
+    # Tune may retry a failed trial once (no fault is injected)
     space = {**TINY_SPACE, "fixed": fixed or TINY_SPACE["fixed"], "curriculum": curriculum or TINY_SPACE["curriculum"],
              "budget": {**TINY_SPACE["budget"], "max_failures": 1, **budget}}
     path = tmp_path / "space.yaml"
@@ -57,15 +57,16 @@ def _wait_for_group_exit(pgid: int, timeout: float) -> bool:
 
 @pytest.mark.e2e
 @pytest.mark.ray
-def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3):
+def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3, two_node_study):
     """A study on S3 (moto on 127.0.0.1, through AWS_ENDPOINT_URL): SIGKILL the driver once
     trials have finished, resume, and find the table, configs and TensorBoard files in the bucket.
     While it lives, a second driver of the study is refused; its Optuna record in the bucket holds
-    every finished trial after the kill."""
+    every finished trial after the kill. Its first two trials are warm-started from the session's
+    local two-node study: after a kill and two stops, each is in the record once."""
     # three trials, two at a time: the third starts when one finishes, so the kill lands mid-search
-    space = _space(tmp_path, trials=3, epochs=3, final_seeds=1, fixed=LEAN_FIXED, curriculum=LEAN_CURRICULUM)
+    space = _space(tmp_path, trials=3, epochs=4, final_seeds=1, fixed=LEAN_FIXED, warm_start=2)
     cmd = [sys.executable, "-m", "study.cli", "run", "--search-space", str(space),
-           "--storage", f"s3://{BUCKET}/studies", "--name", "killed"]
+           "--storage", f"s3://{BUCKET}/studies", "--name", "killed", "--warm-start", str(two_node_study.root)]
     # Tune snapshots its state at most every TUNE_GLOBAL_CHECKPOINT_S (>= 10 s by default) and the
     # study uploads it every INDISTILL_STATE_SYNC_S: 1 s each makes the kill land soon after the
     # first trials finish
@@ -138,6 +139,15 @@ def test_killed_driver_on_s3_resumes_without_losing_finished_trials(tmp_path, s3
     trials = {t["trial_id"]: t for t in json.loads(s3.read("studies/killed/digits/search/trials.json"))["trials"]}
     assert len(trials) == 3  # the budget, neither lost nor repeated
     assert len(_optuna_finished(s3, tmp_path / "resumed.db")) == 3  # the record too
+    # the warm start, enqueued when the study began and never again: the source's two best, once each
+    from study.names import WARM_START
+    from study.search_space import load_space
+    from study.warm_start import ranked
+
+    source = json.loads((two_node_study.root / "digits/search/trials.json").read_text())["trials"]
+    best = [t["trial_id"] for t in ranked(source, load_space(space, "digits"), 2)]
+    record = _optuna_trials(tmp_path / "resumed.db")
+    assert [(t.user_attrs.get(WARM_START) or {}).get("trial_id") for t in record] == [*best, None], record
     assert f"studies/killed/{LEASE_FILE}" not in s3.keys("studies/killed/")  # released at the end
     for tid, before in finished.items():
         after = trials[tid]
@@ -198,6 +208,13 @@ def _signal_stop(tmp_path: Path, s3: S3, cmd: list[str], env: dict, name: str, s
     # Ray's processes went with it (ray.shutdown in the stop): the next driver starts on a clean machine
     assert _wait_for_group_exit(driver.pid, 15), "Ray processes of the stopped driver still run"
     return seconds
+
+
+def _optuna_trials(local: Path) -> list:
+    """The trials of the Optuna record copied to ``local``, in the order they were created."""
+    import optuna
+
+    return optuna.load_study(study_name="digits", storage=f"sqlite:///{local}").get_trials(deepcopy=False)
 
 
 def _optuna_finished(s3: S3, local: Path) -> list[float]:
