@@ -45,7 +45,7 @@ def failure_kind(exc: BaseException) -> str:
     return DIVERGED if error_reason(exc).startswith(f"{DivergedError.__name__}:") else ERROR
 
 
-def failure_reason(exc: BaseException) -> str:
+def attempt_reason(exc: BaseException) -> str:
     """One line: the first failed worker's own error where Ray Train names it, else ``exc``'s
     (:func:`~indistill.common.errors.error_reason`)."""
     workers = getattr(exc, "worker_failures", None) or {}
@@ -61,7 +61,7 @@ class Failures:
     benchmark: str
 
     def record(self, trial_id: str, exc: BaseException) -> dict:
-        entry = {"kind": failure_kind(exc), "reason": failure_reason(exc)}
+        entry = {"kind": failure_kind(exc), "reason": attempt_reason(exc)}
         self.storage.write_json(failure_file(self.benchmark, trial_id), entry)
         self.log(trial_id, f"[trial] failed ({entry['kind']}): {entry['reason']}")
         return entry
