@@ -30,8 +30,11 @@ import sys
 from typing import Sequence
 
 import pandas as pd
+import torch
 
 from study.storage import Storage
+
+from .machine import machine_info
 
 
 def trial_overheads(trials: list[dict]) -> pd.DataFrame:
@@ -88,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not storage.exists("study.json"):
         print(f"{args.study_dir}: not a study directory (run `bash scripts/study.sh` first)", file=sys.stderr)
         return 2
-    report = {}
-    for bench in storage.read_json("study.json")["benchmarks"]:
+    state = storage.read_json("study.json")
+    report: dict = {}
+    for bench in state["benchmarks"]:
         if not storage.exists(f"{bench}/search/trials.json"):
             print(f"{bench}: the search has not finished")
             continue
@@ -119,8 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"search phase: {search['search_s']:.0f} s x {search['concurrent']} slots, {search['loop_s']:.0f} s in trial loops: "
                   f"{100 * search['overhead_frac']:.0f}% of the slot time is overhead (start, stop, idle slots)")
     if args.json:
+        # what produced the figures: the study's recorded versions and commit, this machine
+        measured = {"command": " ".join(["python -m perf.ray_overhead", *(argv if argv is not None else sys.argv[1:])]),
+                    "provenance": state.get("provenance"), "machine": machine_info(torch.device("cpu"))}
         with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+            json.dump({"measured": measured, "benchmarks": report}, f, indent=1)
     return 0
 
 

@@ -140,7 +140,9 @@ def retrieval(path: Path, name: str) -> str:
 
 
 def _overhead(path: Path) -> dict:
-    return _json(path)["digits"]
+    """The digits study's figures, with what produced them (``measured``)."""
+    data = _json(path)
+    return {**data["benchmarks"]["digits"], "measured": data["measured"]}
 
 
 def _when(d: dict) -> str:
@@ -150,10 +152,12 @@ def _when(d: dict) -> str:
 
 
 def _study_source(name: str, d: dict) -> str:
-    return (f"Source: `{name}`: `bash scripts/study.sh` (the default study, started "
-            f"{_when(d)}), then `python -m perf.ray_overhead studies/default --json {name}`; "
-            f"a 2-core VM alone on the machine, {d['search']['concurrent']} trials at a time; Ray 2.60.0 (the pinned "
-            "version). The file does not record the CPU model or the other versions.")
+    from study.provenance import versions_text
+
+    m = d["measured"]
+    return (f"Source: `{name}`: `bash scripts/study.sh` (the default study, started {_when(d)}), then "
+            f"`{m['command']}`; {m['machine']['cpu']} CPU, {m['machine']['cpu_usable']} usable cores, "
+            f"{d['search']['concurrent']} trials at a time; {versions_text(m['provenance'] or {})}.")
 
 
 def study_phases(path: Path, name: str) -> str:

@@ -166,10 +166,13 @@ def test_the_tables_hold_their_files_values() -> None:
     retrieval = doc_tables.retrieval(ROOT / "perf/cpu-retrieval.json", "perf/cpu-retrieval.json")
     assert "| 10,000 x 50,000 x 64 | cosine | 85.54 [85.52] | 5.87 [5.23] | **14.6x** [16.3x] |" in retrieval
     phases = doc_tables.study_phases(ROOT / "perf/ray-overhead-digits.json", "perf/ray-overhead-digits.json")
-    assert "| artifacts (teacher, auxiliary, pruning; twice) | 96 |" in phases and "| the three phases | 396 |" in phases
-    assert "started 2026-11-30 03:24 UTC" in phases
+    assert "| artifacts (teacher, auxiliary, pruning; twice) | 100 |" in phases and "| the three phases | 390 |" in phases
+    assert "started 2026-12-02 04:30 UTC" in phases
+    # what produced it, as the file records it: the study's versions and commit, the machine
+    assert "2 usable cores, 2 trials at a time; indistill-study 0.1.0, Python 3.11.7, torch 2.14.1, Ray 2.60.0" in phases
+    assert phases.rstrip().endswith("; git 0f525b6ea49c.")
     overhead = doc_tables.ray_overhead(ROOT / "perf/ray-overhead-digits.json", "perf/ray-overhead-digits.json")
-    assert "| trial wall time (Tune function start to last report) | 32.8 s |" in overhead
+    assert "| trial wall time (Tune function start to last report) | 30.6 s |" in overhead
     run = doc_tables.digits_run(ROOT / "docs/results/digits-run/results.csv", "docs/results/digits-run/results.csv")
     assert "| student (ce) | 14,906 | 3 | 95.41 ± 0.53 | 94.65 ± 0.31 | 95.40 ± 0.52 | 97.02 ± 0.41 | +2.74 [+0.88, +4.59] * |" in run
     assert "| teacher | 620,234 | 1 | 97.44 | 96.70 | 97.44 | 98.50 |  |" in run

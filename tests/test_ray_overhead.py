@@ -28,7 +28,8 @@ def test_overhead_per_trial_and_summary():
 
 def test_main_reads_a_study_directory(tmp_path, capsys):
     (tmp_path / "digits/search").mkdir(parents=True)
-    (tmp_path / "study.json").write_text(json.dumps({"benchmarks": ["digits"]}))
+    provenance = {"versions": {"ray": "2.60.0"}, "git": {"commit": "0123456789abcdef", "dirty": False}}
+    (tmp_path / "study.json").write_text(json.dumps({"benchmarks": ["digits"], "provenance": provenance}))
     (tmp_path / "digits/search/trials.json").write_text(json.dumps({"trials": TRIALS, "max_concurrent": 2}))
     intervals = {"artifacts": [{"start": 0.0, "end": 30.0}], "search": [{"start": 30.0, "end": 130.0}]}
     (tmp_path / "digits/phases.json").write_text(json.dumps({"artifacts_s": 30.0, "search_s": 100.0, "intervals": intervals}))
@@ -39,7 +40,11 @@ def test_main_reads_a_study_directory(tmp_path, capsys):
     assert "start-up 1.2 s (median; Ray's part 0.8 s), reporting 0.20 s per epoch" in out
     assert "100 s x 2 slots, 26 s in trial loops: 87% of the slot time" in out
     report = json.loads((tmp_path / "o.json").read_text())
-    assert report["digits"]["summary"]["total_overhead_frac"] == pytest.approx(4 / 30)
+    assert report["benchmarks"]["digits"]["summary"]["total_overhead_frac"] == pytest.approx(4 / 30)
+    # what produced the figures: the study's recorded versions and commit, this machine, the command
+    measured = report["measured"]
+    assert measured["provenance"] == provenance and measured["machine"]["cpu_usable"] >= 1
+    assert measured["command"] == f"python -m perf.ray_overhead {tmp_path} --json {tmp_path / 'o.json'}"
     assert main([str(tmp_path / "nothing")]) == 2
 
 
