@@ -32,6 +32,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
+from study.names import TRIALS_FILE
 from study.storage import Storage
 
 from .machine import machine_info
@@ -94,10 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = storage.read_json("study.json")
     report: dict = {}
     for bench in state["benchmarks"]:
-        if not storage.exists(f"{bench}/search/trials.json"):
+        if not storage.exists(f"{bench}/{TRIALS_FILE}"):
             print(f"{bench}: the search has not finished")
             continue
-        record = storage.read_json(f"{bench}/search/trials.json")
+        record = storage.read_json(f"{bench}/{TRIALS_FILE}")
         frame = trial_overheads(record["trials"])
         phases = storage.read_json(f"{bench}/phases.json") if storage.exists(f"{bench}/phases.json") else {}
         summary = summarize(frame)

@@ -15,7 +15,7 @@ from indistill.evaluation.stats import mean_std
 from indistill.evaluation.table import DIFF_COLUMN
 
 from .results import TABLE_FILES, per_seed_rows
-from .names import OBJECTIVE, POINTS_FILE, TUNED, WIDTH
+from .names import OBJECTIVE, POINTS_FILE, TRIALS_FILE, TUNED, WIDTH
 from .provenance import versions_text
 from .storage import Storage
 
@@ -95,7 +95,7 @@ def export_study(storage: Storage, out: Path) -> list[Path]:
         rows = per_seed_rows(storage, bench)
         points = storage.read_json(f"{bench}/{POINTS_FILE}")["points"] if storage.exists(f"{bench}/{POINTS_FILE}") else []
         unsized = [r for r in rows if r["network"] == TUNED and r.get(WIDTH) is None]
-        trials_rel = f"{bench}/search/trials.json"
+        trials_rel = f"{bench}/{TRIALS_FILE}"
         trials = storage.read_json(trials_rel) if storage.exists(trials_rel) else {}
         configs[bench] = [(_tuned_config(storage, rel, bench), unsized, out / bench, "best", f"{bench}/final/run/final.pt",
                            provenance_header(state, _trial(trials, None), unsized))]

@@ -15,6 +15,8 @@ SIZE_OBJECTIVES: dict[str, str] = {"params": "student_params", "macs": "student_
 SIZE_TEXT: dict[str, str] = {"params": "parameters", "macs": "multiply-accumulates per image"}
 #: the student's width multiplier (a frontier study's size dimension): a trial's parameter, a table column
 WIDTH = "width"
+#: a benchmark's search record: every trial's status, parameters and values, and the best trial
+TRIALS_FILE = "search/trials.json"
 #: a multi-objective search's Pareto set, in the benchmark's directory
 PARETO_FILE = "search/pareto.csv"
 #: the points the final runs retrain: each one's width and search trial

@@ -15,7 +15,7 @@ from typing import Iterable
 
 from indistill.common.io import stable_hash
 
-from .names import EMBEDDING_EPOCH, OBJECTIVE
+from .names import EMBEDDING_EPOCH, OBJECTIVE, TRIALS_FILE
 from .plan import BenchmarkPlan, StudyPlan
 from .search_space import SearchSpace, sampled_widths, shortest_curriculum
 from .storage import Storage
@@ -203,7 +203,7 @@ def device_kinds(storage: Storage, benchmarks: Iterable[str]) -> dict[str, dict[
     ranks ran on several kinds counts under each. A benchmark without the file is left out."""
     out: dict[str, dict[str, int]] = {}
     for bench in benchmarks:
-        rel = f"{bench}/search/trials.json"
+        rel = f"{bench}/{TRIALS_FILE}"
         if not storage.exists(rel):
             continue
         counts: dict[str, int] = {}

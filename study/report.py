@@ -43,7 +43,7 @@ from indistill.common.io import stable_hash  # noqa: E402
 from indistill.evaluation.stats import expected_max, mean_std  # noqa: E402
 from indistill.evaluation.table import DIFF_COLUMN, column  # noqa: E402
 
-from .names import OBJECTIVE, PARETO_FILE, SIZE_OBJECTIVES, STUDENT_ROWS, WIDTH  # noqa: E402
+from .names import OBJECTIVE, PARETO_FILE, SIZE_OBJECTIVES, STUDENT_ROWS, TRIALS_FILE, WIDTH  # noqa: E402
 from .optuna_record import OPTUNA_FILE, sqlite_url  # noqa: E402
 from .outcome import COMPLETED, FAILED, STOPPED, best_key, scored  # noqa: E402
 from .provenance import device_kinds, versions_text  # noqa: E402
@@ -403,7 +403,7 @@ PER_SEED_FILE = "results_per_seed.csv"
 def search_front_section(storage: Storage, bench: str, out: Path) -> tuple[list[str], list[str]]:
     """The lines and the figure (``<bench>-front.png`` in ``out``) of a multi-objective search's front,
     from ``<bench>/search/pareto.csv`` and its ``trials.json``; none for a search without a Pareto file."""
-    pareto_rel, trials_rel = f"{bench}/{PARETO_FILE}", f"{bench}/search/trials.json"
+    pareto_rel, trials_rel = f"{bench}/{PARETO_FILE}", f"{bench}/{TRIALS_FILE}"
     if not storage.exists(pareto_rel) or not storage.exists(trials_rel):
         return [], []
     pareto = pd.read_csv(io.StringIO(storage.read_text(pareto_rel)), dtype={"trial_id": str})

@@ -16,7 +16,7 @@ from .params import describe
 from .outcome import FAILED, STATUSES, STOPPED, best_key, count, trial_status
 from .storage import Storage
 from .names import (EMBEDDING_EPOCH, NETWORKS_FILE, OBJECTIVE, POINTS_FILE, ROW_ORDER, SIZE_OBJECTIVES, STUDENT_ROWS,
-                    TUNED, WARM_START, WIDTH)
+                    TRIALS_FILE, TUNED, WARM_START, WIDTH)
 from .warm_start import strip as strip_origin, table_note as warm_start_note
 
 TABLE_FILES = ("results.csv", "results.md", "results.tex", "results_per_seed.csv")
@@ -144,9 +144,9 @@ def build_table(storage: Storage, benchmarks: list[str]) -> tuple[pd.DataFrame, 
             for (b, row) in table.index:
                 if b == bench and (row == label or row.startswith(f"{label} @ ")):
                     table.loc[(b, row), "epochs"] = epochs
-        if not storage.exists(f"{bench}/search/trials.json"):
+        if not storage.exists(f"{bench}/{TRIALS_FILE}"):
             continue
-        trials = storage.read_json(f"{bench}/search/trials.json")
+        trials = storage.read_json(f"{bench}/{TRIALS_FILE}")
         by_id = {t["trial_id"]: t for t in [*trials["trials"], *([trials["best"]] if trials["best"] else [])]}
         for width, trial_id in points or [(None, trials["best"]["trial_id"] if trials["best"] else None)]:
             key = (bench, sized_label(TUNED, width))

@@ -18,7 +18,7 @@ from indistill.common.errors import error_reason
 from indistill.common.io import atomic_write_bytes, stable_hash
 from indistill.engine.plan import artifact_stages
 
-from .names import NETWORKS_FILE, OBJECTIVE, PARETO_FILE, POINTS_FILE, SIZE_OBJECTIVES, SIZE_TEXT, WIDTH
+from .names import NETWORKS_FILE, OBJECTIVE, PARETO_FILE, POINTS_FILE, SIZE_OBJECTIVES, SIZE_TEXT, TRIALS_FILE, WIDTH
 from .failures import Failures
 from .nodes import NodeWatcher
 from .optuna_record import OPTUNA_FILE, RecordUpload, RecordedOptunaSearch, optuna_storage
@@ -278,7 +278,7 @@ def run_benchmark(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_onc
     phases = _PhaseTimer(plan.storage, f"{bp.benchmark}/phases.json")
     with phases("artifacts"):
         run_artifacts(plan, bp, progress)
-    if not plan.storage.exists(f"{bp.benchmark}/search/trials.json"):
+    if not plan.storage.exists(f"{bp.benchmark}/{TRIALS_FILE}"):
         with phases("search"):
             grid = run_search(plan, bp, progress, at_once)
         trials = summarize_trials(grid, bp)
@@ -286,8 +286,8 @@ def run_benchmark(plan: StudyPlan, bp: BenchmarkPlan, progress: Progress, at_onc
         for trial in trials["trials"]:
             trial["placement"] = placements.get(trial["trial_id"], [])
         trials["max_concurrent"] = at_once.count
-        plan.storage.write_json(f"{bp.benchmark}/search/trials.json", trials)
-    trials = plan.storage.read_json(f"{bp.benchmark}/search/trials.json")
+        plan.storage.write_json(f"{bp.benchmark}/{TRIALS_FILE}", trials)
+    trials = plan.storage.read_json(f"{bp.benchmark}/{TRIALS_FILE}")
     progress.searched(bp.benchmark, trials)
     if trials["best"] is None:
         reasons = [t["reason"] for t in trials["trials"] if t["reason"]]

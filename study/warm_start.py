@@ -29,7 +29,7 @@ from indistill.config.run import RunConfig
 from indistill.config.schema import from_dict
 from indistill.engine.configure import build_config
 
-from .names import INPUT_FILES, OBJECTIVE, SIZE_OBJECTIVES, WARM_START
+from .names import INPUT_FILES, OBJECTIVE, SIZE_OBJECTIVES, TRIALS_FILE, WARM_START
 from .outcome import best_key, pareto_front
 from .params import Domain, Misfit, drawn_values, fit_values
 from .search_space import SearchSpace
@@ -37,8 +37,6 @@ from .storage import Storage
 
 #: the resolved warm start of a benchmark, in its directory (what ``--resume`` enqueues)
 WARM_START_FILE = "search/warm_start.json"
-#: a source's search record of a benchmark, and the inputs its trials were sampled with
-TRIALS_FILE = "search/trials.json"
 #: the HParams value of a trial the sampler proposed itself
 COLD = "none"
 
